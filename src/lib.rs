@@ -1,0 +1,31 @@
+//! convnext-edge: run ConvNeXt image classifiers exported to ONNX (f32, f16, int8) with tract.
+//!
+//! Modules, in the order data flows through them:
+//! - [`model`]: load an ONNX file (graph rewrites for exporter/quantizer quirks, tract
+//!   analysis and optimisation) and run it; [`model::inspect`] reports what is in a file.
+//! - [`preprocess`]: decode images and reproduce timm / torchvision / Hugging Face evaluation
+//!   transforms.
+//! - [`labels`]: class names.
+//! - [`classify`]: image → top-K predictions.
+//! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
+//!
+//! ```
+//! use convnext_edge::{Classifier, LoadOptions, Model};
+//! let model = Model::load("models/digits/convnext_digits_f32.onnx".as_ref(), &LoadOptions::default())?;
+//! let top = Classifier::new(model, None, None)?.classify_file("models/digits/samples/7.png".as_ref(), 3)?;
+//! println!("{} {:.3}", top[0].label, top[0].prob);
+//! # Ok::<(), convnext_edge::Error>(())
+//! ```
+
+pub mod classify;
+pub mod error;
+pub mod labels;
+pub mod model;
+pub mod npy;
+pub mod preprocess;
+
+pub use classify::{Classifier, Prediction};
+pub use error::{Error, Result};
+pub use labels::Labels;
+pub use model::{LoadOptions, Model};
+pub use preprocess::{Preprocess, Preset};

@@ -1,0 +1,342 @@
+//! Loading an ONNX ConvNeXt classifier into a runnable tract plan, and running it.
+//!
+//! The pipeline: read the file → decode the protobuf → check it looks like an image classifier
+//! (one NCHW 3-channel input, one `[batch, classes]` output) → [`rewrite`] exporter and
+//! quantizer quirks into standard ONNX → tract parse (external `*.onnx.data` weights resolve
+//! relative to the model's folder) → fix the input fact (symbolic batch kept, spatial size
+//! from the file or `input_size`) → type analysis → optimisation → runnable plan with its own
+//! thread pool.
+//!
+//! tract internals used: `tract_onnx::pb` (protobuf types), `Onnx::parse`, and the
+//! `RunOptions::executor` plan option; hence the exact `=0.23.9` pin.
+
+pub mod inspect;
+pub mod rewrite;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tract_linalg::multithread::Executor;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+
+use crate::error::{Error, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Worker threads for one inference; `None` = all available cores.
+    pub threads: Option<usize>,
+    /// Spatial input size for models whose height/width are dynamic (or to override them).
+    pub input_size: Option<usize>,
+}
+
+/// Element type of the model's input (and of its weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    F32,
+    F16,
+}
+
+/// A loaded, optimised classifier.
+///
+/// ```
+/// use convnext_edge::{Model, LoadOptions};
+/// let path = std::path::Path::new("models/digits/convnext_digits_f32.onnx");
+/// let model = Model::load(path, &LoadOptions { threads: Some(1), ..Default::default() }).unwrap();
+/// assert_eq!(model.classes(), 10);
+/// let x = tract_onnx::prelude::Tensor::zero::<f32>(&[1, 3, 32, 32]).unwrap();
+/// let logits = model.run(x).unwrap();
+/// assert_eq!(logits.shape(), &[1, 10]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Model {
+    path: PathBuf,
+    plan: Arc<TypedRunnableModel>,
+    io: Io,
+}
+
+/// What loading learnt about the model, besides the graph itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Io {
+    input_type: InputType,
+    /// `None` when the batch axis is dynamic.
+    batch: Option<usize>,
+    height: usize,
+    width: usize,
+    classes: usize,
+    metadata: HashMap<String, String>,
+    rewrites: rewrite::Rewrites,
+}
+
+impl Model {
+    /// Loads and optimises the ONNX file at `path`.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, &bytes, options)
+    }
+
+    /// Loads a model from bytes; `path` names it in errors and locates external weight files.
+    pub fn from_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
+        let (typed, io) = typed_model(path, bytes, options, None)?;
+        let threads = options.threads.unwrap_or_else(default_threads);
+        if threads == 0 {
+            return Err(Error::Config("thread count must be at least 1".into()));
+        }
+        let optimized = typed.into_optimized().map_err(stage_error(path, "optimisation"))?;
+        let executor = if threads == 1 { Executor::SingleThread } else { Executor::multithread(threads) };
+        let run_options = RunOptions { executor: Some(executor), ..Default::default() };
+        let plan = optimized
+            .into_runnable_with_options(&run_options)
+            .map_err(stage_error(path, "planning"))?;
+        Ok(Model { path: path.to_owned(), plan, io })
+    }
+
+    /// Runs a batch `[N, 3, H, W]` (f32 or f16) and returns f32 logits `[N, classes]`.
+    pub fn run(&self, input: Tensor) -> Result<Tensor> {
+        self.check_input(&input)?;
+        let input = match self.io.input_type {
+            InputType::F32 => input.cast_to::<f32>(),
+            InputType::F16 => input.cast_to::<f16>(),
+        }
+        .map_err(|e| self.run_error(e))?
+        .into_owned();
+        let out = self.plan.run(tvec!(input.into_tvalue())).map_err(|e| self.run_error(e))?;
+        let logits = out[0].cast_to::<f32>().map_err(|e| self.run_error(e))?.into_owned();
+        Ok(logits)
+    }
+
+    fn run_error(&self, e: anyhow::Error) -> Error {
+        Error::Model { path: self.path.clone(), stage: "inference", reason: format!("{e:#}") }
+    }
+
+    fn check_input(&self, input: &Tensor) -> Result<()> {
+        let shape = input.shape();
+        let batch_ok = shape.first().is_some_and(|&n| n > 0 && self.io.batch.is_none_or(|b| b == n));
+        let ok = shape.len() == 4
+            && batch_ok
+            && shape[1..] == [3, self.io.height, self.io.width]
+            && matches!(input.datum_type(), DatumType::F32 | DatumType::F16);
+        if ok {
+            return Ok(());
+        }
+        let batch = self.io.batch.map_or("N".to_owned(), |b| b.to_string());
+        Err(Error::Shape {
+            what: format!("input of {}", self.path.display()),
+            expected: format!("f32 or f16 [{batch}, 3, {}, {}]", self.io.height, self.io.width),
+            got: format!("{:?} {:?}", input.datum_type(), shape),
+        })
+    }
+
+    /// Number of output classes.
+    pub fn classes(&self) -> usize {
+        self.io.classes
+    }
+
+    /// Input height and width the plan was built for.
+    pub fn input_hw(&self) -> (usize, usize) {
+        (self.io.height, self.io.width)
+    }
+
+    /// Fixed batch size, or `None` when the batch axis is dynamic.
+    pub fn batch(&self) -> Option<usize> {
+        self.io.batch
+    }
+
+    /// Element type of the model's input.
+    pub fn input_type(&self) -> InputType {
+        self.io.input_type
+    }
+
+    /// ONNX `metadata_props` of the file (for instance `convnext_edge.preprocess`).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.io.metadata.get(key).map(String::as_str)
+    }
+
+    /// The quirk rewrites applied while loading.
+    pub fn rewrites(&self) -> &rewrite::Rewrites {
+        &self.io.rewrites
+    }
+
+    /// The optimised tract model (for kernel and cost reports).
+    pub fn typed_model(&self) -> &TypedModel {
+        self.plan.model()
+    }
+
+    /// The file this model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn stage_error<'p>(path: &'p Path, stage: &'static str) -> impl Fn(anyhow::Error) -> Error + 'p {
+    move |e| Error::Model { path: path.to_owned(), stage, reason: format!("{e:#}") }
+}
+
+/// Decodes, checks, rewrites, parses and types a model (see the module docs); `batch`
+/// overrides a dynamic batch axis. The returned `Model` fields other than the plan are filled.
+pub(crate) fn typed_model(
+    path: &Path,
+    bytes: &[u8],
+    options: &LoadOptions,
+    batch: Option<usize>,
+) -> Result<(TypedModel, Io)> {
+    let mut proto = decode(path, bytes)?;
+    let sig = Signature::of(path, &proto)?;
+    let rewrites = rewrite::apply(&mut proto)
+        .map_err(|reason| Error::Model { path: path.to_owned(), stage: "graph rewrite", reason })?;
+    let dir = path.parent().and_then(|d| d.to_str());
+    let parsed = tract_onnx::onnx().parse(&proto, dir).map_err(stage_error(path, "ONNX parsing"))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(Error::Model {
+            path: path.to_owned(),
+            stage: "ONNX parsing",
+            reason: format!("unresolved inputs {:?}", parsed.unresolved_inputs),
+        });
+    }
+    let mut model = parsed.model;
+    let (height, width) = sig.spatial(path, options.input_size)?;
+    let batch = sig.batch.or(batch);
+    let batch_dim: TDim = match batch {
+        Some(b) => b.into(),
+        None => model.symbols.sym(sig.batch_symbol.as_deref().unwrap_or("batch")).into(),
+    };
+    let dt = match sig.input_type {
+        InputType::F32 => f32::datum_type(),
+        InputType::F16 => f16::datum_type(),
+    };
+    let fact = InferenceFact::dt_shape(dt, tvec![batch_dim, 3.into(), height.into(), width.into()]);
+    model.set_input_fact(0, fact).map_err(stage_error(path, "setting the input shape"))?;
+    let typed = model.into_typed().map_err(stage_error(path, "type and shape analysis"))?;
+    let classes = output_classes(path, &typed)?;
+    let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+    let io = Io {
+        input_type: sig.input_type,
+        batch: sig.batch,
+        height,
+        width,
+        classes,
+        metadata,
+        rewrites,
+    };
+    Ok((typed, io))
+}
+
+/// Worker threads when none are asked for: every core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto> {
+    let invalid = |reason: String| Error::InvalidOnnx { path: path.to_owned(), reason };
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| invalid(format!("{e:#} (truncated or not an ONNX file?)")))?;
+    match &proto.graph {
+        Some(g) if !g.node.is_empty() => Ok(proto),
+        _ => Err(invalid("the file holds no graph".into())),
+    }
+}
+
+/// The classifier contract read from the protobuf: one NCHW input with 3 channels.
+#[derive(Debug, Clone)]
+pub(crate) struct Signature {
+    pub input_type: InputType,
+    pub batch: Option<usize>,
+    /// The exporter's name for a dynamic batch axis (`batch`, `s77`, ...), reused so that the
+    /// graph's own shape annotations unify with the input fact.
+    pub batch_symbol: Option<String>,
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+}
+
+impl Signature {
+    pub(crate) fn of(path: &Path, proto: &pb::ModelProto) -> Result<Signature> {
+        let not = |reason: String| Error::NotAClassifier { path: path.to_owned(), reason };
+        let graph = proto.graph.as_ref().ok_or_else(|| not("no graph".into()))?;
+        let inits: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<&pb::ValueInfoProto> =
+            graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+        if inputs.len() != 1 {
+            return Err(not(format!("expected one image input, found {}", inputs.len())));
+        }
+        if graph.output.len() != 1 {
+            return Err(not(format!("expected one output (logits), found {}", graph.output.len())));
+        }
+        let input = inputs[0];
+        let Some(pb::type_proto::Value::TensorType(tt)) = input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(not(format!("input {:?} is not a tensor", input.name)));
+        };
+        let input_type = match tt.elem_type {
+            1 => InputType::F32,
+            10 => InputType::F16,
+            other => return Err(not(format!("input {:?} has element type {other}, need float or float16", input.name))),
+        };
+        let dims: Vec<Option<usize>> = tt
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if dims.len() != 4 || dims[1].is_some_and(|c| c != 3) {
+            return Err(not(format!(
+                "input {:?} has shape {}, need [batch, 3, height, width]",
+                input.name,
+                fmt_dims(&dims)
+            )));
+        }
+        let batch_symbol = tt.shape.as_ref().and_then(|s| match &s.dim.first()?.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Some(p.clone()),
+            _ => None,
+        });
+        Ok(Signature { input_type, batch: dims[0], batch_symbol, height: dims[2], width: dims[3] })
+    }
+
+    fn spatial(&self, path: &Path, input_size: Option<usize>) -> Result<(usize, usize)> {
+        match (input_size, self.height, self.width) {
+            (Some(s), _, _) if s > 0 => Ok((s, s)),
+            (Some(_), _, _) => Err(Error::Config("--input-size must be positive".into())),
+            (None, Some(h), Some(w)) => Ok((h, w)),
+            _ => Err(Error::Config(format!(
+                "{}: the model's input height/width are dynamic; give an input size",
+                path.display()
+            ))),
+        }
+    }
+}
+
+pub(crate) fn fmt_dims(dims: &[Option<usize>]) -> String {
+    let d: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |v| v.to_string())).collect();
+    format!("[{}]", d.join(", "))
+}
+
+fn output_classes(path: &Path, typed: &TypedModel) -> Result<usize> {
+    let fact = typed.output_fact(0).map_err(|e| Error::Model {
+        path: path.to_owned(),
+        stage: "type and shape analysis",
+        reason: format!("{e:#}"),
+    })?;
+    let dims: Vec<&TDim> = fact.shape.iter().collect();
+    match dims.as_slice() {
+        [_, classes] => classes.to_i64().ok().map(|c| c as usize).filter(|&c| c > 0).ok_or_else(|| Error::NotAClassifier {
+            path: path.to_owned(),
+            reason: format!("output class count {classes} is not a fixed number"),
+        }),
+        _ => Err(Error::NotAClassifier {
+            path: path.to_owned(),
+            reason: format!("output has shape {:?}, need [batch, classes]", fact.shape),
+        }),
+    }
+}

@@ -1,0 +1,233 @@
+//! Rewrites of the ONNX protobuf graph, applied before tract parses it.
+//!
+//! They keep exporter and quantizer quirks at the edge, in ONNX's own terms, so that tract
+//! sees only standard ONNX ops it implements. Each rewrite is exact (it restates the op's
+//! definition with standard ops), which is why the results still match onnxruntime:
+//!
+//! - **com.microsoft quantized ops** that onnxruntime's QOperator quantizer emits (QGemm,
+//!   QLinearAdd, QLinearMul, QLinearGlobalAveragePool) become
+//!   `DequantizeLinear → float op → QuantizeLinear`, the definition onnxruntime's contrib-op
+//!   documentation gives. tract has no parser for them.
+//! - **Gemm on f16 tensors** (onnxconverter-common's f16 models) becomes `MatMul` (+ `Add`):
+//!   tract's Gemm builds its alpha/beta constants as f32 and then fails the f16 graph's type
+//!   check. Only the plain case (alpha = beta = 1, no transposed A) is rewritten.
+//!
+//! Relies on nothing inside tract: only on `tract_onnx::pb`, the generated protobuf types.
+
+use tract_onnx::pb::{self, AttributeProto, GraphProto, NodeProto, TensorProto};
+
+const MS_DOMAIN: &str = "com.microsoft";
+const ONNX_FLOAT16: i32 = 10;
+const ATTR_FLOAT: i32 = 1;
+const ATTR_INT: i32 = 2;
+const ATTR_INTS: i32 = 7;
+
+/// What was rewritten, by kind and count, for `info` and logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rewrites(pub Vec<(String, usize)>);
+
+impl Rewrites {
+    fn add(&mut self, what: &str) {
+        match self.0.iter_mut().find(|(k, _)| k == what) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((what.to_owned(), 1)),
+        }
+    }
+}
+
+/// Applies every rewrite to the model's main graph. Errors name the node that cannot be
+/// expressed (for example a QLinearGlobalAveragePool over channels-last data).
+pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
+    let mut done = Rewrites::default();
+    let Some(graph) = model.graph.as_mut() else { return Ok(done) };
+    let mut ed = Editor::new(graph);
+    let nodes = std::mem::take(&mut ed.graph.node);
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let replaced = match (node.domain.as_str(), node.op_type.as_str()) {
+            (MS_DOMAIN, "QGemm") => Some(ed.qgemm(&node)?),
+            (MS_DOMAIN, "QLinearAdd") => Some(ed.qlinear_binary(&node, "Add")),
+            (MS_DOMAIN, "QLinearMul") => Some(ed.qlinear_binary(&node, "Mul")),
+            (MS_DOMAIN, "QLinearGlobalAveragePool") => Some(ed.qlinear_global_avg_pool(&node)?),
+            ("" | "ai.onnx", "Gemm") if ed.is_plain_f16_gemm(&node) => Some(ed.gemm_as_matmul(&node)),
+            _ => None,
+        };
+        match replaced {
+            Some(new_nodes) => {
+                done.add(&node.op_type);
+                for mut n in new_nodes {
+                    n.name = ed.name(&node.name, &n.op_type);
+                    out.push(n);
+                }
+            }
+            None => out.push(node),
+        }
+    }
+    ed.graph.node = out;
+    Ok(done)
+}
+
+struct Editor<'a> {
+    graph: &'a mut GraphProto,
+    fresh: usize,
+}
+
+impl<'a> Editor<'a> {
+    fn new(graph: &'a mut GraphProto) -> Self {
+        Editor { graph, fresh: 0 }
+    }
+
+    fn name(&mut self, base: &str, what: &str) -> String {
+        self.fresh += 1;
+        format!("{base}::cxe_{what}_{}", self.fresh)
+    }
+
+    fn initializer(&self, name: &str) -> Option<&TensorProto> {
+        self.graph.initializer.iter().find(|t| t.name == name)
+    }
+
+    /// `DequantizeLinear(x, scale, zero_point)` with the zero point omitted when absent and a
+    /// per-axis scale applied along `axis`.
+    fn dequantize(&mut self, nodes: &mut Vec<NodeProto>, node: &NodeProto, x: usize, axis: i64) -> String {
+        let out = self.name(&node.name, "dq");
+        let mut inputs = vec![input(node, x), input(node, x + 1)];
+        if !input(node, x + 2).is_empty() {
+            inputs.push(input(node, x + 2));
+        }
+        nodes.push(op("DequantizeLinear", inputs, vec![out.clone()], vec![int_attr("axis", axis)]));
+        out
+    }
+
+    /// `QuantizeLinear(x, scale, zero_point)` into the node's original output name.
+    fn quantize(&mut self, nodes: &mut Vec<NodeProto>, node: &NodeProto, x: String, scale: usize) {
+        let mut inputs = vec![x, input(node, scale)];
+        if !input(node, scale + 1).is_empty() {
+            inputs.push(input(node, scale + 1));
+        }
+        nodes.push(op("QuantizeLinear", inputs, node.output.clone(), vec![]));
+    }
+
+    /// QGemm(A, a_scale, a_zp, B, b_scale, b_zp, [C], [y_scale], [y_zp]):
+    /// Y = alpha · A'B' + C, where C is int32 at scale a_scale · b_scale; quantized output
+    /// when y_scale is given, float otherwise.
+    fn qgemm(&mut self, node: &NodeProto) -> Result<Vec<NodeProto>, String> {
+        let trans_a = int_attr_of(node, "transA").unwrap_or(0);
+        let trans_b = int_attr_of(node, "transB").unwrap_or(0);
+        let alpha = float_attr_of(node, "alpha").unwrap_or(1.0);
+        let mut nodes = vec![];
+        let a = self.dequantize(&mut nodes, node, 0, 1);
+        let b = self.dequantize(&mut nodes, node, 3, if trans_b != 0 { 0 } else { 1 });
+        let mut gemm_inputs = vec![a, b];
+        if !input(node, 6).is_empty() {
+            let bias_scale = self.name(&node.name, "bias_scale");
+            nodes.push(op("Mul", vec![input(node, 1), input(node, 4)], vec![bias_scale.clone()], vec![]));
+            let bias_f = self.name(&node.name, "bias_f32");
+            nodes.push(op("Cast", vec![input(node, 6)], vec![bias_f.clone()], vec![int_attr("to", 1)]));
+            let bias = self.name(&node.name, "bias");
+            nodes.push(op("Mul", vec![bias_f, bias_scale], vec![bias.clone()], vec![]));
+            gemm_inputs.push(bias);
+        }
+        let attrs = vec![
+            int_attr("transA", trans_a),
+            int_attr("transB", trans_b),
+            float_attr("alpha", alpha),
+            float_attr("beta", 1.0),
+        ];
+        if input(node, 7).is_empty() {
+            nodes.push(op("Gemm", gemm_inputs, node.output.clone(), attrs));
+        } else {
+            let y = self.name(&node.name, "gemm");
+            nodes.push(op("Gemm", gemm_inputs, vec![y.clone()], attrs));
+            self.quantize(&mut nodes, node, y, 7);
+        }
+        Ok(nodes)
+    }
+
+    /// QLinearAdd / QLinearMul(A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp).
+    fn qlinear_binary(&mut self, node: &NodeProto, float_op: &str) -> Vec<NodeProto> {
+        let mut nodes = vec![];
+        let a = self.dequantize(&mut nodes, node, 0, 1);
+        let b = self.dequantize(&mut nodes, node, 3, 1);
+        let y = self.name(&node.name, float_op);
+        nodes.push(op(float_op, vec![a, b], vec![y.clone()], vec![]));
+        self.quantize(&mut nodes, node, y, 6);
+        nodes
+    }
+
+    /// QLinearGlobalAveragePool(X, x_scale, x_zp, y_scale, y_zp), channels-first only.
+    fn qlinear_global_avg_pool(&mut self, node: &NodeProto) -> Result<Vec<NodeProto>, String> {
+        if int_attr_of(node, "channels_last").unwrap_or(0) != 0 {
+            return Err(format!("node {:?}: channels_last QLinearGlobalAveragePool is not supported", node.name));
+        }
+        let mut nodes = vec![];
+        let x = self.dequantize(&mut nodes, node, 0, 1);
+        let y = self.name(&node.name, "gap");
+        nodes.push(op("GlobalAveragePool", vec![x], vec![y.clone()], vec![]));
+        self.quantize(&mut nodes, node, y, 3);
+        Ok(nodes)
+    }
+
+    fn is_plain_f16_gemm(&self, node: &NodeProto) -> bool {
+        let plain = int_attr_of(node, "transA").unwrap_or(0) == 0
+            && float_attr_of(node, "alpha").unwrap_or(1.0) == 1.0
+            && float_attr_of(node, "beta").unwrap_or(1.0) == 1.0;
+        plain
+            && node
+                .input
+                .iter()
+                .filter_map(|i| self.initializer(i))
+                .any(|t| t.data_type == ONNX_FLOAT16)
+    }
+
+    /// Gemm(A, B, [C]) with alpha = beta = 1 and A not transposed: MatMul(A, B or Bᵀ) + C.
+    fn gemm_as_matmul(&mut self, node: &NodeProto) -> Vec<NodeProto> {
+        let mut nodes = vec![];
+        let mut b = input(node, 1);
+        if int_attr_of(node, "transB").unwrap_or(0) != 0 {
+            let bt = self.name(&node.name, "bt");
+            nodes.push(op("Transpose", vec![b], vec![bt.clone()], vec![ints_attr("perm", &[1, 0])]));
+            b = bt;
+        }
+        let c = input(node, 2);
+        if c.is_empty() {
+            nodes.push(op("MatMul", vec![input(node, 0), b], node.output.clone(), vec![]));
+        } else {
+            let ab = self.name(&node.name, "matmul");
+            nodes.push(op("MatMul", vec![input(node, 0), b], vec![ab.clone()], vec![]));
+            nodes.push(op("Add", vec![ab, c], node.output.clone(), vec![]));
+        }
+        nodes
+    }
+}
+
+fn input(node: &NodeProto, i: usize) -> String {
+    node.input.get(i).cloned().unwrap_or_default()
+}
+
+fn op(op_type: &str, input: Vec<String>, output: Vec<String>, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto { input, output, op_type: op_type.to_owned(), attribute, ..Default::default() }
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.to_owned(), r#type: ATTR_INT, i, ..Default::default() }
+}
+
+fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.to_owned(), r#type: ATTR_INTS, ints: ints.to_vec(), ..Default::default() }
+}
+
+fn float_attr(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: name.to_owned(), r#type: ATTR_FLOAT, f, ..Default::default() }
+}
+
+pub(crate) fn int_attr_of(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+pub(crate) fn ints_attr_of<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.as_slice())
+}
+
+fn float_attr_of(node: &NodeProto, name: &str) -> Option<f32> {
+    node.attribute.iter().find(|a| a.name == name).map(|a| a.f)
+}
