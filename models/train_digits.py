@@ -119,8 +119,8 @@ def main():
                "held_out": int(len(y_te)),
                "top1": {k: top1(p, test_x, y_te) for k, p in paths.items()}}
     print(metrics)
-    np.save(os.path.join(OUT, "heldout_scans.npy"), x_te.astype(np.uint8))
-    np.save(os.path.join(OUT, "heldout_labels.npy"), y_te.astype(np.int64))
+    np.save(os.path.join(OUT, "heldout_scans.npy"), x_te.astype(np.float32))
+    np.save(os.path.join(OUT, "heldout_labels.npy"), y_te.astype(np.float32))
     for digit in range(10):
         first = int(np.flatnonzero(y_te == digit)[0])
         to_image(x_te[first]).save(os.path.join(OUT, "samples", f"{digit}.png"))

@@ -53,7 +53,11 @@ impl Classifier {
             Some(l) => l,
             None => Labels::default_for(model.metadata("convnext_edge.labels"), model.classes()),
         };
-        Ok(Classifier { model, preprocess, labels })
+        Ok(Classifier {
+            model,
+            preprocess,
+            labels,
+        })
     }
 
     /// The preprocessing in use.
@@ -70,8 +74,14 @@ impl Classifier {
     pub fn classify(&self, img: &RgbImage, k: usize) -> Result<Vec<Prediction>> {
         let x = self.preprocess.to_tensor(img)?;
         let logits = self.model.run(x)?;
-        let row = logits.to_plain_array_view::<f32>().map_err(|e| Error::Config(e.to_string()))?;
-        Ok(top_k(&row.iter().copied().collect::<Vec<_>>(), k, &self.labels))
+        let row = logits
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(top_k(
+            &row.iter().copied().collect::<Vec<_>>(),
+            k,
+            &self.labels,
+        ))
     }
 
     /// Top `k` classes of a JPEG or PNG file.
@@ -84,7 +94,10 @@ impl Classifier {
 /// override, or `timm`), size from its square input, crop_pct from the metadata when the preset
 /// is the recorded one, else the preset's default.
 pub fn preprocess_for(model: &Model, preset: Option<Preset>) -> Result<Preprocess> {
-    let recorded = model.metadata("convnext_edge.preprocess").map(str::parse::<Preset>).transpose()?;
+    let recorded = model
+        .metadata("convnext_edge.preprocess")
+        .map(str::parse::<Preset>)
+        .transpose()?;
     let preset = preset.or(recorded).unwrap_or(Preset::Timm);
     let (h, w) = model.input_hw();
     if h != w {
@@ -112,7 +125,12 @@ pub fn top_k(logits: &[f32], k: usize, labels: &Labels) -> Vec<Prediction> {
     order
         .into_iter()
         .take(k)
-        .map(|i| Prediction { index: i, label: labels.name(i).to_owned(), prob: exp[i] / sum, logit: logits[i] })
+        .map(|i| Prediction {
+            index: i,
+            label: labels.name(i).to_owned(),
+            prob: exp[i] / sum,
+            logit: logits[i],
+        })
         .collect()
 }
 

@@ -21,10 +21,18 @@ pub enum Error {
     NotAClassifier { path: PathBuf, reason: String },
     /// tract could not analyse, optimise or run the model.
     #[error("{path}: {stage} failed: {reason}")]
-    Model { path: PathBuf, stage: &'static str, reason: String },
+    Model {
+        path: PathBuf,
+        stage: &'static str,
+        reason: String,
+    },
     /// An input tensor does not fit the model.
     #[error("{what}: wrong tensor shape or type: expected {expected}, got {got}")]
-    Shape { what: String, expected: String, got: String },
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
     /// A `.npy` file is malformed or of an unsupported dtype.
     #[error("{path}: bad .npy file: {reason}")]
     Npy { path: PathBuf, reason: String },
@@ -44,6 +52,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

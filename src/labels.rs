@@ -27,9 +27,16 @@ impl Labels {
     /// model output.
     pub fn from_file(path: &Path, classes: usize) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let labels: Vec<String> = text.trim_end().lines().map(|l| l.trim().to_owned()).collect();
+        let labels: Vec<String> = text
+            .trim_end()
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .collect();
         let labels = Labels(labels);
-        labels.check_len(classes).map_err(|reason| Error::Labels { path: path.into(), reason })?;
+        labels.check_len(classes).map_err(|reason| Error::Labels {
+            path: path.into(),
+            reason,
+        })?;
         Ok(labels)
     }
 
@@ -85,13 +92,19 @@ mod tests {
         std::fs::write(&p, "a\nb\nc\n").unwrap();
         assert_eq!(Labels::from_file(&p, 3).unwrap().name(2), "c");
         let msg = Labels::from_file(&p, 10).unwrap_err().to_string();
-        assert!(msg.contains("l.txt") && msg.contains("3 labels") && msg.contains("10"), "{msg}");
+        assert!(
+            msg.contains("l.txt") && msg.contains("3 labels") && msg.contains("10"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn defaults() {
         assert_eq!(Labels::default_for(Some(r#"["x","y"]"#), 2).name(1), "y");
-        assert_eq!(Labels::default_for(Some(r#"["x","y"]"#), 3).name(1), "class 1");
+        assert_eq!(
+            Labels::default_for(Some(r#"["x","y"]"#), 3).name(1),
+            "class 1"
+        );
         assert_eq!(Labels::default_for(None, 1000).name(1), "goldfish");
     }
 }

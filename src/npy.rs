@@ -25,7 +25,10 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// ```
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse(&bytes).map_err(|reason| Error::Npy { path: path.to_owned(), reason })
+    parse(&bytes).map_err(|reason| Error::Npy {
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 /// Parses `.npy` bytes; the error is a human-readable reason.
@@ -35,9 +38,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     }
     let (header_len, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(format!("unsupported format version {v}")),
     };
     let header = bytes
@@ -59,7 +63,11 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     let elem = match descr {
         "<f4" => 4,
         "<f2" => 2,
-        other => return Err(format!("dtype {other} not supported (need float32 or float16)")),
+        other => {
+            return Err(format!(
+                "dtype {other} not supported (need float32 or float16)"
+            ))
+        }
     };
     if Some(data.len()) != count.checked_mul(elem) {
         return Err(format!(
@@ -69,12 +77,16 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
         ));
     }
     let tensor = if elem == 4 {
-        let v: Vec<f32> =
-            data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Tensor::from_shape(&shape, &v)
     } else {
-        let v: Vec<f16> =
-            data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect();
+        let v: Vec<f16> = data
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]))
+            .collect();
         Tensor::from_shape(&shape, &v)
     };
     tensor.map_err(|e| e.to_string())
@@ -99,17 +111,22 @@ fn parse_shape(header: &str) -> std::result::Result<Vec<usize>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry {s:?}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape entry {s:?}"))
+        })
         .collect()
 }
 
 /// Writes an f32 tensor as `.npy`, atomically: the file appears complete or not at all.
 pub fn write_f32(path: &Path, tensor: &Tensor) -> Result<()> {
-    let view = tensor.to_plain_array_view::<f32>().map_err(|e| Error::Shape {
-        what: path.display().to_string(),
-        expected: "f32 tensor".into(),
-        got: e.to_string(),
-    })?;
+    let view = tensor
+        .to_plain_array_view::<f32>()
+        .map_err(|e| Error::Shape {
+            what: path.display().to_string(),
+            expected: "f32 tensor".into(),
+            got: e.to_string(),
+        })?;
     let shape: Vec<String> = tensor.shape().iter().map(|d| d.to_string()).collect();
     let shape = match shape.len() {
         1 => format!("({},)", shape[0]),
@@ -132,11 +149,21 @@ pub fn write_f32(path: &Path, tensor: &Tensor) -> Result<()> {
 
 /// Writes through a temporary file in the same directory, then renames it into place.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| {
-        Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+        )
     })?;
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path));
@@ -176,8 +203,10 @@ mod tests {
 
     #[test]
     fn reads_f16_and_refuses_other_dtypes() {
-        let payload: Vec<u8> =
-            [1.5f32, -2.0].iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        let payload: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
         let t = parse(&npy_bytes("<f2", &payload)).unwrap();
         assert_eq!(
             t.to_plain_array_view::<f16>().unwrap().as_slice().unwrap(),

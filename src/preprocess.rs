@@ -92,7 +92,13 @@ pub struct Preprocess {
 impl Preprocess {
     /// A preset at model input size `size` with ImageNet mean and std.
     pub fn new(preset: Preset, size: u32, crop_pct: f32) -> Self {
-        Preprocess { preset, size, crop_pct, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+        Preprocess {
+            preset,
+            size,
+            crop_pct,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
     }
 
     fn filter(&self) -> FilterType {
@@ -115,13 +121,18 @@ impl Preprocess {
             }
         };
         match self.preset {
-            Preset::Timm => (short_side((s as f32 / self.crop_pct).floor() as u32), Some(CropOffset::RoundHalfEven)),
-            Preset::Torchvision => {
-                (short_side((s as f32 / self.crop_pct).round() as u32), Some(CropOffset::RoundHalfEven))
-            }
-            Preset::Hf if s < 384 => {
-                (short_side((s as f32 / self.crop_pct) as u32), Some(CropOffset::Floor))
-            }
+            Preset::Timm => (
+                short_side((s as f32 / self.crop_pct).floor() as u32),
+                Some(CropOffset::RoundHalfEven),
+            ),
+            Preset::Torchvision => (
+                short_side((s as f32 / self.crop_pct).round() as u32),
+                Some(CropOffset::RoundHalfEven),
+            ),
+            Preset::Hf if s < 384 => (
+                short_side((s as f32 / self.crop_pct) as u32),
+                Some(CropOffset::Floor),
+            ),
             Preset::Hf | Preset::Squash => ((s, s), None),
         }
     }
@@ -162,7 +173,11 @@ impl Preprocess {
         let src = FrImage::from_vec_u8(sw, sh, img.as_raw().clone(), PixelType::U8x3)
             .map_err(|e| Error::Config(format!("bad image buffer: {e}")))?;
         let horizontal = if w != sw { pass(&src, w, sh)? } else { src };
-        let out = if h != sh { pass(&horizontal, w, h)? } else { horizontal };
+        let out = if h != sh {
+            pass(&horizontal, w, h)?
+        } else {
+            horizontal
+        };
         RgbImage::from_raw(w, h, out.into_vec())
             .ok_or_else(|| Error::Config("resize produced a short buffer".into()))
     }
@@ -207,8 +222,10 @@ fn crop_offset(len: u32, crop: u32, rule: CropOffset) -> Option<u32> {
 /// Decodes a JPEG or PNG file to 8-bit RGB (greyscale is replicated, alpha dropped).
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| Error::Image { path: path.to_owned(), reason: e.to_string() })?;
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::Image {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(img.to_rgb8())
 }
 
@@ -219,7 +236,10 @@ mod tests {
     #[test]
     fn plans_follow_the_libraries() {
         let timm = Preprocess::new(Preset::Timm, 224, 0.875);
-        assert_eq!(timm.plan(640, 480), ((341, 256), Some(CropOffset::RoundHalfEven)));
+        assert_eq!(
+            timm.plan(640, 480),
+            ((341, 256), Some(CropOffset::RoundHalfEven))
+        );
         let tv = Preprocess::new(Preset::Torchvision, 224, 224.0 / 236.0);
         assert_eq!(tv.plan(480, 640).0, (236, 314));
         let hf = Preprocess::new(Preset::Hf, 384, 0.875);

@@ -10,7 +10,11 @@ use convnext_edge::{npy, LoadOptions, Model};
 fn fixture_files_match_their_sha256() {
     for f in fixtures() {
         for (file, sha) in &f.sha256 {
-            assert_eq!(&sha256_hex(&fixtures_dir().join(file)), sha, "{file} differs from the manifest");
+            assert_eq!(
+                &sha256_hex(&fixtures_dir().join(file)),
+                sha,
+                "{file} differs from the manifest"
+            );
         }
     }
 }
@@ -20,27 +24,45 @@ fn every_fixture_matches_onnxruntime() {
     let mut failures = vec![];
     for f in fixtures() {
         let dir = fixtures_dir();
-        let opts = LoadOptions { threads: Some(1), ..Default::default() };
-        let result = Model::load(&dir.join(&f.model), &opts).map_err(|e| e.to_string()).and_then(|model| {
-            let x = npy::read(&dir.join(&f.input)).unwrap();
-            let reference = f32s(&npy::read(&dir.join(&f.reference)).unwrap());
-            let ours = model.run(x.clone()).map_err(|e| e.to_string())?;
-            let full = compare(&f.precision, &f32s(&ours), &reference, model.classes())?;
-            // A dynamic batch axis must also run one image at a time.
-            if model.batch().is_none() {
-                let first = model.run(x.slice(0, 0, 1).unwrap()).map_err(|e| e.to_string())?;
-                compare(&f.precision, &f32s(&first), &reference[..model.classes()], model.classes())
+        let opts = LoadOptions {
+            threads: Some(1),
+            ..Default::default()
+        };
+        let result = Model::load(&dir.join(&f.model), &opts)
+            .map_err(|e| e.to_string())
+            .and_then(|model| {
+                let x = npy::read(&dir.join(&f.input)).unwrap();
+                let reference = f32s(&npy::read(&dir.join(&f.reference)).unwrap());
+                let ours = model.run(x.clone()).map_err(|e| e.to_string())?;
+                let full = compare(&f.precision, &f32s(&ours), &reference, model.classes())?;
+                // A dynamic batch axis must also run one image at a time.
+                if model.batch().is_none() {
+                    let first = model
+                        .run(x.slice(0, 0, 1).unwrap())
+                        .map_err(|e| e.to_string())?;
+                    compare(
+                        &f.precision,
+                        &f32s(&first),
+                        &reference[..model.classes()],
+                        model.classes(),
+                    )
                     .map_err(|e| format!("batch 1: {e}"))?;
-            }
-            Ok(full)
-        });
+                }
+                Ok(full)
+            });
         match result {
-            Ok(summary) => eprintln!("ok   {:<24} {:<5} {:<9} {summary}", f.name, f.precision, f.format),
+            Ok(summary) => eprintln!(
+                "ok   {:<24} {:<5} {:<9} {summary}",
+                f.name, f.precision, f.format
+            ),
             Err(e) => {
                 eprintln!("FAIL {:<24} {:<5} {:<9} {e}", f.name, f.precision, f.format);
                 failures.push(f.name.clone());
             }
         }
     }
-    assert!(failures.is_empty(), "fixtures not matching onnxruntime: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "fixtures not matching onnxruntime: {failures:?}"
+    );
 }

@@ -82,19 +82,29 @@ impl Info {
         let graph = proto.graph.as_ref().expect("decode checks the graph");
         let (h, w) = model.input_hw();
         let mut dynamic_axes = vec![];
-        for (name, d) in [("batch", sig.batch), ("height", sig.height), ("width", sig.width)] {
+        for (name, d) in [
+            ("batch", sig.batch),
+            ("height", sig.height),
+            ("width", sig.width),
+        ] {
             if d.is_none() {
                 dynamic_axes.push(name);
             }
         }
-        let op_counts = model.typed_model().nodes().iter().fold(BTreeMap::new(), |mut m, n| {
-            *m.entry(n.op.name().to_string()).or_insert(0) += 1;
-            m
-        });
+        let op_counts = model
+            .typed_model()
+            .nodes()
+            .iter()
+            .fold(BTreeMap::new(), |mut m, n| {
+                *m.entry(n.op.name().to_string()).or_insert(0) += 1;
+                m
+            });
         Ok(Info {
             file: path.display().to_string(),
             file_bytes: bytes.len() as u64 + external_bytes(path, graph),
-            producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_owned(),
+            producer: format!("{} {}", proto.producer_name, proto.producer_version)
+                .trim()
+                .to_owned(),
             exporter: model.metadata("convnext_edge.exporter").map(str::to_owned),
             opset: proto
                 .opset_import
@@ -108,7 +118,11 @@ impl Info {
             dynamic_axes,
             input_size_used: [h, w],
             classes: model.classes(),
-            parameters: graph.initializer.iter().map(|t| t.dims.iter().product::<i64>().max(1) as u64).sum(),
+            parameters: graph
+                .initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>().max(1) as u64)
+                .sum(),
             macs: macs(path, &bytes, options)?,
             rewrites: model.rewrites().0.clone(),
             kernels: kernels(model.typed_model()),
@@ -120,12 +134,21 @@ impl Info {
 impl std::fmt::Display for Info {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let v = &self.variant;
-        writeln!(f, "file:          {} ({:.2} MB)", self.file, self.file_bytes as f64 / 1e6)?;
+        writeln!(
+            f,
+            "file:          {} ({:.2} MB)",
+            self.file,
+            self.file_bytes as f64 / 1e6
+        )?;
         writeln!(f, "producer:      {} (opset {})", self.producer, self.opset)?;
         if let Some(e) = &self.exporter {
             writeln!(f, "exporter:      {e}")?;
         }
-        writeln!(f, "variant:       ConvNeXt V{} {} depths {:?} dims {:?}", v.version, v.name, v.depths, v.dims)?;
+        writeln!(
+            f,
+            "variant:       ConvNeXt V{} {} depths {:?} dims {:?}",
+            v.version, v.name, v.depths, v.dims
+        )?;
         write!(f, "precision:     {}", self.precision)?;
         match &self.quantization {
             Some(q) => writeln!(
@@ -133,21 +156,43 @@ impl std::fmt::Display for Info {
                 " ({}, {} weights{})",
                 q.format,
                 q.weights,
-                q.activations.map(|a| format!(", {a} activations")).unwrap_or_default()
+                q.activations
+                    .map(|a| format!(", {a} activations"))
+                    .unwrap_or_default()
             )?,
             None => writeln!(f)?,
         }
-        let dynamic = if self.dynamic_axes.is_empty() { "none".into() } else { self.dynamic_axes.join(", ") };
-        writeln!(f, "input:         {} (dynamic: {dynamic}); running at {}x{}", self.input_shape, self.input_size_used[0], self.input_size_used[1])?;
+        let dynamic = if self.dynamic_axes.is_empty() {
+            "none".into()
+        } else {
+            self.dynamic_axes.join(", ")
+        };
+        writeln!(
+            f,
+            "input:         {} (dynamic: {dynamic}); running at {}x{}",
+            self.input_shape, self.input_size_used[0], self.input_size_used[1]
+        )?;
         writeln!(f, "classes:       {}", self.classes)?;
         writeln!(f, "parameters:    {:.2} M", self.parameters as f64 / 1e6)?;
-        writeln!(f, "MACs:          {:.3} G at batch 1", self.macs as f64 / 1e9)?;
+        writeln!(
+            f,
+            "MACs:          {:.3} G at batch 1",
+            self.macs as f64 / 1e9
+        )?;
         if !self.rewrites.is_empty() {
-            let r: Vec<String> = self.rewrites.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+            let r: Vec<String> = self
+                .rewrites
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect();
             writeln!(f, "rewritten:     {}", r.join(", "))?;
         }
         writeln!(f, "tract kernels: {}", self.kernels.join(", "))?;
-        let ops: Vec<String> = self.op_counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
+        let ops: Vec<String> = self
+            .op_counts
+            .iter()
+            .map(|(k, n)| format!("{k} x{n}"))
+            .collect();
         write!(f, "plan ops:      {}", ops.join(", "))
     }
 }
@@ -163,7 +208,11 @@ fn external_bytes(path: &Path, graph: &pb::GraphProto) -> u64 {
         .collect();
     files.sort_unstable();
     files.dedup();
-    files.iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum()
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn is_depthwise_7x7(n: &pb::NodeProto) -> Option<usize> {
@@ -184,12 +233,29 @@ fn variant(graph: &pb::GraphProto) -> Variant {
             depths.push(1);
         }
     }
-    let v2 = graph.node.iter().any(|n| n.op_type == "ReduceL2" || n.name.to_lowercase().contains("grn"));
+    let v2 = graph
+        .node
+        .iter()
+        .any(|n| n.op_type == "ReduceL2" || n.name.to_lowercase().contains("grn"));
     let name = KNOWN
         .iter()
         .find(|(_, d, c)| depths == d && dims == c)
-        .map_or_else(|| if dims.is_empty() { "unknown".into() } else { "custom".into() }, |k| k.0.to_owned());
-    Variant { name, version: if v2 { 2 } else { 1 }, depths, dims }
+        .map_or_else(
+            || {
+                if dims.is_empty() {
+                    "unknown".into()
+                } else {
+                    "custom".into()
+                }
+            },
+            |k| k.0.to_owned(),
+        );
+    Variant {
+        name,
+        version: if v2 { 2 } else { 1 },
+        depths,
+        dims,
+    }
 }
 
 fn initializer<'g>(graph: &'g pb::GraphProto, name: &str) -> Option<&'g pb::TensorProto> {
@@ -198,7 +264,16 @@ fn initializer<'g>(graph: &'g pb::GraphProto, name: &str) -> Option<&'g pb::Tens
 
 fn precision(graph: &pb::GraphProto) -> &'static str {
     let has = |op: &str| graph.node.iter().any(|n| n.op_type == op);
-    if ["QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DequantizeLinear"].iter().any(|o| has(o)) {
+    if [
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "DequantizeLinear",
+    ]
+    .iter()
+    .any(|o| has(o))
+    {
         "int8"
     } else if graph.initializer.iter().any(|t| t.data_type == 10) {
         "f16"
@@ -215,47 +290,75 @@ fn quantization(graph: &pb::GraphProto) -> Option<Quantization> {
         Some(3) => Some("s8"),
         _ => None,
     };
-    let (format, scales, act): (&'static str, Vec<i64>, Option<&'static str>) = if has("QLinearConv") || has("QLinearMatMul") {
-        let ops = graph.node.iter().filter(|n| matches!(n.op_type.as_str(), "QLinearConv" | "QLinearMatMul"));
-        let scales = ops.clone().map(|n| len(n.input.get(4).map_or("", |s| s))).collect();
-        let act = ops.clone().find_map(|n| n.input.get(2).and_then(|z| zp_type(z)));
-        ("QOperator", scales, act)
-    } else if has("DynamicQuantizeLinear") || has("MatMulInteger") || has("ConvInteger") {
-        let scales = graph
-            .node
-            .iter()
-            .filter(|n| matches!(n.op_type.as_str(), "MatMulInteger" | "ConvInteger"))
-            .map(|n| len(n.input.get(3).map_or("", |s| s)))
-            .collect();
-        ("dynamic", scales, Some("u8"))
-    } else if has("DequantizeLinear") {
-        let weight_dq = graph.node.iter().filter(|n| {
-            n.op_type == "DequantizeLinear" && initializer(graph, &n.input[0]).is_some_and(|t| t.dims.len() >= 2)
-        });
-        let scales = weight_dq.map(|n| len(n.input.get(1).map_or("", |s| s))).collect();
-        let act = graph
-            .node
-            .iter()
-            .filter(|n| n.op_type == "QuantizeLinear")
-            .find_map(|n| n.input.get(2).and_then(|z| zp_type(z)));
-        ("QDQ", scales, act)
+    let (format, scales, act): (&'static str, Vec<i64>, Option<&'static str>) =
+        if has("QLinearConv") || has("QLinearMatMul") {
+            let ops = graph
+                .node
+                .iter()
+                .filter(|n| matches!(n.op_type.as_str(), "QLinearConv" | "QLinearMatMul"));
+            let scales = ops
+                .clone()
+                .map(|n| len(n.input.get(4).map_or("", |s| s)))
+                .collect();
+            let act = ops
+                .clone()
+                .find_map(|n| n.input.get(2).and_then(|z| zp_type(z)));
+            ("QOperator", scales, act)
+        } else if has("DynamicQuantizeLinear") || has("MatMulInteger") || has("ConvInteger") {
+            let scales = graph
+                .node
+                .iter()
+                .filter(|n| matches!(n.op_type.as_str(), "MatMulInteger" | "ConvInteger"))
+                .map(|n| len(n.input.get(3).map_or("", |s| s)))
+                .collect();
+            ("dynamic", scales, Some("u8"))
+        } else if has("DequantizeLinear") {
+            let weight_dq = graph.node.iter().filter(|n| {
+                n.op_type == "DequantizeLinear"
+                    && initializer(graph, &n.input[0]).is_some_and(|t| t.dims.len() >= 2)
+            });
+            let scales = weight_dq
+                .map(|n| len(n.input.get(1).map_or("", |s| s)))
+                .collect();
+            let act = graph
+                .node
+                .iter()
+                .filter(|n| n.op_type == "QuantizeLinear")
+                .find_map(|n| n.input.get(2).and_then(|z| zp_type(z)));
+            ("QDQ", scales, act)
+        } else {
+            return None;
+        };
+    let weights = if scales.iter().any(|&s| s > 1) {
+        "per-channel"
     } else {
-        return None;
+        "per-tensor"
     };
-    let weights = if scales.iter().any(|&s| s > 1) { "per-channel" } else { "per-tensor" };
-    Some(Quantization { format, weights, activations: act })
+    Some(Quantization {
+        format,
+        weights,
+        activations: act,
+    })
 }
 
 /// Multiply-accumulates of one batch-1 inference, from tract's cost model of the
 /// decluttered (not yet kernel-lowered) graph.
 fn macs(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<u64> {
-    let typed = super::typed_model(path, bytes, options, Some(1))?.0;
+    let typed = super::typed_model(path, bytes, options)?.0;
+    let mut batch1 = SymbolValues::default();
+    for sym in typed.symbols.all_symbols() {
+        batch1.set(&sym, 1);
+    }
     let mut total = 0u64;
     for node in typed.nodes() {
-        let inputs: TVec<&TypedFact> = node.inputs.iter().filter_map(|o| typed.outlet_fact(*o).ok()).collect();
+        let inputs: TVec<&TypedFact> = node
+            .inputs
+            .iter()
+            .filter_map(|o| typed.outlet_fact(*o).ok())
+            .collect();
         if let Ok(costs) = node.op.cost(&inputs) {
             for (cost, n) in costs {
-                if let (Cost::FMA(_), Ok(n)) = (cost, n.to_i64()) {
+                if let (Cost::FMA(_), Ok(n)) = (cost, n.eval_to_i64(&batch1)) {
                     total += n.max(0) as u64;
                 }
             }

@@ -81,18 +81,31 @@ impl Model {
 
     /// Loads a model from bytes; `path` names it in errors and locates external weight files.
     pub fn from_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
-        let (typed, io) = typed_model(path, bytes, options, None)?;
+        let (typed, io) = typed_model(path, bytes, options)?;
         let threads = options.threads.unwrap_or_else(default_threads);
         if threads == 0 {
             return Err(Error::Config("thread count must be at least 1".into()));
         }
-        let optimized = typed.into_optimized().map_err(stage_error(path, "optimisation"))?;
-        let executor = if threads == 1 { Executor::SingleThread } else { Executor::multithread(threads) };
-        let run_options = RunOptions { executor: Some(executor), ..Default::default() };
+        let optimized = typed
+            .into_optimized()
+            .map_err(stage_error(path, "optimisation"))?;
+        let executor = if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        };
+        let run_options = RunOptions {
+            executor: Some(executor),
+            ..Default::default()
+        };
         let plan = optimized
             .into_runnable_with_options(&run_options)
             .map_err(stage_error(path, "planning"))?;
-        Ok(Model { path: path.to_owned(), plan, io })
+        Ok(Model {
+            path: path.to_owned(),
+            plan,
+            io,
+        })
     }
 
     /// Runs a batch `[N, 3, H, W]` (f32 or f16) and returns f32 logits `[N, classes]`.
@@ -104,18 +117,30 @@ impl Model {
         }
         .map_err(|e| self.run_error(e))?
         .into_owned();
-        let out = self.plan.run(tvec!(input.into_tvalue())).map_err(|e| self.run_error(e))?;
-        let logits = out[0].cast_to::<f32>().map_err(|e| self.run_error(e))?.into_owned();
+        let out = self
+            .plan
+            .run(tvec!(input.into_tvalue()))
+            .map_err(|e| self.run_error(e))?;
+        let logits = out[0]
+            .cast_to::<f32>()
+            .map_err(|e| self.run_error(e))?
+            .into_owned();
         Ok(logits)
     }
 
     fn run_error(&self, e: anyhow::Error) -> Error {
-        Error::Model { path: self.path.clone(), stage: "inference", reason: format!("{e:#}") }
+        Error::Model {
+            path: self.path.clone(),
+            stage: "inference",
+            reason: format!("{e:#}"),
+        }
     }
 
     fn check_input(&self, input: &Tensor) -> Result<()> {
         let shape = input.shape();
-        let batch_ok = shape.first().is_some_and(|&n| n > 0 && self.io.batch.is_none_or(|b| b == n));
+        let batch_ok = shape
+            .first()
+            .is_some_and(|&n| n > 0 && self.io.batch.is_none_or(|b| b == n));
         let ok = shape.len() == 4
             && batch_ok
             && shape[1..] == [3, self.io.height, self.io.width]
@@ -126,7 +151,10 @@ impl Model {
         let batch = self.io.batch.map_or("N".to_owned(), |b| b.to_string());
         Err(Error::Shape {
             what: format!("input of {}", self.path.display()),
-            expected: format!("f32 or f16 [{batch}, 3, {}, {}]", self.io.height, self.io.width),
+            expected: format!(
+                "f32 or f16 [{batch}, 3, {}, {}]",
+                self.io.height, self.io.width
+            ),
             got: format!("{:?} {:?}", input.datum_type(), shape),
         })
     }
@@ -173,23 +201,30 @@ impl Model {
 }
 
 fn stage_error<'p>(path: &'p Path, stage: &'static str) -> impl Fn(anyhow::Error) -> Error + 'p {
-    move |e| Error::Model { path: path.to_owned(), stage, reason: format!("{e:#}") }
+    move |e| Error::Model {
+        path: path.to_owned(),
+        stage,
+        reason: format!("{e:#}"),
+    }
 }
 
-/// Decodes, checks, rewrites, parses and types a model (see the module docs); `batch`
-/// overrides a dynamic batch axis. The returned `Model` fields other than the plan are filled.
+/// Decodes, checks, rewrites, parses and types a model (see the module docs).
 pub(crate) fn typed_model(
     path: &Path,
     bytes: &[u8],
     options: &LoadOptions,
-    batch: Option<usize>,
 ) -> Result<(TypedModel, Io)> {
     let mut proto = decode(path, bytes)?;
     let sig = Signature::of(path, &proto)?;
-    let rewrites = rewrite::apply(&mut proto)
-        .map_err(|reason| Error::Model { path: path.to_owned(), stage: "graph rewrite", reason })?;
+    let rewrites = rewrite::apply(&mut proto).map_err(|reason| Error::Model {
+        path: path.to_owned(),
+        stage: "graph rewrite",
+        reason,
+    })?;
     let dir = path.parent().and_then(|d| d.to_str());
-    let parsed = tract_onnx::onnx().parse(&proto, dir).map_err(stage_error(path, "ONNX parsing"))?;
+    let parsed = tract_onnx::onnx()
+        .parse(&proto, dir)
+        .map_err(stage_error(path, "ONNX parsing"))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Model {
             path: path.to_owned(),
@@ -199,20 +234,30 @@ pub(crate) fn typed_model(
     }
     let mut model = parsed.model;
     let (height, width) = sig.spatial(path, options.input_size)?;
-    let batch = sig.batch.or(batch);
-    let batch_dim: TDim = match batch {
+    let batch_dim: TDim = match sig.batch {
         Some(b) => b.into(),
-        None => model.symbols.sym(sig.batch_symbol.as_deref().unwrap_or("batch")).into(),
+        None => model
+            .symbols
+            .sym(sig.batch_symbol.as_deref().unwrap_or("batch"))
+            .into(),
     };
     let dt = match sig.input_type {
         InputType::F32 => f32::datum_type(),
         InputType::F16 => f16::datum_type(),
     };
     let fact = InferenceFact::dt_shape(dt, tvec![batch_dim, 3.into(), height.into(), width.into()]);
-    model.set_input_fact(0, fact).map_err(stage_error(path, "setting the input shape"))?;
-    let typed = model.into_typed().map_err(stage_error(path, "type and shape analysis"))?;
+    model
+        .set_input_fact(0, fact)
+        .map_err(stage_error(path, "setting the input shape"))?;
+    let typed = model
+        .into_typed()
+        .map_err(stage_error(path, "type and shape analysis"))?;
     let classes = output_classes(path, &typed)?;
-    let metadata = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+    let metadata = proto
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
     let io = Io {
         input_type: sig.input_type,
         batch: sig.batch,
@@ -227,11 +272,16 @@ pub(crate) fn typed_model(
 
 /// Worker threads when none are asked for: every core the process may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto> {
-    let invalid = |reason: String| Error::InvalidOnnx { path: path.to_owned(), reason };
+    let invalid = |reason: String| Error::InvalidOnnx {
+        path: path.to_owned(),
+        reason,
+    };
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| invalid(format!("{e:#} (truncated or not an ONNX file?)")))?;
@@ -255,27 +305,45 @@ pub(crate) struct Signature {
 
 impl Signature {
     pub(crate) fn of(path: &Path, proto: &pb::ModelProto) -> Result<Signature> {
-        let not = |reason: String| Error::NotAClassifier { path: path.to_owned(), reason };
+        let not = |reason: String| Error::NotAClassifier {
+            path: path.to_owned(),
+            reason,
+        };
         let graph = proto.graph.as_ref().ok_or_else(|| not("no graph".into()))?;
         let inits: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<&pb::ValueInfoProto> =
-            graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+        let inputs: Vec<&pb::ValueInfoProto> = graph
+            .input
+            .iter()
+            .filter(|i| !inits.contains(i.name.as_str()))
+            .collect();
         if inputs.len() != 1 {
-            return Err(not(format!("expected one image input, found {}", inputs.len())));
+            return Err(not(format!(
+                "expected one image input, found {}",
+                inputs.len()
+            )));
         }
         if graph.output.len() != 1 {
-            return Err(not(format!("expected one output (logits), found {}", graph.output.len())));
+            return Err(not(format!(
+                "expected one output (logits), found {}",
+                graph.output.len()
+            )));
         }
         let input = inputs[0];
-        let Some(pb::type_proto::Value::TensorType(tt)) = input.r#type.as_ref().and_then(|t| t.value.as_ref())
+        let Some(pb::type_proto::Value::TensorType(tt)) =
+            input.r#type.as_ref().and_then(|t| t.value.as_ref())
         else {
             return Err(not(format!("input {:?} is not a tensor", input.name)));
         };
         let input_type = match tt.elem_type {
             1 => InputType::F32,
             10 => InputType::F16,
-            other => return Err(not(format!("input {:?} has element type {other}, need float or float16", input.name))),
+            other => {
+                return Err(not(format!(
+                    "input {:?} has element type {other}, need float or float16",
+                    input.name
+                )))
+            }
         };
         let dims: Vec<Option<usize>> = tt
             .shape
@@ -284,7 +352,9 @@ impl Signature {
                 s.dim
                     .iter()
                     .map(|d| match d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
+                            Some(v as usize)
+                        }
                         _ => None,
                     })
                     .collect()
@@ -298,10 +368,18 @@ impl Signature {
             )));
         }
         let batch_symbol = tt.shape.as_ref().and_then(|s| match &s.dim.first()?.value {
-            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Some(p.clone()),
+            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                Some(p.clone())
+            }
             _ => None,
         });
-        Ok(Signature { input_type, batch: dims[0], batch_symbol, height: dims[2], width: dims[3] })
+        Ok(Signature {
+            input_type,
+            batch: dims[0],
+            batch_symbol,
+            height: dims[2],
+            width: dims[3],
+        })
     }
 
     fn spatial(&self, path: &Path, input_size: Option<usize>) -> Result<(usize, usize)> {
@@ -318,7 +396,10 @@ impl Signature {
 }
 
 pub(crate) fn fmt_dims(dims: &[Option<usize>]) -> String {
-    let d: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |v| v.to_string())).collect();
+    let d: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".into(), |v| v.to_string()))
+        .collect();
     format!("[{}]", d.join(", "))
 }
 
@@ -330,10 +411,15 @@ fn output_classes(path: &Path, typed: &TypedModel) -> Result<usize> {
     })?;
     let dims: Vec<&TDim> = fact.shape.iter().collect();
     match dims.as_slice() {
-        [_, classes] => classes.to_i64().ok().map(|c| c as usize).filter(|&c| c > 0).ok_or_else(|| Error::NotAClassifier {
-            path: path.to_owned(),
-            reason: format!("output class count {classes} is not a fixed number"),
-        }),
+        [_, classes] => classes
+            .to_i64()
+            .ok()
+            .map(|c| c as usize)
+            .filter(|&c| c > 0)
+            .ok_or_else(|| Error::NotAClassifier {
+                path: path.to_owned(),
+                reason: format!("output class count {classes} is not a fixed number"),
+            }),
         _ => Err(Error::NotAClassifier {
             path: path.to_owned(),
             reason: format!("output has shape {:?}, need [batch, classes]", fact.shape),

@@ -39,7 +39,9 @@ impl Rewrites {
 /// expressed (for example a QLinearGlobalAveragePool over channels-last data).
 pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
     let mut done = Rewrites::default();
-    let Some(graph) = model.graph.as_mut() else { return Ok(done) };
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(done);
+    };
     let mut ed = Editor::new(graph);
     let nodes = std::mem::take(&mut ed.graph.node);
     let mut out = Vec::with_capacity(nodes.len());
@@ -49,7 +51,9 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
             (MS_DOMAIN, "QLinearAdd") => Some(ed.qlinear_binary(&node, "Add")),
             (MS_DOMAIN, "QLinearMul") => Some(ed.qlinear_binary(&node, "Mul")),
             (MS_DOMAIN, "QLinearGlobalAveragePool") => Some(ed.qlinear_global_avg_pool(&node)?),
-            ("" | "ai.onnx", "Gemm") if ed.is_plain_f16_gemm(&node) => Some(ed.gemm_as_matmul(&node)),
+            ("" | "ai.onnx", "Gemm") if ed.is_plain_f16_gemm(&node) => {
+                Some(ed.gemm_as_matmul(&node))
+            }
             _ => None,
         };
         match replaced {
@@ -88,13 +92,24 @@ impl<'a> Editor<'a> {
 
     /// `DequantizeLinear(x, scale, zero_point)` with the zero point omitted when absent and a
     /// per-axis scale applied along `axis`.
-    fn dequantize(&mut self, nodes: &mut Vec<NodeProto>, node: &NodeProto, x: usize, axis: i64) -> String {
+    fn dequantize(
+        &mut self,
+        nodes: &mut Vec<NodeProto>,
+        node: &NodeProto,
+        x: usize,
+        axis: i64,
+    ) -> String {
         let out = self.name(&node.name, "dq");
         let mut inputs = vec![input(node, x), input(node, x + 1)];
         if !input(node, x + 2).is_empty() {
             inputs.push(input(node, x + 2));
         }
-        nodes.push(op("DequantizeLinear", inputs, vec![out.clone()], vec![int_attr("axis", axis)]));
+        nodes.push(op(
+            "DequantizeLinear",
+            inputs,
+            vec![out.clone()],
+            vec![int_attr("axis", axis)],
+        ));
         out
     }
 
@@ -120,11 +135,26 @@ impl<'a> Editor<'a> {
         let mut gemm_inputs = vec![a, b];
         if !input(node, 6).is_empty() {
             let bias_scale = self.name(&node.name, "bias_scale");
-            nodes.push(op("Mul", vec![input(node, 1), input(node, 4)], vec![bias_scale.clone()], vec![]));
+            nodes.push(op(
+                "Mul",
+                vec![input(node, 1), input(node, 4)],
+                vec![bias_scale.clone()],
+                vec![],
+            ));
             let bias_f = self.name(&node.name, "bias_f32");
-            nodes.push(op("Cast", vec![input(node, 6)], vec![bias_f.clone()], vec![int_attr("to", 1)]));
+            nodes.push(op(
+                "Cast",
+                vec![input(node, 6)],
+                vec![bias_f.clone()],
+                vec![int_attr("to", 1)],
+            ));
             let bias = self.name(&node.name, "bias");
-            nodes.push(op("Mul", vec![bias_f, bias_scale], vec![bias.clone()], vec![]));
+            nodes.push(op(
+                "Mul",
+                vec![bias_f, bias_scale],
+                vec![bias.clone()],
+                vec![],
+            ));
             gemm_inputs.push(bias);
         }
         let attrs = vec![
@@ -157,7 +187,10 @@ impl<'a> Editor<'a> {
     /// QLinearGlobalAveragePool(X, x_scale, x_zp, y_scale, y_zp), channels-first only.
     fn qlinear_global_avg_pool(&mut self, node: &NodeProto) -> Result<Vec<NodeProto>, String> {
         if int_attr_of(node, "channels_last").unwrap_or(0) != 0 {
-            return Err(format!("node {:?}: channels_last QLinearGlobalAveragePool is not supported", node.name));
+            return Err(format!(
+                "node {:?}: channels_last QLinearGlobalAveragePool is not supported",
+                node.name
+            ));
         }
         let mut nodes = vec![];
         let x = self.dequantize(&mut nodes, node, 0, 1);
@@ -185,15 +218,30 @@ impl<'a> Editor<'a> {
         let mut b = input(node, 1);
         if int_attr_of(node, "transB").unwrap_or(0) != 0 {
             let bt = self.name(&node.name, "bt");
-            nodes.push(op("Transpose", vec![b], vec![bt.clone()], vec![ints_attr("perm", &[1, 0])]));
+            nodes.push(op(
+                "Transpose",
+                vec![b],
+                vec![bt.clone()],
+                vec![ints_attr("perm", &[1, 0])],
+            ));
             b = bt;
         }
         let c = input(node, 2);
         if c.is_empty() {
-            nodes.push(op("MatMul", vec![input(node, 0), b], node.output.clone(), vec![]));
+            nodes.push(op(
+                "MatMul",
+                vec![input(node, 0), b],
+                node.output.clone(),
+                vec![],
+            ));
         } else {
             let ab = self.name(&node.name, "matmul");
-            nodes.push(op("MatMul", vec![input(node, 0), b], vec![ab.clone()], vec![]));
+            nodes.push(op(
+                "MatMul",
+                vec![input(node, 0), b],
+                vec![ab.clone()],
+                vec![],
+            ));
             nodes.push(op("Add", vec![ab, c], node.output.clone(), vec![]));
         }
         nodes
@@ -204,20 +252,46 @@ fn input(node: &NodeProto, i: usize) -> String {
     node.input.get(i).cloned().unwrap_or_default()
 }
 
-fn op(op_type: &str, input: Vec<String>, output: Vec<String>, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto { input, output, op_type: op_type.to_owned(), attribute, ..Default::default() }
+fn op(
+    op_type: &str,
+    input: Vec<String>,
+    output: Vec<String>,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        input,
+        output,
+        op_type: op_type.to_owned(),
+        attribute,
+        ..Default::default()
+    }
 }
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.to_owned(), r#type: ATTR_INT, i, ..Default::default() }
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: ATTR_INT,
+        i,
+        ..Default::default()
+    }
 }
 
 fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.to_owned(), r#type: ATTR_INTS, ints: ints.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: ATTR_INTS,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: name.to_owned(), r#type: ATTR_FLOAT, f, ..Default::default() }
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: ATTR_FLOAT,
+        f,
+        ..Default::default()
+    }
 }
 
 pub(crate) fn int_attr_of(node: &NodeProto, name: &str) -> Option<i64> {
@@ -225,7 +299,10 @@ pub(crate) fn int_attr_of(node: &NodeProto, name: &str) -> Option<i64> {
 }
 
 pub(crate) fn ints_attr_of<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.ints.as_slice())
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.as_slice())
 }
 
 fn float_attr_of(node: &NodeProto, name: &str) -> Option<f32> {

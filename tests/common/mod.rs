@@ -39,12 +39,19 @@ pub fn fixtures() -> Vec<Fixture> {
 
 pub fn sha256_hex(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn f32s(t: &tract_onnx::prelude::Tensor) -> Vec<f32> {
     let t = t.cast_to::<f32>().unwrap();
-    t.to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+    t.to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -62,20 +69,41 @@ pub fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
 
 /// Checks ours against onnxruntime's logits with the precision's tolerance; returns a
 /// description of the agreement, or the reason it fails.
-pub fn compare(precision: &str, ours: &[f32], reference: &[f32], classes: usize) -> Result<String, String> {
+pub fn compare(
+    precision: &str,
+    ours: &[f32],
+    reference: &[f32],
+    classes: usize,
+) -> Result<String, String> {
     if ours.len() != reference.len() {
-        return Err(format!("{} values, onnxruntime has {}", ours.len(), reference.len()));
+        return Err(format!(
+            "{} values, onnxruntime has {}",
+            ours.len(),
+            reference.len()
+        ));
     }
     let max_ref = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_diff = ours.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let cos = cosine(ours, reference);
     let top1 = argmax_rows(ours, classes) == argmax_rows(reference, classes);
-    let summary = format!("max|d| {:.2e} (rel {:.2e}) cosine {cos:.6} top1 {}", max_diff, max_diff / max_ref, if top1 { "equal" } else { "DIFFERENT" });
+    let summary = format!(
+        "max|d| {:.2e} (rel {:.2e}) cosine {cos:.6} top1 {}",
+        max_diff,
+        max_diff / max_ref,
+        if top1 { "equal" } else { "DIFFERENT" }
+    );
     let ok = match precision {
         "f32" => max_diff <= 1e-4 * max_ref,
         "f16" => cos >= 0.999 && top1,
         "int8" => cos >= 0.995 && top1,
         other => return Err(format!("unknown precision {other}")),
     };
-    if ok { Ok(summary) } else { Err(summary) }
+    if ok {
+        Ok(summary)
+    } else {
+        Err(summary)
+    }
 }
