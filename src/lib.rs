@@ -3,11 +3,14 @@
 //! Modules, in the order data flows through them:
 //! - [`model`]: load an ONNX file (graph rewrites for exporter/quantizer quirks, tract
 //!   analysis and optimisation) and run it; [`model::inspect`] reports what is in a file.
+//! - [`precision`]: what precision a file stores; f16 ↔ f32 conversion at load.
 //! - [`preprocess`]: decode images and reproduce timm / torchvision / Hugging Face evaluation
 //!   transforms.
 //! - [`labels`]: class names.
 //! - [`classify`]: image → top-K predictions.
 //! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
+//! - [`bench`]: latency benchmarking (round-robin configurations, statistics, reports).
+//! - [`machine`]: what the machine is (cores, ...), from sysfs.
 //!
 //! ```
 //! use convnext_edge::{Classifier, LoadOptions, Model};
@@ -17,15 +20,19 @@
 //! # Ok::<(), convnext_edge::Error>(())
 //! ```
 
+pub mod bench;
 pub mod classify;
 pub mod error;
 pub mod labels;
+pub mod machine;
 pub mod model;
 pub mod npy;
+pub mod precision;
 pub mod preprocess;
 
 pub use classify::{Classifier, Prediction};
 pub use error::{Error, Result};
 pub use labels::Labels;
 pub use model::{LoadOptions, Model};
+pub use precision::Precision;
 pub use preprocess::{Preprocess, Preset};

@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use convnext_edge::bench::{self, BenchSpec, Cpus, Stop};
+use convnext_edge::machine::Sysfs;
 use convnext_edge::model::inspect::Info;
-use convnext_edge::{npy, Classifier, Labels, LoadOptions, Model, Preset};
+use convnext_edge::{npy, Classifier, Labels, LoadOptions, Model, Precision, Preset};
 
 #[derive(Parser)]
 #[command(
@@ -15,9 +19,10 @@ use convnext_edge::{npy, Classifier, Labels, LoadOptions, Model, Preset};
     about = "Run ConvNeXt ONNX classifiers (f32, f16, int8) with tract"
 )]
 struct Cli {
-    /// Worker threads per inference (default: all cores available to the process).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
+    /// Worker threads per inference (default: the physical cores available to the process);
+    /// `bench` takes a list, e.g. 1,2,4.
+    #[arg(long, global = true, value_delimiter = ',')]
+    threads: Vec<usize>,
     /// Input height and width for models with dynamic spatial axes (or to override them).
     #[arg(long, global = true)]
     input_size: Option<usize>,
@@ -61,6 +66,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure latency of models x precisions x thread counts, interleaved round-robin.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Model files (repeat --model for several).
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// Precisions to run each model in: auto (as stored), f32, f16, int8.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    precision: Vec<Precision>,
+    /// Measured runs per configuration (default 50 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    iters: Option<usize>,
+    /// Measure about S seconds per configuration instead of a number of runs.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Warm-up runs per configuration after the first (timed) one.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Seconds of idle before loading each configuration, to let the board cool.
+    #[arg(long, default_value_t = 0.0)]
+    cooldown: f64,
+    /// Pin worker threads to these CPUs (e.g. 0-3 or 4,5), or `big` for the biggest cores.
+    #[arg(long)]
+    cpus: Option<Cpus>,
+    /// Images per inference.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Write the JSON report to FILE (`-` = stdout, and no table or progress).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per configuration to FILE (`-` = stdout).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Print a Markdown table instead of the plain one.
+    #[arg(long)]
+    markdown: bool,
+    /// Time decode -> preprocess -> infer -> top-K per stage on this image.
+    #[arg(long, value_name = "IMAGE")]
+    pipeline: Option<PathBuf>,
 }
 
 #[derive(serde::Serialize)]
@@ -81,9 +128,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Bench(args) = cli.command {
+        return run_bench(args, cli.threads, cli.input_size);
+    }
+    anyhow::ensure!(
+        cli.threads.len() <= 1,
+        "--threads takes one number here (lists are for bench)"
+    );
     let options = LoadOptions {
-        threads: cli.threads,
+        threads: cli.threads.first().copied(),
         input_size: cli.input_size,
+        ..Default::default()
     };
     match cli.command {
         Command::Classify {
@@ -125,6 +180,7 @@ fn run(cli: Cli) -> Result<()> {
             let y = model.run(x)?;
             npy::write_f32(&output, &y)?;
         }
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Info { model, json } => {
             let info = Info::gather(&model, &options)?;
             if json {
@@ -159,4 +215,109 @@ fn print_predictions(
         }
     }
     Ok(())
+}
+
+fn run_bench(args: BenchArgs, threads: Vec<usize>, input_size: Option<usize>) -> Result<()> {
+    let stop = match (args.iters, args.duration) {
+        (_, Some(s)) if s > 0.0 && s.is_finite() => {
+            Stop::Duration(std::time::Duration::from_secs_f64(s))
+        }
+        (_, Some(s)) => anyhow::bail!("--duration must be a positive number of seconds, got {s}"),
+        (Some(0), None) => anyhow::bail!("--iters must be at least 1"),
+        (n, None) => Stop::Iters(n.unwrap_or(50)),
+    };
+    anyhow::ensure!(
+        args.cooldown >= 0.0 && args.cooldown.is_finite(),
+        "--cooldown must be >= 0"
+    );
+    let threads = if threads.is_empty() {
+        vec![convnext_edge::model::default_threads()]
+    } else {
+        threads
+    };
+    let spec = BenchSpec {
+        models: args.models,
+        precisions: args.precision,
+        threads,
+        stop,
+        warmup: args.warmup,
+        cooldown: std::time::Duration::from_secs_f64(args.cooldown),
+        cpus: args.cpus,
+        batch: args.batch,
+        input_size,
+        pipeline_image: args.pipeline,
+    };
+    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let report = if json_to_stdout || !std::io::stderr().is_terminal() {
+        bench::run(&spec, &Sysfs::default(), &mut bench::Quiet)
+    } else {
+        bench::run(&spec, &Sysfs::default(), &mut ProgressBar::default())
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        write_output(path, &json)?;
+    }
+    if let Some(path) = &args.csv {
+        write_output(path, &report.csv())?;
+    }
+    if !json_to_stdout {
+        print!(
+            "{}",
+            if args.markdown {
+                report.markdown()
+            } else {
+                report.table()
+            }
+        );
+    }
+    let failed = report
+        .results
+        .iter()
+        .filter(|r| r.status == bench::report::Status::Failed)
+        .count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} configuration(s) failed",
+        report.results.len()
+    );
+    Ok(())
+}
+
+fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
+    if path == std::path::Path::new("-") {
+        println!("{text}");
+        Ok(())
+    } else {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A one-line progress bar on stderr, shown once the measured phase has run for 2 seconds.
+#[derive(Default)]
+struct ProgressBar {
+    start: Option<std::time::Instant>,
+    shown: bool,
+}
+
+impl bench::Progress for ProgressBar {
+    fn update(&mut self, done: f64, message: &str) {
+        let start = *self.start.get_or_insert_with(std::time::Instant::now);
+        if start.elapsed().as_secs_f64() < 2.0 {
+            return;
+        }
+        let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
+        eprint!(
+            "\r[{}{}] {:>3.0}% {message}   ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            done * 100.0
+        );
+        self.shown = true;
+    }
+
+    fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }

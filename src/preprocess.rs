@@ -222,7 +222,12 @@ fn crop_offset(len: u32, crop: u32, rule: CropOffset) -> Option<u32> {
 /// Decodes a JPEG or PNG file to 8-bit RGB (greyscale is replicated, alpha dropped).
 pub fn decode(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::Image {
+    decode_bytes(path, &bytes)
+}
+
+/// Decodes JPEG or PNG bytes; `path` names them in errors.
+pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;

@@ -66,3 +66,38 @@ fn every_fixture_matches_onnxruntime() {
         "fixtures not matching onnxruntime: {failures:?}"
     );
 }
+
+#[test]
+fn float_models_run_in_the_other_float_precision() {
+    use convnext_edge::Precision;
+    let all = fixtures();
+    for (name, precision) in [
+        ("timm_v1_f16", Precision::F32),
+        ("timm_v1_op17", Precision::F16),
+    ] {
+        let f = all.iter().find(|f| f.name == name).unwrap();
+        let opts = LoadOptions {
+            threads: Some(1),
+            precision,
+            ..Default::default()
+        };
+        let model = Model::load(&fixtures_dir().join(&f.model), &opts).unwrap();
+        let x = npy::read(&fixtures_dir().join(&f.input)).unwrap();
+        let ours = f32s(&model.run(x).unwrap());
+        let reference = f32s(&npy::read(&fixtures_dir().join(&f.reference)).unwrap());
+        let agreement = compare("f16", &ours, &reference, model.classes()).unwrap();
+        eprintln!("{name} as {precision}: {agreement}");
+    }
+    let opts = LoadOptions {
+        precision: Precision::F32,
+        ..Default::default()
+    };
+    let err = Model::load(&fixtures_dir().join("timm_v1_qdq_pc_u8.onnx"), &opts).unwrap_err();
+    assert!(err.to_string().contains("int8-quantized"), "{err}");
+    let opts = LoadOptions {
+        precision: Precision::Int8,
+        ..Default::default()
+    };
+    let err = Model::load(&fixtures_dir().join("timm_v1_op17.onnx"), &opts).unwrap_err();
+    assert!(err.to_string().contains("needs a quantized file"), "{err}");
+}

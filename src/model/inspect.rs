@@ -112,7 +112,7 @@ impl Info {
                 .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
                 .map_or(0, |o| o.version),
             variant: variant(graph),
-            precision: precision(graph).to_owned(),
+            precision: crate::precision::of_graph(graph).to_string(),
             quantization: quantization(graph),
             input_shape: fmt_dims(&[sig.batch, Some(3), sig.height, sig.width]),
             dynamic_axes,
@@ -262,26 +262,6 @@ fn initializer<'g>(graph: &'g pb::GraphProto, name: &str) -> Option<&'g pb::Tens
     graph.initializer.iter().find(|t| t.name == name)
 }
 
-fn precision(graph: &pb::GraphProto) -> &'static str {
-    let has = |op: &str| graph.node.iter().any(|n| n.op_type == op);
-    if [
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "DequantizeLinear",
-    ]
-    .iter()
-    .any(|o| has(o))
-    {
-        "int8"
-    } else if graph.initializer.iter().any(|t| t.data_type == 10) {
-        "f16"
-    } else {
-        "f32"
-    }
-}
-
 fn quantization(graph: &pb::GraphProto) -> Option<Quantization> {
     let has = |op: &str| graph.node.iter().any(|n| n.op_type == op);
     let len = |name: &str| initializer(graph, name).map_or(1, |t| t.dims.iter().product::<i64>());
@@ -367,7 +347,8 @@ fn macs(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<u64> {
     Ok(total)
 }
 
-fn kernels(model: &TypedModel) -> Vec<String> {
+/// The matmul kernels an optimised plan uses.
+pub fn kernels(model: &TypedModel) -> Vec<String> {
     let mut names: Vec<String> = model
         .nodes()
         .iter()

@@ -23,14 +23,20 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use crate::error::{Error, Result};
+use crate::precision::{self, Precision};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Worker threads for one inference; `None` = all available cores.
+    /// Worker threads for one inference; `None` = the physical cores available.
     pub threads: Option<usize>,
     /// Spatial input size for models whose height/width are dynamic (or to override them).
     pub input_size: Option<usize>,
+    /// Precision to run in; `Auto` runs the file as stored.
+    pub precision: Precision,
+    /// Pin the worker threads to these CPUs (one each, round-robin), and the calling thread to
+    /// all of them.
+    pub cpus: Option<Vec<usize>>,
 }
 
 /// Element type of the model's input (and of its weights).
@@ -63,6 +69,8 @@ pub struct Model {
 #[derive(Debug, Clone)]
 pub(crate) struct Io {
     input_type: InputType,
+    /// The precision the plan runs in.
+    precision: Precision,
     /// `None` when the batch axis is dynamic.
     batch: Option<usize>,
     height: usize,
@@ -89,11 +97,7 @@ impl Model {
         let optimized = typed
             .into_optimized()
             .map_err(stage_error(path, "optimisation"))?;
-        let executor = if threads == 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(threads)
-        };
+        let executor = executor(threads, options.cpus.as_deref()).map_err(Error::Config)?;
         let run_options = RunOptions {
             executor: Some(executor),
             ..Default::default()
@@ -174,6 +178,11 @@ impl Model {
         self.io.batch
     }
 
+    /// The precision the model runs in (as stored, or as converted at load).
+    pub fn precision(&self) -> Precision {
+        self.io.precision
+    }
+
     /// Element type of the model's input.
     pub fn input_type(&self) -> InputType {
         self.io.input_type
@@ -198,6 +207,37 @@ impl Model {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The thread pool for one model: rayon threads pinned one CPU each when `cpus` is given.
+fn executor(threads: usize, cpus: Option<&[usize]>) -> std::result::Result<Executor, String> {
+    let Some(cpus) = cpus else {
+        return Ok(if threads == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread(threads)
+        });
+    };
+    if cpus.is_empty() {
+        return Err("empty CPU list".into());
+    }
+    crate::machine::pin_current_thread(cpus)
+        .map_err(|e| format!("cannot pin to CPUs {cpus:?}: {e}"))?;
+    if threads == 1 {
+        return Ok(Executor::SingleThread);
+    }
+    let cpus = cpus.to_vec();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("convnext-edge-{i}"))
+        .start_handler(move |i| {
+            // The calling thread is already restricted to the set; a worker that cannot be
+            // narrowed to one CPU still runs inside it.
+            let _ = crate::machine::pin_current_thread(&[cpus[i % cpus.len()]]);
+        })
+        .build()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+    Ok(Executor::MultiThread(Arc::new(pool)))
 }
 
 fn stage_error<'p>(path: &'p Path, stage: &'static str) -> impl Fn(anyhow::Error) -> Error + 'p {
@@ -252,6 +292,17 @@ pub(crate) fn typed_model(
     let typed = model
         .into_typed()
         .map_err(stage_error(path, "type and shape analysis"))?;
+    let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks the graph"));
+    let typed =
+        precision::convert(typed, stored, options.precision).map_err(|reason| Error::Model {
+            path: path.to_owned(),
+            stage: "precision conversion",
+            reason,
+        })?;
+    let input_type = match typed.input_fact(0).map(|f| f.datum_type) {
+        Ok(DatumType::F16) => InputType::F16,
+        _ => InputType::F32,
+    };
     let classes = output_classes(path, &typed)?;
     let metadata = proto
         .metadata_props
@@ -259,7 +310,11 @@ pub(crate) fn typed_model(
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
     let io = Io {
-        input_type: sig.input_type,
+        input_type,
+        precision: match options.precision {
+            Precision::Auto => stored,
+            p => p,
+        },
         batch: sig.batch,
         height,
         width,
