@@ -1,7 +1,8 @@
 //! Numeric precision: what a model file stores, and converting float models at load time.
 //!
-//! An f16 file can run in f32 (weights widened once at load: CPUs without fp16 arithmetic, such
-//! as x86, Pi 4 and Jetson Nano, otherwise run f16 on slow generic kernels) and an f32 file in f16.
+//! An f16 file can run in f32 (weights widened once at load) and an f32 file in f16. `Auto`
+//! runs f16 files in f32 on CPUs without fp16 arithmetic (x86, Pi 3/4, Jetson Nano), where tract
+//! would otherwise run f16 on slow generic kernels, and as stored everywhere else.
 //! The conversion is tract's `FloatPrecisionTranslator` on the typed graph, before
 //! optimisation, so the optimiser sees one float type. int8 files run as quantized; they are
 //! not converted.
@@ -74,20 +75,42 @@ pub fn of_graph(graph: &pb::GraphProto) -> Precision {
     }
 }
 
-/// Converts a typed model stored in `stored` precision to `wanted`, or explains why not.
+/// Whether this CPU has fp16 arithmetic (arm64 `asimdhp`: Pi 5, Jetson Xavier / Orin).
+pub fn cpu_has_fp16() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
+/// The precision a model stored in `stored` runs in when `wanted` is asked for.
+pub fn effective(stored: Precision, wanted: Precision) -> Precision {
+    match (stored, wanted) {
+        (Precision::F16, Precision::Auto) if !cpu_has_fp16() => Precision::F32,
+        (s, Precision::Auto) => s,
+        (_, w) => w,
+    }
+}
+
+/// Converts a typed model stored in `stored` precision to `wanted` (see [`effective`]), or
+/// explains why not.
 pub fn convert(
     model: TypedModel,
     stored: Precision,
     wanted: Precision,
 ) -> std::result::Result<TypedModel, String> {
+    let wanted = effective(stored, wanted);
     let translate = |from: DatumType, to: DatumType| {
         FloatPrecisionTranslator::new(from, to)
             .translate_model(&model)
             .map_err(|e| format!("{e:#}"))
     };
     match (stored, wanted) {
-        (_, Precision::Auto) => Ok(model),
-        (s, w) if s == w => Ok(model),
+        (s, w) if s == w || w == Precision::Auto => Ok(model),
         (Precision::F16, Precision::F32) => translate(f16::datum_type(), f32::datum_type()),
         (Precision::F32, Precision::F16) => translate(f32::datum_type(), f16::datum_type()),
         (Precision::Int8, w) => Err(format!("the model is int8-quantized; it cannot run as {w}")),

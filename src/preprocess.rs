@@ -17,7 +17,8 @@
 
 use std::path::Path;
 
-use fast_image_resize::{self as fr, images::Image as FrImage, FilterType, PixelType, ResizeAlg};
+use fast_image_resize::images::{Image as FrImage, ImageRef};
+use fast_image_resize::{self as fr, FilterType, IntoImageView, PixelType, ResizeAlg};
 use image::RgbImage;
 use tract_onnx::prelude::Tensor;
 
@@ -161,22 +162,13 @@ impl Preprocess {
     /// Antialiased convolution resize, horizontal pass then vertical pass, like PIL.
     fn resize(&self, img: &RgbImage, w: u32, h: u32) -> Result<RgbImage> {
         let (sw, sh) = img.dimensions();
-        let opts = fr::ResizeOptions::new().resize_alg(ResizeAlg::Convolution(self.filter()));
-        let mut resizer = fr::Resizer::new();
-        let mut pass = |src: &FrImage, dw: u32, dh: u32| -> Result<FrImage<'static>> {
-            let mut dst = FrImage::new(dw, dh, PixelType::U8x3);
-            resizer
-                .resize(src, &mut dst, &opts)
-                .map_err(|e| Error::Config(format!("resize failed: {e}")))?;
-            Ok(dst)
-        };
-        let src = FrImage::from_vec_u8(sw, sh, img.as_raw().clone(), PixelType::U8x3)
+        let src = ImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
             .map_err(|e| Error::Config(format!("bad image buffer: {e}")))?;
-        let horizontal = if w != sw { pass(&src, w, sh)? } else { src };
-        let out = if h != sh {
-            pass(&horizontal, w, h)?
-        } else {
-            horizontal
+        let filter = self.filter();
+        let out = match (w != sw, h != sh) {
+            (false, false) => return Ok(img.clone()),
+            (true, true) => resize_pass(&resize_pass(&src, w, sh, filter)?, w, h, filter)?,
+            _ => resize_pass(&src, w, h, filter)?,
         };
         RgbImage::from_raw(w, h, out.into_vec())
             .ok_or_else(|| Error::Config("resize produced a short buffer".into()))
@@ -207,6 +199,21 @@ impl Preprocess {
     pub fn load(&self, path: &Path) -> Result<Tensor> {
         self.to_tensor(&decode(path)?)
     }
+}
+
+/// One convolution resize of `src` to `w`x`h`.
+fn resize_pass(
+    src: &impl IntoImageView,
+    w: u32,
+    h: u32,
+    filter: FilterType,
+) -> Result<FrImage<'static>> {
+    let mut dst = FrImage::new(w, h, PixelType::U8x3);
+    let opts = fr::ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    fr::Resizer::new()
+        .resize(src, &mut dst, &opts)
+        .map_err(|e| Error::Config(format!("resize failed: {e}")))?;
+    Ok(dst)
 }
 
 /// Offset of a centred crop of `crop` in `len`, or None when it does not fit.

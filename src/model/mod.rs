@@ -15,7 +15,7 @@ pub mod rewrite;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::pb;
@@ -61,8 +61,62 @@ pub enum InputType {
 #[derive(Debug, Clone)]
 pub struct Model {
     path: PathBuf,
+    /// Plan for batch 1 (or the model's fixed batch), built at load.
     plan: Arc<TypedRunnableModel>,
+    /// For a dynamic batch axis: the typed model and its batch symbol, from which a plan per
+    /// batch size is optimised on first use. Concrete shapes let tract pick kernels by size;
+    /// a plan over a symbolic batch runs several times slower.
+    dynamic: Option<Arc<DynamicBatch>>,
     io: Io,
+}
+
+#[derive(Debug)]
+struct DynamicBatch {
+    typed: TypedModel,
+    symbol: Symbol,
+    run_options: RunOptions,
+    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+}
+
+impl DynamicBatch {
+    fn plan(&self, path: &Path, batch: usize) -> Result<Arc<TypedRunnableModel>> {
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = plans.get(&batch) {
+            return Ok(plan.clone());
+        }
+        let plan = plan_for(
+            path,
+            &self.typed,
+            Some((&self.symbol, batch)),
+            &self.run_options,
+        )?;
+        plans.insert(batch, plan.clone());
+        Ok(plan)
+    }
+}
+
+/// Optimises `typed` (with the batch symbol bound, if given) into a runnable plan.
+fn plan_for(
+    path: &Path,
+    typed: &TypedModel,
+    batch: Option<(&Symbol, usize)>,
+    run_options: &RunOptions,
+) -> Result<Arc<TypedRunnableModel>> {
+    let bound = match batch {
+        Some((symbol, n)) => {
+            let subs = HashMap::from([(symbol.clone(), TDim::from(n))]);
+            typed
+                .set_symbols(&subs)
+                .map_err(stage_error(path, "binding the batch size"))?
+        }
+        None => typed.clone(),
+    };
+    let optimized = bound
+        .into_optimized()
+        .map_err(stage_error(path, "optimisation"))?;
+    optimized
+        .into_runnable_with_options(run_options)
+        .map_err(stage_error(path, "planning"))
 }
 
 /// What loading learnt about the model, besides the graph itself.
@@ -73,6 +127,8 @@ pub(crate) struct Io {
     precision: Precision,
     /// `None` when the batch axis is dynamic.
     batch: Option<usize>,
+    /// The name of a dynamic batch axis.
+    batch_symbol: String,
     height: usize,
     width: usize,
     classes: usize,
@@ -94,20 +150,29 @@ impl Model {
         if threads == 0 {
             return Err(Error::Config("thread count must be at least 1".into()));
         }
-        let optimized = typed
-            .into_optimized()
-            .map_err(stage_error(path, "optimisation"))?;
         let executor = executor(threads, options.cpus.as_deref()).map_err(Error::Config)?;
         let run_options = RunOptions {
             executor: Some(executor),
             ..Default::default()
         };
-        let plan = optimized
-            .into_runnable_with_options(&run_options)
-            .map_err(stage_error(path, "planning"))?;
+        let symbol = io
+            .batch
+            .is_none()
+            .then(|| typed.symbols.sym(&io.batch_symbol));
+        let plan = plan_for(path, &typed, symbol.as_ref().map(|s| (s, 1)), &run_options)?;
+        let dynamic = symbol.map(|symbol| {
+            let plans = Mutex::new(HashMap::from([(1, plan.clone())]));
+            Arc::new(DynamicBatch {
+                typed,
+                symbol,
+                run_options,
+                plans,
+            })
+        });
         Ok(Model {
             path: path.to_owned(),
             plan,
+            dynamic,
             io,
         })
     }
@@ -121,8 +186,11 @@ impl Model {
         }
         .map_err(|e| self.run_error(e))?
         .into_owned();
-        let out = self
-            .plan
+        let plan = match &self.dynamic {
+            Some(d) => d.plan(&self.path, input.shape()[0])?,
+            None => self.plan.clone(),
+        };
+        let out = plan
             .run(tvec!(input.into_tvalue()))
             .map_err(|e| self.run_error(e))?;
         let logits = out[0]
@@ -198,7 +266,7 @@ impl Model {
         &self.io.rewrites
     }
 
-    /// The optimised tract model (for kernel and cost reports).
+    /// The optimised tract model at batch 1 (for kernel and cost reports).
     pub fn typed_model(&self) -> &TypedModel {
         self.plan.model()
     }
@@ -311,11 +379,9 @@ pub(crate) fn typed_model(
         .collect();
     let io = Io {
         input_type,
-        precision: match options.precision {
-            Precision::Auto => stored,
-            p => p,
-        },
+        precision: precision::effective(stored, options.precision),
         batch: sig.batch,
+        batch_symbol: sig.batch_symbol.clone().unwrap_or_else(|| "batch".into()),
         height,
         width,
         classes,

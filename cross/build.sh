@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the release binary for a board and packs it with the default model and a README:
+#   cross/build.sh BOARD [--musl|--gnu] [--tuned]
+# Boards are listed in cross/boards.tsv. Jetsons default to a static musl binary (JetPack's
+# glibc is older than the 2.35 a Debian 12 gnu build needs); Raspberry Pi boards default to gnu
+# (Pi OS bookworm) — pass --musl for Pi OS bullseye or older. --tuned adds the board's
+# -C target-cpu (faster, but the binary then needs that core: an A76 build gets SIGILL on A72).
+# Output: target/cross/BOARD/convnext-edge-BOARD.tar.gz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage() { echo "usage: cross/build.sh BOARD [--musl|--gnu] [--tuned]; boards: $(grep -v '^#' cross/boards.tsv | cut -f1 | tr '\n' ' ')" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+board=$1; shift
+line=$(grep -v '^#' cross/boards.tsv | awk -F'\t' -v b="$board" '$1 == b') || true
+[ -n "$line" ] || { echo "cross/build.sh: unknown board '$board'" >&2; usage; }
+IFS=$'\t' read -r _ target libc _qemu _qemu_cpu tuned_cpu _tract <<<"$line"
+tuned=0
+for arg in "$@"; do
+  case $arg in
+    --musl) libc=musl ;;
+    --gnu) libc=gnu ;;
+    --tuned) tuned=1 ;;
+    *) usage ;;
+  esac
+done
+if [ "$libc" = musl ]; then
+  case $target in
+    aarch64-*) target=aarch64-unknown-linux-musl ;;
+    *) echo "cross/build.sh: no musl build for $board ($target)" >&2; exit 1 ;;
+  esac
+fi
+rustup target list --installed | grep -qx "$target" || { echo "cross/build.sh: Rust target $target missing; run cross/setup.sh" >&2; exit 1; }
+flags=${RUSTFLAGS:-}
+[ $tuned = 1 ] && flags="$flags -C target-cpu=$tuned_cpu"
+RUSTFLAGS="$flags" cargo build --release --target "$target" --bin convnext-edge
+
+out=target/cross/$board
+stage=$out/convnext-edge-$board
+rm -rf "$stage" && mkdir -p "$stage"
+cp "target/$target/release/convnext-edge" "$stage/"
+cp models/digits/convnext_digits_int8.onnx models/digits/labels.txt "$stage/"
+cp -r models/digits/samples "$stage/"
+cat > "$stage/README.txt" <<TXT
+convnext-edge for $board ($target$([ $tuned = 1 ] && echo ", target-cpu=$tuned_cpu"))
+
+  ./convnext-edge classify --model convnext_digits_int8.onnx samples/7.png
+  ./convnext-edge info --model YOUR_MODEL.onnx        # kernels tract picks on this CPU
+  ./convnext-edge bench --model YOUR_MODEL.onnx --threads 1,2,4 --iters 100
+
+Threads: start with one per big core (--threads 4 on a Pi 4/5); on big.LITTLE SoCs try
+bench --cpus big. Watch bench's temperature/clock warnings: a throttling Pi is slower.
+TXT
+tar -C "$out" -czf "$out/convnext-edge-$board.tar.gz" "convnext-edge-$board"
+file "$stage/convnext-edge"
+echo "packed $out/convnext-edge-$board.tar.gz"
