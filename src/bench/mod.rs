@@ -508,7 +508,8 @@ mod tests {
         );
         let n0 = out[0].as_ref().unwrap().len();
         assert_eq!(n0, out[1].as_ref().unwrap().len());
-        assert!((8..=12).contains(&n0), "{n0} rounds");
+        // Each round takes at least 4 ms and rounds stop once 40 ms have passed.
+        assert!((1..=11).contains(&n0), "{n0} rounds");
         assert!(start.elapsed() >= Duration::from_millis(40));
     }
 

@@ -28,6 +28,8 @@ pub struct Info {
     pub opset: i64,
     pub variant: Variant,
     pub precision: String,
+    /// The precision the plan runs in on this CPU (see `precision::effective`).
+    pub runs_as: String,
     pub quantization: Option<Quantization>,
     pub input_shape: String,
     pub dynamic_axes: Vec<&'static str>,
@@ -113,6 +115,7 @@ impl Info {
                 .map_or(0, |o| o.version),
             variant: variant(graph),
             precision: crate::precision::of_graph(graph).to_string(),
+            runs_as: model.precision().to_string(),
             quantization: quantization(graph),
             input_shape: fmt_dims(&[sig.batch, Some(3), sig.height, sig.width]),
             dynamic_axes,
@@ -161,6 +164,9 @@ impl std::fmt::Display for Info {
                     .unwrap_or_default()
             )?,
             None => writeln!(f)?,
+        }
+        if self.runs_as != self.precision {
+            writeln!(f, "runs as:       {} on this CPU", self.runs_as)?;
         }
         let dynamic = if self.dynamic_axes.is_empty() {
             "none".into()
