@@ -221,37 +221,14 @@ fn bad_npy_gives_an_error_and_no_output_file() {
     let out = dir.path().join("never.npy");
     let out_s = out.to_str().unwrap();
     let model = "models/digits/convnext_digits_f32.onnx";
-    let o = bin(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        "tests/data/bad/wrong_shape.npy",
-        "--output",
-        out_s,
-    ]);
+    let run = |input: &str| bin(&["run", "--model", model, "--input", input, "--output", out_s]);
+    let o = run("tests/data/bad/wrong_shape.npy");
     assert_clean_failure(&o, "convnext_digits_f32.onnx", "[N, 3, 32, 32]");
     assert!(stderr(&o).contains("31"), "{}", stderr(&o));
-    let o = bin(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        "tests/data/bad/int64_input.npy",
-        "--output",
-        out_s,
-    ]);
+    let o = run("tests/data/bad/int64_input.npy");
     assert_clean_failure(&o, "int64_input.npy", "<i8");
     let junk = temp_copy(dir.path(), "junk.npy", b"\x93NUMPY\x01\x00\xff\xff");
-    let o = bin(&[
-        "run",
-        "--model",
-        model,
-        "--input",
-        junk.to_str().unwrap(),
-        "--output",
-        out_s,
-    ]);
+    let o = run(junk.to_str().unwrap());
     assert_clean_failure(&o, "junk.npy", "truncated");
     assert!(!out.exists());
     assert_eq!(
