@@ -8,6 +8,7 @@
 //!   transforms.
 //! - [`labels`]: class names.
 //! - [`classify`]: image → top-K predictions.
+//! - [`profile`]: time per node and per op type of one inference.
 //! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
 //! - [`bench`]: latency benchmarking (round-robin configurations, statistics, reports).
 //! - [`machine`]: what the machine is (cores, ...), from sysfs.
@@ -29,6 +30,7 @@ pub mod model;
 pub mod npy;
 pub mod precision;
 pub mod preprocess;
+pub mod profile;
 
 pub use classify::{Classifier, Prediction};
 pub use error::{Error, Result};

@@ -68,6 +68,19 @@ enum Command {
     },
     /// Measure latency of models x precisions x thread counts, interleaved round-robin.
     Bench(BenchArgs),
+    /// Time per node and per op type of one inference (where the time goes).
+    Profile {
+        #[arg(long)]
+        model: PathBuf,
+        /// Runs to average over (after one warm-up run).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// How many of the slowest nodes to list.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -181,6 +194,22 @@ fn run(cli: Cli) -> Result<()> {
             npy::write_f32(&output, &y)?;
         }
         Command::Bench(_) => unreachable!("handled above"),
+        Command::Profile {
+            model,
+            runs,
+            top,
+            json,
+        } => {
+            let model = Model::load(&model, &options)?;
+            let (h, w) = model.input_hw();
+            let x = tract_onnx::prelude::Tensor::zero::<f32>(&[1, 3, h, w])?;
+            let p = convnext_edge::profile::profile(&model, x, runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print!("{}", p.render(top));
+            }
+        }
         Command::Info { model, json } => {
             let info = Info::gather(&model, &options)?;
             if json {

@@ -301,3 +301,28 @@ fn bad_options_are_refused() {
         .unwrap();
     assert_clean_failure(&o, "thread", "at least 1");
 }
+
+#[test]
+fn profile_lists_op_types_and_nodes() {
+    let o = bin(&["profile", "--model", DIGITS_INT8, "--runs", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ops = v["ops"].as_array().unwrap();
+    let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-6, "{share}");
+    assert!(v["nodes"].as_array().unwrap().len() >= ops.len());
+    let o = bin(&[
+        "profile",
+        "--model",
+        DIGITS_INT8,
+        "--runs",
+        "1",
+        "--top",
+        "3",
+    ]);
+    assert!(
+        stdout(&o).contains("op type") && stdout(&o).contains("QuantizeLinear"),
+        "{}",
+        stdout(&o)
+    );
+}

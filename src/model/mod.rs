@@ -179,6 +179,13 @@ impl Model {
 
     /// Runs a batch `[N, 3, H, W]` (f32 or f16) and returns f32 logits `[N, classes]`.
     pub fn run(&self, input: Tensor) -> Result<Tensor> {
+        let (plan, input) = self.prepare(input)?;
+        let out = plan.run(tvec!(input)).map_err(|e| self.run_error(e))?;
+        self.logits(&out[0])
+    }
+
+    /// Checks and casts an input, and picks the plan for its batch size.
+    pub(crate) fn prepare(&self, input: Tensor) -> Result<(Arc<TypedRunnableModel>, TValue)> {
         self.check_input(&input)?;
         let input = match self.io.input_type {
             InputType::F32 => input.cast_to::<f32>(),
@@ -190,17 +197,18 @@ impl Model {
             Some(d) => d.plan(&self.path, input.shape()[0])?,
             None => self.plan.clone(),
         };
-        let out = plan
-            .run(tvec!(input.into_tvalue()))
-            .map_err(|e| self.run_error(e))?;
-        let logits = out[0]
-            .cast_to::<f32>()
-            .map_err(|e| self.run_error(e))?
-            .into_owned();
-        Ok(logits)
+        Ok((plan, input.into_tvalue()))
     }
 
-    fn run_error(&self, e: anyhow::Error) -> Error {
+    /// The plan's output as f32 logits.
+    pub(crate) fn logits(&self, output: &TValue) -> Result<Tensor> {
+        Ok(output
+            .cast_to::<f32>()
+            .map_err(|e| self.run_error(e))?
+            .into_owned())
+    }
+
+    pub(crate) fn run_error(&self, e: anyhow::Error) -> Error {
         Error::Model {
             path: self.path.clone(),
             stage: "inference",
