@@ -4,6 +4,7 @@
 //! - [`model`]: load an ONNX file (graph rewrites for exporter/quantizer quirks, tract
 //!   analysis and optimisation) and run it; [`model::inspect`] reports what is in a file.
 //! - [`precision`]: what precision a file stores; f16 ↔ f32 conversion at load.
+//! - [`kernels`]: our own compute kernels as tract ops (fast activation quantization).
 //! - [`preprocess`]: decode images and reproduce timm / torchvision / Hugging Face evaluation
 //!   transforms.
 //! - [`labels`]: class names.
@@ -24,6 +25,7 @@
 pub mod bench;
 pub mod classify;
 pub mod error;
+pub mod kernels;
 pub mod labels;
 pub mod machine;
 pub mod model;

@@ -11,6 +11,7 @@
 //! `RunOptions::executor` plan option; hence the exact `=0.23.9` pin.
 
 pub mod inspect;
+pub mod passes;
 pub mod rewrite;
 
 use std::collections::HashMap;
@@ -111,8 +112,12 @@ fn plan_for(
         }
         None => typed.clone(),
     };
-    let optimized = bound
-        .into_optimized()
+    let mut optimized = bound
+        .into_decluttered()
+        .map_err(stage_error(path, "decluttering"))?;
+    passes::apply(&mut optimized).map_err(stage_error(path, "graph passes"))?;
+    optimized
+        .optimize()
         .map_err(stage_error(path, "optimisation"))?;
     optimized
         .into_runnable_with_options(run_options)
