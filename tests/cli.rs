@@ -321,7 +321,7 @@ fn profile_lists_op_types_and_nodes() {
         "3",
     ]);
     assert!(
-        stdout(&o).contains("op type") && stdout(&o).contains("QuantizeLinear"),
+        stdout(&o).contains("op type") && stdout(&o).contains("Quantize"),
         "{}",
         stdout(&o)
     );
