@@ -47,24 +47,81 @@ impl FastQuantize {
         }
     }
 
-    /// Quantizes `xs` into `ys` (as i32 lanes, narrowed by the caller's element type).
+    /// Float bounds of the rounded value (the integer range minus the zero point).
+    fn float_bounds(&self) -> (f32, f32) {
+        let (lo, hi) = self.bounds();
+        ((lo - self.zero_point) as f32, (hi - self.zero_point) as f32)
+    }
+
+    /// Quantizes `xs` into `ys`, narrowing each value with the caller's element type.
     #[inline(always)]
     fn run<T: Copy>(&self, xs: &[f32], ys: &mut [T], narrow: impl Fn(i32) -> T) {
         let inv_scale = f32::from_bits(self.inv_scale_bits);
-        let (lo, hi) = self.bounds();
-        let (lo_f, hi_f) = ((lo - self.zero_point) as f32, (hi - self.zero_point) as f32);
+        let (lo_f, hi_f) = self.float_bounds();
         let zp = self.zero_point;
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
-            let v = x * inv_scale;
-            // Written as selects so that they compile to SIMD compare/blend, min and max.
-            let v = if v.is_nan() { 0.0 } else { v };
-            let v = if v < lo_f { lo_f } else { v };
-            let v = if v > hi_f { hi_f } else { v };
-            // For |v| < 2^22, v + ROUNDER has a fixed exponent: its low mantissa bits are the
-            // rounded integer, read back with integer arithmetic only.
-            let rounded = (v + ROUNDER).to_bits() as i32 - ROUNDER_BITS;
-            *y = narrow(rounded + zp);
+            *y = narrow(round_clamped(*x * inv_scale, lo_f, hi_f) + zp);
         }
+    }
+}
+
+/// `v` rounded half to even and clamped to the integer bounds `[lo_f, hi_f]`; NaN gives 0.
+#[inline(always)]
+fn round_clamped(v: f32, lo_f: f32, hi_f: f32) -> i32 {
+    // Written as selects so that they compile to SIMD compare/blend, min and max.
+    let v = if v.is_nan() { 0.0 } else { v };
+    let v = if v < lo_f { lo_f } else { v };
+    let v = if v > hi_f { hi_f } else { v };
+    // For |v| < 2^22, v + ROUNDER has a fixed exponent: its low mantissa bits are the rounded
+    // integer, read back with integer arithmetic only.
+    (v + ROUNDER).to_bits() as i32 - ROUNDER_BITS
+}
+
+/// A QuantizeLinear immediately followed by its DequantizeLinear (QDQ models' activation
+/// "fake quantization"), computed in one pass in place: `(q − dq_zero_point) · dq_scale` with `q`
+/// as [`FastQuantize`] computes it — the same arithmetic as the two ops, so bit-identical, without
+/// the intermediate 8-bit tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FakeQuantize {
+    quantize: FastQuantize,
+    dq_zero_point: i32,
+    dq_scale_bits: u32,
+}
+
+impl FakeQuantize {
+    pub fn new(quantize: FastQuantize, dq_scale: f32, dq_zero_point: i32) -> Self {
+        FakeQuantize {
+            quantize,
+            dq_zero_point,
+            dq_scale_bits: dq_scale.to_bits(),
+        }
+    }
+
+    #[inline(always)]
+    fn run(&self, xs: &mut [f32]) {
+        let q = &self.quantize;
+        let inv_scale = f32::from_bits(q.inv_scale_bits);
+        let (lo_f, hi_f) = q.float_bounds();
+        let offset = q.zero_point - self.dq_zero_point;
+        let scale = f32::from_bits(self.dq_scale_bits);
+        for x in xs.iter_mut() {
+            *x = (round_clamped(*x * inv_scale, lo_f, hi_f) + offset) as f32 * scale;
+        }
+    }
+}
+
+impl ElementWiseMiniOp for FakeQuantize {
+    fn name(&self) -> String {
+        format!(
+            "FakeQuantize{}",
+            if self.quantize.signed { "I8" } else { "U8" }
+        )
+    }
+
+    fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
+        let mut view = t.to_plain_array_view_mut::<f32>()?;
+        self.run(view.as_slice_mut().context("input is not contiguous")?);
+        Ok(())
     }
 }
 
@@ -152,6 +209,26 @@ mod tests {
                     quantize_linear_f32_i8(*x, inv_scale, zp8),
                     "i8 x={x} s={inv_scale} zp={zp8}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fake_quantize_equals_quantize_then_dequantize() {
+        let xs = samples();
+        for (inv_scale, zp, signed, dq_zp) in [
+            (7.3f32, 128, false, 128),
+            (0.37, 3, true, 3),
+            (2.0, 0, true, 5),
+        ] {
+            let q = FastQuantize::new(inv_scale, zp, signed);
+            let mut fused = xs.clone();
+            FakeQuantize::new(q.clone(), 0.137, dq_zp).run(&mut fused);
+            let mut ints = vec![0i32; xs.len()];
+            q.run(&xs, &mut ints, |v| v);
+            for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {
+                let expected = (i - dq_zp) as f32 * 0.137;
+                assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
             }
         }
     }
