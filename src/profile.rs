@@ -152,14 +152,7 @@ mod tests {
     fn shares_add_up_and_nodes_are_sorted() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("models/digits/convnext_digits_int8.onnx");
-        let model = Model::load(
-            &path,
-            &LoadOptions {
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let model = Model::load(&path, &LoadOptions::threads(1)).unwrap();
         let p = profile(&model, Tensor::zero::<f32>(&[1, 3, 32, 32]).unwrap(), 2).unwrap();
         let share: f64 = p.ops.iter().map(|o| o.share).sum();
         assert!((share - 1.0).abs() < 1e-9);

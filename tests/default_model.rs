@@ -25,14 +25,7 @@ fn held_out_top1_matches_onnxruntime_in_every_precision() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
     for precision in ["f32", "f16", "int8"] {
         let path = dir.join(format!("convnext_digits_{precision}.onnx"));
-        let model = Model::load(
-            &path,
-            &LoadOptions {
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let model = Model::load(&path, &LoadOptions::threads(1)).unwrap();
         let classifier = Classifier::new(model, None, None).unwrap();
         let correct = scans
             .chunks(64)

@@ -24,10 +24,7 @@ fn every_fixture_matches_onnxruntime() {
     let mut failures = vec![];
     for f in fixtures() {
         let dir = fixtures_dir();
-        let opts = LoadOptions {
-            threads: Some(1),
-            ..Default::default()
-        };
+        let opts = LoadOptions::threads(1);
         let result = Model::load(&dir.join(&f.model), &opts)
             .map_err(|e| e.to_string())
             .and_then(|model| {

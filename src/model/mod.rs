@@ -40,6 +40,16 @@ pub struct LoadOptions {
     pub cpus: Option<Vec<usize>>,
 }
 
+impl LoadOptions {
+    /// Default options with `n` worker threads.
+    pub fn threads(n: usize) -> Self {
+        LoadOptions {
+            threads: Some(n),
+            ..Default::default()
+        }
+    }
+}
+
 /// Element type of the model's input (and of its weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,7 +63,7 @@ pub enum InputType {
 /// ```
 /// use convnext_edge::{Model, LoadOptions};
 /// let path = std::path::Path::new("models/digits/convnext_digits_f32.onnx");
-/// let model = Model::load(path, &LoadOptions { threads: Some(1), ..Default::default() }).unwrap();
+/// let model = Model::load(path, &LoadOptions::threads(1)).unwrap();
 /// assert_eq!(model.classes(), 10);
 /// let x = tract_onnx::prelude::Tensor::zero::<f32>(&[1, 3, 32, 32]).unwrap();
 /// let logits = model.run(x).unwrap();
