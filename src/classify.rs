@@ -4,6 +4,7 @@ use std::path::Path;
 
 use image::RgbImage;
 use serde::Serialize;
+use tract_onnx::prelude::Tensor;
 
 use crate::error::{Error, Result};
 use crate::labels::Labels;
@@ -72,7 +73,11 @@ impl Classifier {
 
     /// Top `k` classes of an RGB image.
     pub fn classify(&self, img: &RgbImage, k: usize) -> Result<Vec<Prediction>> {
-        let x = self.preprocess.to_tensor(img)?;
+        self.predict(self.preprocess.to_tensor(img)?, k)
+    }
+
+    /// Top `k` classes of an input tensor made by [`Classifier::preprocess`].
+    pub fn predict(&self, x: Tensor, k: usize) -> Result<Vec<Prediction>> {
         let logits = self.model.run(x)?;
         let row = logits
             .to_plain_array_view::<f32>()

@@ -23,10 +23,13 @@
 //! ```
 
 pub mod bench;
+pub mod camera;
 pub mod classify;
+pub mod display;
 pub mod error;
 pub mod kernels;
 pub mod labels;
+pub mod live;
 pub mod machine;
 pub mod model;
 pub mod npy;

@@ -68,6 +68,8 @@ enum Command {
     },
     /// Measure latency of models x precisions x thread counts, interleaved round-robin.
     Bench(BenchArgs),
+    /// Classify a camera (or a stand-in) continuously and show the results on sinks.
+    Camera(CameraArgs),
     /// Time per node and per op type of one inference (where the time goes).
     Profile {
         #[arg(long)]
@@ -121,6 +123,53 @@ struct BenchArgs {
     /// Time decode -> preprocess -> infer -> top-K per stage on this image.
     #[arg(long, value_name = "IMAGE")]
     pipeline: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct CameraArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// v4l2:/dev/videoN, pipe:-, pipe:CMD, files:GLOB, replay:FILE or test.
+    #[arg(long, default_value = "v4l2:/dev/video0")]
+    source: String,
+    /// Frame size to ask the camera for, or the size of raw frames on a pipe (WxH).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+    /// Frame rate to ask the camera for, or to play files and recordings at (0 = unpaced).
+    #[arg(long)]
+    fps: Option<f32>,
+    /// Pixel format: mjpeg, yuyv, nv12, i420 or rgb24 (pipes and raw files; V4L2 preference).
+    #[arg(long)]
+    format: Option<convnext_edge::camera::PixelFormat>,
+    /// Start files and recordings again at their end.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Stop after N processed frames (default: until the source ends or Ctrl-C).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Where results go: png:DIR, jpeg:DIR, jsonl:FILE|-, http:[ADDR:]PORT, fb:/dev/fbN,
+    /// ssd1306:/dev/i2c-N, st7789:/dev/spidevX.Y?dc=N (repeatable).
+    #[arg(long)]
+    sink: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Classify every N-th frame; frames between show the last result.
+    #[arg(long, default_value_t = 1)]
+    every: usize,
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long)]
+    preprocess: Option<Preset>,
+    /// Write the run's counts and stage timings as JSON to FILE (`-` = stdout) at the end.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    s.split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+        .ok_or_else(|| format!("expected WxH, e.g. 640x480, got '{s}'"))
 }
 
 #[derive(serde::Serialize)]
@@ -194,6 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             npy::write_f32(&output, &y)?;
         }
         Command::Bench(_) => unreachable!("handled above"),
+        Command::Camera(args) => run_camera(args, &options)?,
         Command::Profile {
             model,
             runs,
@@ -309,6 +359,105 @@ fn run_bench(args: BenchArgs, threads: Vec<usize>, input_size: Option<usize>) ->
         "{failed} of {} configuration(s) failed",
         report.results.len()
     );
+    Ok(())
+}
+
+fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
+    use convnext_edge::{camera, display, live};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    anyhow::ensure!(args.every >= 1, "--every must be at least 1");
+    anyhow::ensure!(args.top >= 1, "--top must be at least 1");
+    let model = Model::load(&args.model, options)?;
+    let labels = args
+        .labels
+        .map(|p| Labels::from_file(&p, model.classes()))
+        .transpose()?;
+    let mut classifier = Classifier::new(model, args.preprocess, labels)?;
+    let sinks = args
+        .sink
+        .iter()
+        .map(|s| display::open(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source_opts = camera::SourceOptions {
+        size: args.size,
+        fps: args.fps,
+        format: args.format,
+        looped: args.looped,
+        max_frame_bytes: camera::DEFAULT_MAX_FRAME_BYTES,
+    };
+    let source = camera::open(&args.source, &source_opts)?;
+    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
+        .context("installing Ctrl-C handler")?;
+    let opts = live::LiveOptions {
+        top: args.top,
+        every: args.every,
+        frames: args.frames,
+        ..Default::default()
+    };
+    // With no sink, results are printed; otherwise a status line once a second on stderr.
+    let print_results = args.sink.is_empty();
+    let mut last_status = std::time::Instant::now();
+    let stats = live::run(
+        source,
+        &mut classifier,
+        sinks,
+        &opts,
+        &STOP,
+        &mut |event| match event {
+            live::Event::Frame(r) if print_results => {
+                let top: Vec<String> = r
+                    .top
+                    .iter()
+                    .map(|p| format!("{} {:.1}%", p.label, p.prob * 100.0))
+                    .collect();
+                println!(
+                    "frame {:>6}  {:>6.1} ms  {}",
+                    r.frame,
+                    r.stages_ms.infer,
+                    top.join(", ")
+                );
+            }
+            live::Event::Frame(r) => {
+                if last_status.elapsed().as_secs_f32() >= 1.0 {
+                    last_status = std::time::Instant::now();
+                    let top = r.top.first().map_or("", |p| p.label.as_str());
+                    eprintln!(
+                        "frame {:>6}  {:>5.1} fps  infer {:>6.1} ms  dropped {}  {top}",
+                        r.frame, r.fps, r.stages_ms.infer, r.dropped
+                    );
+                }
+            }
+            live::Event::Skipped(why) => eprintln!("warning: skipped {why}"),
+            live::Event::Reconnecting(e, wait) => {
+                eprintln!("warning: {e}; reopening in {:.2} s", wait.as_secs_f32())
+            }
+            live::Event::Reconnected => eprintln!("source reopened"),
+            live::Event::SinkFailed(e) => eprintln!("error: {e} (sink dropped, others go on)"),
+        },
+    )?;
+    eprintln!(
+        "{} frames processed in {:.1} s ({:.1} fps): {} classified, {} dropped, {} corrupt, \
+         {} reconnects",
+        stats.processed,
+        stats.seconds,
+        stats.fps,
+        stats.classified,
+        stats.dropped,
+        stats.corrupt,
+        stats.reconnects
+    );
+    eprintln!(
+        "mean ms: decode {:.2}  preprocess {:.2}  infer {:.2}  overlay {:.2}  sinks {:.2}",
+        stats.decode.mean_ms,
+        stats.preprocess.mean_ms,
+        stats.infer.mean_ms,
+        stats.overlay.mean_ms,
+        stats.sinks.mean_ms
+    );
+    if let Some(path) = &args.stats {
+        write_output(path, &serde_json::to_string_pretty(&stats)?)?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,281 @@
+//! Camera frames: where they come from ([`FrameSource`]) and how they become RGB
+//! ([`convert`]).
+//!
+//! Every source sits behind one small trait, in the manner of embedded-hal: a source yields
+//! [`Frame`]s in the pixel format the device produced, and reports failures with an
+//! [`ErrorKind`] that tells the live loop what to do — skip a corrupt frame, reopen a camera
+//! that disappeared, stop at the end of a recording. This is what lets the loop be tested on a
+//! machine without a camera: recorded frames and pipes stand in for devices.
+//!
+//! Source specs (`--source`):
+//! - `v4l2:/dev/videoN` — USB/UVC cameras (YUYV or MJPEG), with the `v4l2` feature;
+//! - `pipe:-` or `pipe:CMD` — an MJPEG or raw YUV stream on stdin or from a command
+//!   (`rpicam-vid … --codec mjpeg -o -`, GStreamer `… ! fdsink`);
+//! - `files:GLOB` or `files:DIR` — image files (JPEG, PNG) or raw frames (`.yuyv`, `.nv12`,
+//!   `.i420`, needing a size), in name order;
+//! - `replay:FILE` — a recorded stream (concatenated MJPEG, or raw frames) played at `--fps`;
+//! - `test` — a moving synthetic pattern.
+
+pub mod convert;
+pub mod mjpeg;
+mod pattern;
+mod stream;
+#[cfg(feature = "v4l2")]
+mod v4l2;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use pattern::TestPattern;
+pub use stream::{FileSource, StreamSource};
+
+/// How a frame's bytes are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PixelFormat {
+    /// One JPEG image (Motion-JPEG frame), possibly without Huffman tables.
+    Mjpeg,
+    /// An encoded still image of any format the `image` crate reads (PNG, ...).
+    Encoded,
+    /// Packed 4:2:2, Y0 U Y1 V.
+    Yuyv,
+    /// Planar Y then interleaved UV, 4:2:0.
+    Nv12,
+    /// Planar Y, U, V, 4:2:0 (also called YUV420 / YU12).
+    I420,
+    /// Packed 8-bit RGB.
+    Rgb24,
+}
+
+impl PixelFormat {
+    /// Bytes of one frame of a raw format; `None` for compressed formats.
+    pub fn frame_len(self, width: u32, height: u32) -> Option<usize> {
+        let (w, h) = (width as usize, height as usize);
+        let chroma = w.div_ceil(2) * h.div_ceil(2);
+        match self {
+            PixelFormat::Yuyv => Some(w.div_ceil(2) * 4 * h),
+            PixelFormat::Nv12 | PixelFormat::I420 => Some(w * h + 2 * chroma),
+            PixelFormat::Rgb24 => Some(w * h * 3),
+            PixelFormat::Mjpeg | PixelFormat::Encoded => None,
+        }
+    }
+
+    /// The raw format a file extension names (`yuyv`, `nv12`, `i420`/`yuv`, `rgb`) or the
+    /// compressed one (`jpg`, `jpeg`, `mjpg`, `mjpeg`); other extensions are `Encoded`.
+    pub fn from_extension(path: &Path) -> PixelFormat {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "yuyv" | "yuy2" => PixelFormat::Yuyv,
+            "nv12" => PixelFormat::Nv12,
+            "i420" | "yuv" | "yu12" => PixelFormat::I420,
+            "rgb" => PixelFormat::Rgb24,
+            "jpg" | "jpeg" | "mjpg" | "mjpeg" => PixelFormat::Mjpeg,
+            _ => PixelFormat::Encoded,
+        }
+    }
+}
+
+impl std::str::FromStr for PixelFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mjpeg" | "mjpg" | "jpeg" => Ok(PixelFormat::Mjpeg),
+            "yuyv" | "yuy2" => Ok(PixelFormat::Yuyv),
+            "nv12" => Ok(PixelFormat::Nv12),
+            "i420" | "yuv420" | "yu12" => Ok(PixelFormat::I420),
+            "rgb" | "rgb24" => Ok(PixelFormat::Rgb24),
+            other => Err(format!(
+                "unknown pixel format '{other}' (expected mjpeg, yuyv, nv12, i420 or rgb24)"
+            )),
+        }
+    }
+}
+
+/// One captured frame, as the device produced it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub data: Vec<u8>,
+    pub format: PixelFormat,
+    /// Pixel size; 0 for compressed frames until decoded.
+    pub width: u32,
+    pub height: u32,
+    /// Number of the frame within its source, from 0.
+    pub seq: u64,
+    pub captured: Instant,
+    /// The file the frame was read from, for messages about it.
+    pub origin: Option<PathBuf>,
+}
+
+/// What went wrong with a source, and so what the live loop does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// This frame is damaged; skip it and read the next.
+    Corrupt,
+    /// The device or stream went away (unplugged, command exited); reopen with backoff.
+    Disconnected,
+    /// A finite source (files, a recording, stdin) has no more frames.
+    EndOfStream,
+    /// The source cannot work as asked (bad spec, unsupported format, no such device).
+    Config,
+}
+
+/// A failure of a frame source, naming the source.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct SourceError {
+    pub kind: ErrorKind,
+    pub source_name: String,
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn new(
+        kind: ErrorKind,
+        source_name: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        SourceError {
+            kind,
+            source_name: source_name.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A camera or anything standing in for one.
+pub trait FrameSource: Send {
+    /// Blocks until the next frame is available.
+    fn next_frame(&mut self) -> Result<Frame, SourceError>;
+    /// Reopens the device or stream after [`ErrorKind::Disconnected`].
+    fn reopen(&mut self) -> Result<(), SourceError>;
+    /// Whether frames keep coming in real time (a camera, a paced replay), so that the live loop
+    /// drops old frames when it falls behind; a non-live source (files) is read losslessly.
+    fn is_live(&self) -> bool;
+    /// The spec the source was opened from, for messages.
+    fn name(&self) -> &str;
+}
+
+/// How to open a source: options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// Requested frame size (V4L2), or the size of raw frames (pipes, raw files).
+    pub size: Option<(u32, u32)>,
+    /// Requested frame rate (V4L2) or playback rate (replay, files, test pattern).
+    pub fps: Option<f32>,
+    /// Pixel format of pipes and raw files, or the one to ask a V4L2 camera for.
+    pub format: Option<PixelFormat>,
+    /// Start again at the end of files and recordings.
+    pub looped: bool,
+    /// Largest compressed frame accepted from a stream before it is declared corrupt.
+    pub max_frame_bytes: usize,
+}
+
+/// Default [`SourceOptions::max_frame_bytes`]: a 4K MJPEG frame at high quality is ~4 MB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// Opens a source from its spec (see the module docs).
+pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>, SourceError> {
+    let config = |msg: String| SourceError::new(ErrorKind::Config, spec, msg);
+    let (scheme, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    match scheme {
+        "test" => Ok(Box::new(TestPattern::new(
+            opts.size.unwrap_or((640, 480)),
+            opts.fps,
+        ))),
+        "files" => Ok(Box::new(FileSource::open(spec, arg, opts)?)),
+        "replay" => Ok(Box::new(StreamSource::replay(spec, Path::new(arg), opts)?)),
+        "pipe" if arg == "-" => Ok(Box::new(StreamSource::stdin(spec, opts)?)),
+        "pipe" if !arg.is_empty() => Ok(Box::new(StreamSource::command(spec, arg, opts)?)),
+        "v4l2" => open_v4l2(spec, arg, opts),
+        _ if spec.starts_with("/dev/video") => open_v4l2(spec, spec, opts),
+        _ => Err(config(
+            "unknown source (expected v4l2:/dev/videoN, pipe:-, pipe:CMD, files:GLOB, \
+             replay:FILE or test)"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(feature = "v4l2")]
+fn open_v4l2(
+    spec: &str,
+    device: &str,
+    opts: &SourceOptions,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    Ok(Box::new(v4l2::V4l2Source::open(
+        spec,
+        PathBuf::from(device),
+        opts,
+    )?))
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn open_v4l2(
+    spec: &str,
+    _device: &str,
+    _opts: &SourceOptions,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    Err(SourceError::new(
+        ErrorKind::Config,
+        spec,
+        "this build has no V4L2 support (rebuild with the `v4l2` feature)",
+    ))
+}
+
+/// Sleeps so that successive calls are `1/fps` apart; no pacing without a rate.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(fps: Option<f32>) -> Self {
+        let interval = fps
+            .filter(|f| *f > 0.0 && f.is_finite())
+            .map(|f| Duration::from_secs_f64(1.0 / f as f64));
+        Pacer {
+            interval,
+            next: None,
+        }
+    }
+
+    pub(crate) fn is_paced(&self) -> bool {
+        self.interval.is_some()
+    }
+
+    pub(crate) fn wait(&mut self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let now = Instant::now();
+        let due = self.next.unwrap_or(now);
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        // A late frame does not make the following ones come in a burst.
+        self.next = Some(due.max(now) + interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_frame_sizes() {
+        assert_eq!(PixelFormat::Yuyv.frame_len(640, 480), Some(614_400));
+        assert_eq!(PixelFormat::Nv12.frame_len(640, 480), Some(460_800));
+        assert_eq!(PixelFormat::I420.frame_len(5, 3), Some(15 + 2 * 6));
+        assert_eq!(PixelFormat::Mjpeg.frame_len(640, 480), None);
+    }
+
+    #[test]
+    fn unknown_specs_are_config_errors() {
+        let err = open("usb0", &SourceOptions::default()).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Config);
+        assert!(err.to_string().contains("unknown source"), "{err}");
+    }
+}
