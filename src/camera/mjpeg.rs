@@ -156,9 +156,9 @@ impl Splitter {
     }
 
     fn corrupt_here(&mut self, why: String) -> Step {
-        // Resync on the byte after the bad marker; the next SOI starts the next frame.
-        let end = (self.pos + 1).min(self.buf.len());
-        self.reset_to(end);
+        // A frame cut inside a segment makes its length run into the next frame: look for the
+        // next SOI from just after this frame's, not from where parsing went astray.
+        self.reset_to(self.start + 2);
         Step::Done(Split::Corrupt(why))
     }
 
@@ -411,6 +411,16 @@ mod tests {
         s.push(&[0x11; 100]);
         assert!(matches!(s.pop(), Some(Split::Corrupt(m)) if m.contains("limit")));
         assert!(s.pending() < 64);
+    }
+
+    #[test]
+    fn a_frame_cut_inside_a_segment_does_not_swallow_the_next() {
+        let a = jpeg(&[0x12]);
+        // Cut inside the APP1 segment: its length runs into the next frame.
+        let stream = [&a[..7], &a[..]].concat();
+        let out = split_all(&stream, 3);
+        assert!(matches!(out[0], Split::Corrupt(_)), "{out:?}");
+        assert_eq!(out.last(), Some(&Split::Frame(a.clone())), "{out:?}");
     }
 
     #[test]
