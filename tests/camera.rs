@@ -790,9 +790,12 @@ fn panels_draw_the_result() {
     assert_eq!(panel.0[200 * 240 + 200], Rgb565::BLUE, "the picture");
 }
 
+/// (address, bytes) of each write on a bus.
+type Writes = Arc<Mutex<Vec<(u8, Vec<u8>)>>>;
+
 /// An I2C bus that records every write.
 #[derive(Default)]
-struct Recorder(Arc<Mutex<Vec<(u8, Vec<u8>)>>>);
+struct Recorder(Writes);
 
 impl embedded_hal::i2c::ErrorType for Recorder {
     type Error = std::convert::Infallible;
