@@ -326,3 +326,126 @@ fn profile_lists_op_types_and_nodes() {
         stdout(&o)
     );
 }
+
+#[test]
+fn camera_classifies_a_recording_and_prints_jsonl_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.json");
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "replay:tests/data/camera/digits.mjpeg",
+        "--fps",
+        "0",
+        "--top",
+        "1",
+        "--sink",
+        "jsonl:-",
+        "--stats",
+        stats.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let labels: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["top"][0]["label"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(labels, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stats).unwrap()).unwrap();
+    assert_eq!(s["processed"], 10);
+    assert_eq!(s["corrupt"], 0);
+    assert!(stderr(&o).contains("10 frames processed"), "{}", stderr(&o));
+}
+
+#[test]
+fn camera_refuses_bad_sources_and_sinks_clearly() {
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "v4l2:/dev/video97",
+    ]);
+    assert_clean_failure(&o, "/dev/video97", "no such device");
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "files:/nonexistent/*.jpg",
+    ]);
+    assert_clean_failure(&o, "/nonexistent/*.jpg", "no files match");
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "test",
+        "--sink",
+        "fb:/dev/fb7",
+    ]);
+    assert_clean_failure(&o, "fb7", "virtual_size");
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "test",
+        "--size",
+        "640",
+        "--frames",
+        "1",
+    ]);
+    assert_clean_failure(&o, "640", "WxH");
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        "pipe:-",
+        "--format",
+        "nv12",
+    ]);
+    assert_clean_failure(&o, "pipe:-", "--size");
+}
+
+#[test]
+fn camera_skips_unreadable_images_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("models/digits/samples/4.png"),
+        dir.path().join("a.png"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    std::fs::copy(
+        root().join("models/digits/samples/6.png"),
+        dir.path().join("c.png"),
+    )
+    .unwrap();
+    let o = bin(&[
+        "camera",
+        "--model",
+        DIGITS_INT8,
+        "--source",
+        &format!("files:{}", dir.path().display()),
+        "--top",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains(" ms  4 ") && lines[1].contains(" ms  6 "),
+        "{out}"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("b.png") && err.contains("skipped"), "{err}");
+    assert!(err.contains("1 corrupt"), "{err}");
+}
