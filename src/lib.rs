@@ -9,6 +9,10 @@
 //!   transforms.
 //! - [`labels`]: class names.
 //! - [`classify`]: image → top-K predictions.
+//! - [`camera`]: frame sources (V4L2, pipes, files, recordings, a test pattern) and frame → RGB.
+//! - [`display`]: sinks for live results (image files, JSON lines, HTTP live view, framebuffer,
+//!   panels) and the embedded-graphics overlay.
+//! - [`live`]: the camera loop tying sources, a classifier and sinks together.
 //! - [`profile`]: time per node and per op type of one inference.
 //! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
 //! - [`bench`]: latency benchmarking (round-robin configurations, statistics, reports).

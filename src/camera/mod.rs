@@ -15,6 +15,16 @@
 //!   `.i420`, needing a size), in name order;
 //! - `replay:FILE` — a recorded stream (concatenated MJPEG, or raw frames) played at `--fps`;
 //! - `test` — a moving synthetic pattern.
+//!
+//! ```
+//! use convnext_edge::camera::{self, convert, SourceOptions};
+//! let opts = SourceOptions { size: Some((64, 48)), fps: Some(0.0), ..Default::default() };
+//! let mut source = camera::open("test", &opts)?;
+//! let frame = source.next_frame()?;
+//! let rgb = convert::to_rgb(&frame)?;
+//! assert_eq!(rgb.dimensions(), (64, 48));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod convert;
 pub mod mjpeg;

@@ -9,6 +9,22 @@
 //! - `fb:/dev/fbN` — the Linux framebuffer, frame scaled to fit;
 //! - `ssd1306:/dev/i2c-N` — a 128x64 monochrome I2C OLED (top-1 result);
 //! - `st7789:/dev/spidevX.Y?dc=PIN&rst=PIN` — a 240x240 SPI TFT (frame and result).
+//!
+//! ```
+//! use convnext_edge::display::{self, overlay, View};
+//! # use convnext_edge::{live::{FrameReport, StageTimes}, Prediction};
+//! # let top = vec![Prediction { index: 7, label: "7".into(), prob: 0.9, logit: 3.0 }];
+//! # let report = FrameReport { frame: 0, index: 0, unix_ms: 0, latency_ms: 1.0, classified: true,
+//! #     top, stages_ms: StageTimes::default(), fps: 30.0, dropped: 0, origin: None };
+//! let dir = tempfile::tempdir()?;
+//! let mut sink = display::open(&format!("png:{}", dir.path().display()))?;
+//! let frame = image::RgbImage::new(320, 240);
+//! let mut annotated = frame.clone();
+//! overlay::draw(&mut annotated, &report.top, report.fps, report.stages_ms.infer);
+//! sink.show(&View { frame: &frame, annotated: &annotated, report: &report })?;
+//! assert!(dir.path().join("frame-000000.png").exists());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod fb;
 mod files;
