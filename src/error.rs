@@ -58,3 +58,51 @@ impl Error {
         }
     }
 }
+
+thread_local! {
+    /// Depth of [`catch_panic`] calls on this thread: their panics are reported as errors, so
+    /// the panic hook stays quiet for them.
+    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, turning a panic inside it (in tract or a decoder, on input they did not expect)
+/// into an error message, so that a bad file is an error naming it and a camera loop goes on.
+///
+/// The first call installs a panic hook that stays silent for panics caught here and defers to
+/// the previous hook for all others.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(|g| g.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        format!("internal error (panic): {msg}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_errors() {
+        assert_eq!(catch_panic(|| 3), Ok(3));
+        let e = catch_panic(|| -> u8 { panic!("boom {}", 1) }).unwrap_err();
+        assert_eq!(e, "internal error (panic): boom 1");
+        let e = catch_panic(|| -> u8 { panic!("static") }).unwrap_err();
+        assert!(e.ends_with("static"));
+    }
+}

@@ -26,7 +26,16 @@ impl Labels {
     /// Reads one label per line (blank trailing lines ignored) and checks that there is one per
     /// model output.
     pub fn from_file(path: &Path, classes: usize) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, &bytes, classes)
+    }
+
+    /// [`Labels::from_file`] on bytes already read; `path` names them in errors.
+    pub fn from_bytes(path: &Path, bytes: &[u8], classes: usize) -> Result<Self> {
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::Labels {
+            path: path.into(),
+            reason: format!("not UTF-8 text ({e})"),
+        })?;
         let labels: Vec<String> = text
             .trim_end()
             .lines()

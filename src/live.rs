@@ -170,7 +170,8 @@ pub struct LiveStats {
     pub sinks: StageStat,
 }
 
-/// Why the loop stopped early.
+/// Why the loop stopped early (a model error stops it after it failed on
+/// ten frames in a row; single failures are skipped like corrupt frames).
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
     #[error(transparent)]
@@ -375,7 +376,11 @@ struct Looper<'a> {
     last_top: Vec<Prediction>,
     last_infer_ms: f32,
     last_sinks_ms: f32,
+    failures_in_a_row: u32,
 }
+
+/// Consecutive frames the model may fail on before the loop gives up.
+const MAX_FAILURES_IN_A_ROW: u32 = 10;
 
 impl<'a> Looper<'a> {
     fn new(opts: &'a LiveOptions, sinks: usize) -> Self {
@@ -390,6 +395,7 @@ impl<'a> Looper<'a> {
             last_top: vec![],
             last_infer_ms: 0.0,
             last_sinks_ms: 0.0,
+            failures_in_a_row: 0,
         }
     }
 
@@ -481,7 +487,20 @@ impl<'a> Looper<'a> {
         let every = self.opts.every.max(1) as u64;
         let classify = self.stats.processed.is_multiple_of(every) || self.last_top.is_empty();
         if classify {
-            self.last_top = recognizer.recognize(&img, self.opts.top.max(1), &mut times)?;
+            match recognizer.recognize(&img, self.opts.top.max(1), &mut times) {
+                Ok(top) => {
+                    self.last_top = top;
+                    self.failures_in_a_row = 0;
+                }
+                // One bad frame is skipped; a model that keeps failing stops the loop.
+                Err(e) if self.failures_in_a_row + 1 < MAX_FAILURES_IN_A_ROW => {
+                    self.failures_in_a_row += 1;
+                    self.stats.corrupt += 1;
+                    on_event(Event::Skipped(&format!("frame {}: {e}", frame.seq)));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
             self.last_infer_ms = times.infer;
             self.stats.classified += 1;
         }

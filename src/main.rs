@@ -133,7 +133,7 @@ struct CameraArgs {
     #[arg(long, default_value = "v4l2:/dev/video0")]
     source: String,
     /// Frame size to ask the camera for, or the size of raw frames on a pipe (WxH).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = convnext_edge::camera::parse_size)]
     size: Option<(u32, u32)>,
     /// Frame rate to ask the camera for, or to play files and recordings at (0 = unpaced).
     #[arg(long)]
@@ -163,13 +163,6 @@ struct CameraArgs {
     /// Write the run's counts and stage timings as JSON to FILE (`-` = stdout) at the end.
     #[arg(long)]
     stats: Option<PathBuf>,
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    s.split_once(['x', 'X'])
-        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-        .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
-        .ok_or_else(|| format!("expected WxH, e.g. 640x480, got '{s}'"))
 }
 
 #[derive(serde::Serialize)]

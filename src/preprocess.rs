@@ -232,13 +232,34 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
     decode_bytes(path, &bytes)
 }
 
+/// Largest image side decoded (files and camera frames); a header claiming more is refused
+/// before any pixel memory is allocated.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
 /// Decodes JPEG or PNG bytes; `path` names them in errors.
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+    decode_limited(bytes).map_err(|reason| Error::Image {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    Ok(img.to_rgb8())
+        reason,
+    })
+}
+
+/// Decodes any image the `image` crate reads, within [`MAX_IMAGE_SIDE`] and 1 GiB of pixels.
+pub(crate) fn decode_limited(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    crate::error::catch_panic(|| {
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        limits.max_alloc = Some(1 << 30);
+        reader.limits(limits);
+        reader
+            .decode()
+            .map(|img| img.to_rgb8())
+            .map_err(|e| e.to_string())
+    })?
 }
 
 #[cfg(test)]

@@ -285,6 +285,7 @@ fn load(
         input_size: spec.input_size,
         precision,
         cpus,
+        ..Default::default()
     };
     let t = Instant::now();
     let model = Model::load(path, &options).map_err(|e| e.to_string())?;

@@ -9,16 +9,21 @@ use yuv::{YuvRange, YuvStandardMatrix};
 
 use super::{mjpeg, Frame, PixelFormat};
 
-/// Largest frame side accepted from a compressed frame, so a corrupt header cannot ask for a
-/// huge allocation.
-pub const MAX_SIDE: u32 = 8192;
+/// Largest frame side accepted, so a corrupt header cannot ask for a huge allocation.
+pub const MAX_SIDE: u32 = crate::preprocess::MAX_IMAGE_SIDE;
 
 /// Converts a frame to RGB; the error says what is wrong with it (the frame is then skipped).
 pub fn to_rgb(frame: &Frame) -> Result<RgbImage, String> {
+    crate::error::catch_panic(|| to_rgb_unguarded(frame))?
+}
+
+fn to_rgb_unguarded(frame: &Frame) -> Result<RgbImage, String> {
     let (w, h) = (frame.width, frame.height);
     match frame.format {
         PixelFormat::Mjpeg => decode_jpeg(&frame.data),
-        PixelFormat::Encoded => decode_image(&frame.data),
+        PixelFormat::Encoded => {
+            crate::preprocess::decode_limited(&frame.data).map_err(|e| format!("bad image: {e}"))
+        }
         raw => {
             let need = raw
                 .frame_len(w, h)
@@ -87,6 +92,10 @@ fn raw_to_rgb(format: PixelFormat, data: &[u8], w: u32, h: u32) -> Result<RgbIma
 
 /// Decodes one JPEG (camera MJPEG frame), inserting the standard Huffman tables if it has none.
 pub fn decode_jpeg(jpeg: &[u8]) -> Result<RgbImage, String> {
+    crate::error::catch_panic(|| decode_jpeg_unguarded(jpeg))?
+}
+
+fn decode_jpeg_unguarded(jpeg: &[u8]) -> Result<RgbImage, String> {
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
     let data = mjpeg::with_huffman_tables(jpeg);
@@ -102,20 +111,6 @@ pub fn decode_jpeg(jpeg: &[u8]) -> Result<RgbImage, String> {
     let info = dec.info().ok_or("bad JPEG frame: no header")?;
     let (w, h) = (info.width as u32, info.height as u32);
     RgbImage::from_raw(w, h, pixels).ok_or_else(|| format!("bad JPEG frame: {w}x{h} size mismatch"))
-}
-
-fn decode_image(bytes: &[u8]) -> Result<RgbImage, String> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    reader.limits(limits);
-    reader
-        .decode()
-        .map(|img| img.to_rgb8())
-        .map_err(|e| format!("bad image: {e}"))
 }
 
 #[cfg(test)]

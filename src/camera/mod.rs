@@ -103,6 +103,14 @@ impl std::str::FromStr for PixelFormat {
     }
 }
 
+/// Parses a frame size `WxH` (e.g. `640x480`).
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    s.split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h): &(u32, u32)| w > 0 && h > 0)
+        .ok_or_else(|| format!("expected WxH, e.g. 640x480, got '{s}'"))
+}
+
 /// One captured frame, as the device produced it.
 #[derive(Debug, Clone)]
 pub struct Frame {

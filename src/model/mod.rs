@@ -10,6 +10,7 @@
 //! tract internals used: `tract_onnx::pb` (protobuf types), `Onnx::parse`, and the
 //! `RunOptions::executor` plan option; hence the exact `=0.23.9` pin.
 
+pub mod graph;
 pub mod inspect;
 pub mod passes;
 pub mod rewrite;
@@ -38,7 +39,16 @@ pub struct LoadOptions {
     /// Pin the worker threads to these CPUs (one each, round-robin), and the calling thread to
     /// all of them.
     pub cpus: Option<Vec<usize>>,
+    /// Largest tensor a model file may declare, in bytes; `None` = [`DEFAULT_MAX_TENSOR_BYTES`].
+    /// Checked on the protobuf before anything is allocated for it.
+    pub max_tensor_bytes: Option<u64>,
 }
+
+/// Default [`LoadOptions::max_tensor_bytes`]: 1 GiB, 5x the largest weight of ConvNeXt-XL.
+pub const DEFAULT_MAX_TENSOR_BYTES: u64 = 1 << 30;
+
+/// Largest input height or width accepted (from the file or `input_size`).
+pub const MAX_INPUT_SIDE: usize = 8192;
 
 impl LoadOptions {
     /// Default options with `n` worker threads.
@@ -160,6 +170,11 @@ impl Model {
 
     /// Loads a model from bytes; `path` names it in errors and locates external weight files.
     pub fn from_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
+        crate::error::catch_panic(|| Self::from_bytes_unguarded(path, bytes, options))
+            .map_err(stage_error_str(path, "loading"))?
+    }
+
+    fn from_bytes_unguarded(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
         let (typed, io) = typed_model(path, bytes, options)?;
         let threads = options.threads.unwrap_or_else(default_threads);
         if threads == 0 {
@@ -195,7 +210,9 @@ impl Model {
     /// Runs a batch `[N, 3, H, W]` (f32 or f16) and returns f32 logits `[N, classes]`.
     pub fn run(&self, input: Tensor) -> Result<Tensor> {
         let (plan, input) = self.prepare(input)?;
-        let out = plan.run(tvec!(input)).map_err(|e| self.run_error(e))?;
+        let out = crate::error::catch_panic(|| plan.run(tvec!(input)))
+            .map_err(stage_error_str(&self.path, "inference"))?
+            .map_err(|e| self.run_error(e))?;
         self.logits(&out[0])
     }
 
@@ -339,6 +356,66 @@ fn stage_error<'p>(path: &'p Path, stage: &'static str) -> impl Fn(anyhow::Error
     }
 }
 
+fn stage_error_str<'p>(path: &'p Path, stage: &'static str) -> impl Fn(String) -> Error + 'p {
+    move |reason| Error::Model {
+        path: path.to_owned(),
+        stage,
+        reason,
+    }
+}
+
+/// Bytes per element of an ONNX `TensorProto.DataType`, for the size check (0 = unknown).
+fn elem_bytes(data_type: i32) -> u64 {
+    match data_type {
+        2 | 3 | 9 => 1,        // uint8, int8, bool
+        4 | 5 | 10 | 16 => 2,  // uint16, int16, float16, bfloat16
+        1 | 6 | 12 => 4,       // float, int32, uint32
+        7 | 11 | 13 | 14 => 8, // int64, double, uint64, complex64
+        15 => 16,              // complex128
+        _ => 1,
+    }
+}
+
+/// Refuses tensors (initializers and Constant values) that declare more than `max` bytes, or
+/// whose stored bytes do not match their shape, before tract allocates anything for them.
+pub(crate) fn check_tensor_sizes(path: &Path, proto: &pb::ModelProto, max: u64) -> Result<()> {
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(());
+    };
+    let constants = graph
+        .node
+        .iter()
+        .flat_map(|n| n.attribute.iter())
+        .filter_map(|a| a.t.as_ref());
+    for t in graph.initializer.iter().chain(constants) {
+        let invalid = |reason: String| Error::InvalidOnnx {
+            path: path.to_owned(),
+            reason: format!("tensor {:?} {reason}", t.name),
+        };
+        let count = t.dims.iter().try_fold(1u64, |acc, &d| {
+            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        });
+        let bytes = count.and_then(|c| c.checked_mul(elem_bytes(t.data_type)));
+        match bytes {
+            None => return Err(invalid(format!("has an invalid shape {:?}", t.dims))),
+            Some(b) if b > max => {
+                return Err(invalid(format!(
+                    "declares {b} bytes, over the {max}-byte limit (LoadOptions::max_tensor_bytes)"
+                )))
+            }
+            Some(b) if !t.raw_data.is_empty() && t.raw_data.len() as u64 != b => {
+                return Err(invalid(format!(
+                    "declares {b} bytes for shape {:?} but holds {}",
+                    t.dims,
+                    t.raw_data.len()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Decodes, checks, rewrites, parses and types a model (see the module docs).
 pub(crate) fn typed_model(
     path: &Path,
@@ -346,6 +423,11 @@ pub(crate) fn typed_model(
     options: &LoadOptions,
 ) -> Result<(TypedModel, Io)> {
     let mut proto = decode(path, bytes)?;
+    check_tensor_sizes(
+        path,
+        &proto,
+        options.max_tensor_bytes.unwrap_or(DEFAULT_MAX_TENSOR_BYTES),
+    )?;
     let sig = Signature::of(path, &proto)?;
     let rewrites = rewrite::apply(&mut proto).map_err(|reason| Error::Model {
         path: path.to_owned(),
@@ -527,7 +609,15 @@ impl Signature {
     }
 
     fn spatial(&self, path: &Path, input_size: Option<usize>) -> Result<(usize, usize)> {
+        let too_large = |h: usize, w: usize| h.max(w) > MAX_INPUT_SIDE;
         match (input_size, self.height, self.width) {
+            (Some(s), _, _) if too_large(s, s) => Err(Error::Config(format!(
+                "input size {s} is over the {MAX_INPUT_SIDE}-pixel limit"
+            ))),
+            (None, Some(h), Some(w)) if too_large(h, w) => Err(Error::NotAClassifier {
+                path: path.to_owned(),
+                reason: format!("input {h}x{w} is over the {MAX_INPUT_SIDE}-pixel limit"),
+            }),
             (Some(s), _, _) if s > 0 => Ok((s, s)),
             (Some(_), _, _) => Err(Error::Config("--input-size must be positive".into())),
             (None, Some(h), Some(w)) => Ok((h, w)),
