@@ -84,9 +84,10 @@ impl Labels {
         self.0.is_empty()
     }
 
-    /// Name of class `index`.
+    /// Name of class `index`; `"?"` past the end (a model with more outputs than labels must
+    /// not bring a camera loop down).
     pub fn name(&self, index: usize) -> &str {
-        &self.0[index]
+        self.0.get(index).map_or("?", String::as_str)
     }
 }
 

@@ -168,22 +168,26 @@ impl Sysfs {
     }
 }
 
+/// CPU numbers accepted in lists: Linux's `NR_CPUS` is at most 8192, and a larger number
+/// would only make a range allocate without bound.
+pub const MAX_CPU: usize = 8191;
+
 /// Parses a CPU list such as `0-3,6`.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     let mut cpus = BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("bad CPU list entry {part:?} (expected e.g. 0-3,6)");
+        let bad = || format!("bad CPU list entry {part:?} (expected e.g. 0-3,6; CPUs 0-{MAX_CPU})");
+        let cpu = |n: &str| n.parse::<usize>().ok().filter(|&c| c <= MAX_CPU).ok_or_else(bad);
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) =
-                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b) = (cpu(a)?, cpu(b)?);
                 if a > b {
                     return Err(bad());
                 }
                 cpus.extend(a..=b);
             }
             None => {
-                cpus.insert(part.parse().map_err(|_| bad())?);
+                cpus.insert(cpu(part)?);
             }
         }
     }

@@ -122,3 +122,26 @@ fn a_stream_that_never_ends_its_frame_is_cut_at_the_limit() {
     assert_eq!(e.kind, ErrorKind::Corrupt);
     assert!(e.to_string().contains("100000 bytes"), "{e}");
 }
+
+/// Found by `fuzz/fuzz_targets/cli_lists.rs`: a CPU range to a huge number made `--cpus`
+/// allocate a set of every number up to it (a 28 s timeout under the fuzzer, then out of memory).
+#[test]
+fn fuzz_regression_cpu_ranges_to_huge_numbers_are_refused_at_once() {
+    use convnext_edge::machine::parse_cpu_list;
+    let t = std::time::Instant::now();
+    let e = parse_cpu_list("0-333333333333,6").unwrap_err();
+    assert!(e.contains("0-8191"), "{e}");
+    assert!(parse_cpu_list("0-18446744073709551615").is_err());
+    assert_eq!(parse_cpu_list("8190-8191").unwrap(), [8190, 8191]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(1));
+}
+
+/// Found by `fuzz/fuzz_targets/labels.rs`: `Labels::name` panicked on an index past the end.
+#[test]
+fn fuzz_regression_a_label_past_the_end_is_a_placeholder() {
+    let labels = convnext_edge::Labels::default_for(None, 2);
+    assert_eq!(labels.name(1), "class 1");
+    assert_eq!(labels.name(2), "?");
+    let e = convnext_edge::Labels::from_bytes(Path::new("empty.txt"), b"", 1).unwrap_err();
+    assert!(e.to_string().contains("empty.txt"), "{e}");
+}
