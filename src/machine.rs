@@ -177,7 +177,12 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     let mut cpus = BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let bad = || format!("bad CPU list entry {part:?} (expected e.g. 0-3,6; CPUs 0-{MAX_CPU})");
-        let cpu = |n: &str| n.parse::<usize>().ok().filter(|&c| c <= MAX_CPU).ok_or_else(bad);
+        let cpu = |n: &str| {
+            n.parse::<usize>()
+                .ok()
+                .filter(|&c| c <= MAX_CPU)
+                .ok_or_else(bad)
+        };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (cpu(a)?, cpu(b)?);

@@ -11,7 +11,8 @@ use prost::Message;
 use tract_onnx::pb;
 
 fn digits_proto() -> pb::ModelProto {
-    let bytes = std::fs::read(common::root().join("models/digits/convnext_digits_f32.onnx")).unwrap();
+    let bytes =
+        std::fs::read(common::root().join("models/digits/convnext_digits_f32.onnx")).unwrap();
     pb::ModelProto::decode(&*bytes).unwrap()
 }
 
@@ -29,8 +30,13 @@ fn a_model_declaring_an_enormous_tensor_is_refused_before_allocation() {
         data_type: 1,
         ..Default::default()
     });
-    let e = load(&proto, &LoadOptions::threads(1)).unwrap_err().to_string();
-    assert!(e.contains("hostile.onnx") && e.contains("\"huge\"") && e.contains("limit"), "{e}");
+    let e = load(&proto, &LoadOptions::threads(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hostile.onnx") && e.contains("\"huge\"") && e.contains("limit"),
+        "{e}"
+    );
 
     // The limit is configurable: a small one refuses the model's own weights.
     let e = load(
@@ -57,7 +63,9 @@ fn a_tensor_whose_bytes_do_not_match_its_shape_is_refused() {
         .find(|t| !t.raw_data.is_empty())
         .unwrap();
     t.dims[0] *= 1000;
-    let e = load(&proto, &LoadOptions::threads(1)).unwrap_err().to_string();
+    let e = load(&proto, &LoadOptions::threads(1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("but holds"), "{e}");
 }
 
@@ -72,7 +80,9 @@ fn an_enormous_input_size_is_refused() {
     for d in &mut tt.shape.as_mut().unwrap().dim[2..] {
         d.value = Some(pb::tensor_shape_proto::dimension::Value::DimValue(60_000));
     }
-    let e = load(&proto, &LoadOptions::threads(1)).unwrap_err().to_string();
+    let e = load(&proto, &LoadOptions::threads(1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("60000x60000") && e.contains("limit"), "{e}");
     let e = Model::load(
         &common::root().join("models/digits/convnext_digits_f32.onnx"),
@@ -99,7 +109,9 @@ fn an_image_claiming_60000x60000_pixels_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("giant.jpg");
     std::fs::write(&path, giant_jpeg()).unwrap();
-    let e = convnext_edge::preprocess::decode(&path).unwrap_err().to_string();
+    let e = convnext_edge::preprocess::decode(&path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("giant.jpg"), "{e}");
     let e = camera::convert::decode_jpeg(&giant_jpeg()).unwrap_err();
     assert!(e.contains("bad JPEG frame"), "{e}");
