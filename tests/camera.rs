@@ -16,7 +16,7 @@ use convnext_edge::camera::{
 use convnext_edge::display::overlay::{self, Layout};
 use convnext_edge::display::{self, Sink, SinkError, SinkErrorKind, View};
 use convnext_edge::live::{self, Event, LiveOptions, LiveStats, Recognizer, StageTimes};
-use convnext_edge::{Classifier, LoadOptions, Model, Prediction};
+use convnext_edge::{Classifier, Prediction};
 use image::RgbImage;
 
 fn data(name: &str) -> PathBuf {
@@ -28,12 +28,7 @@ fn png(name: &str) -> RgbImage {
 }
 
 fn classifier() -> Classifier {
-    let model = Model::load(
-        &common::root().join("models/digits/convnext_digits_int8.onnx"),
-        &LoadOptions::threads(1),
-    )
-    .unwrap();
-    Classifier::new(model, None, None).unwrap()
+    common::digits_classifier()
 }
 
 fn frame(format: PixelFormat, data: Vec<u8>, (width, height): (u32, u32)) -> Frame {
@@ -322,15 +317,7 @@ impl Recognizer for Slow {
 
 #[test]
 fn a_slow_model_drops_old_frames_and_counts_them() {
-    let source = camera::open(
-        "test",
-        &SourceOptions {
-            size: Some((160, 120)),
-            fps: Some(200.0),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let source = common::test_camera((160, 120), 200.0);
     let opts = LiveOptions {
         top: 1,
         frames: Some(8),
@@ -463,15 +450,7 @@ impl FrameSource for Flaky {
 fn a_camera_that_disappears_is_reopened_with_backoff() {
     let log = Arc::new(Mutex::new(vec![]));
     let source = Flaky {
-        inner: camera::open(
-            "test",
-            &SourceOptions {
-                size: Some((64, 48)),
-                fps: Some(100.0),
-                ..Default::default()
-            },
-        )
-        .unwrap(),
+        inner: common::test_camera((64, 48), 100.0),
         frames_before_unplug: 3,
         failed_reopens: 2,
         log: Arc::clone(&log),

@@ -12,10 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use convnext_edge::camera::{self, SourceOptions};
 use convnext_edge::display::http::HttpSink;
 use convnext_edge::live::{self, LiveOptions};
-use convnext_edge::{Classifier, LoadOptions, Model};
 use serde_json::{json, Value};
 
 struct Driver {
@@ -92,21 +90,8 @@ fn the_live_view_shows_the_stream_and_updating_results_in_chromium() {
     let looper = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            let model = Model::load(
-                &common::root().join("models/digits/convnext_digits_int8.onnx"),
-                &LoadOptions::threads(1),
-            )
-            .unwrap();
-            let mut classifier = Classifier::new(model, None, None).unwrap();
-            let source = camera::open(
-                "test",
-                &SourceOptions {
-                    size: Some((320, 240)),
-                    fps: Some(15.0),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let mut classifier = common::digits_classifier();
+            let source = common::test_camera((320, 240), 15.0);
             let opts = LiveOptions {
                 top: 3,
                 ..Default::default()

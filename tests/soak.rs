@@ -10,11 +10,9 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use convnext_edge::camera::{self, SourceOptions};
 use convnext_edge::display;
 use convnext_edge::live::{self, Event, LiveOptions};
 use convnext_edge::machine::{rss_bytes, Sysfs};
-use convnext_edge::{Classifier, LoadOptions, Model};
 
 #[test]
 #[ignore = "long: run with --ignored"]
@@ -24,21 +22,8 @@ fn memory_stays_flat_over_100k_frames() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
     let warmup = 1_000.min(frames / 10);
-    let model = Model::load(
-        &common::root().join("models/digits/convnext_digits_int8.onnx"),
-        &LoadOptions::threads(1),
-    )
-    .unwrap();
-    let mut classifier = Classifier::new(model, None, None).unwrap();
-    let source = camera::open(
-        "test",
-        &SourceOptions {
-            size: Some((320, 240)),
-            fps: Some(0.0),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut classifier = common::digits_classifier();
+    let source = common::test_camera((320, 240), 0.0);
     let sinks = vec![
         display::open("jsonl:/dev/null").unwrap(),
         display::open("http:0").unwrap(),

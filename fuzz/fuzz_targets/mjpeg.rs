@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut splitter = Splitter::new(1 << 20);
-    let mut check = |split: Split| {
+    let check = |split: Split| {
         if let Split::Frame(frame) = split {
             assert!(frame.starts_with(&[0xFF, 0xD8]) && frame.ends_with(&[0xFF, 0xD9]));
             let _ = decode_jpeg(&frame);

@@ -1,8 +1,6 @@
 //! YUYV / NV12 / I420 / RGB24 frames of any declared size and any byte count.
 #![no_main]
 
-use std::time::Instant;
-
 use convnext_edge::camera::{convert, Frame, PixelFormat};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,15 +16,7 @@ fuzz_target!(|data: &[u8]| {
     ][data[0] as usize % 4];
     let width = u16::from_le_bytes([data[1], data[2]]) as u32;
     let height = u16::from_le_bytes([data[3], data[4]]) as u32;
-    let frame = Frame {
-        data: data[5..].to_vec(),
-        format,
-        width,
-        height,
-        seq: 0,
-        captured: Instant::now(),
-        origin: None,
-    };
+    let frame = Frame::new(data[5..].to_vec(), format, (width, height), 0);
     if let Ok(rgb) = convert::to_rgb(&frame) {
         assert_eq!(rgb.dimensions(), (width, height));
     }

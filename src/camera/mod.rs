@@ -126,6 +126,21 @@ pub struct Frame {
     pub origin: Option<PathBuf>,
 }
 
+impl Frame {
+    /// A frame captured now, from no file.
+    pub fn new(data: Vec<u8>, format: PixelFormat, (width, height): (u32, u32), seq: u64) -> Self {
+        Frame {
+            data,
+            format,
+            width,
+            height,
+            seq,
+            captured: Instant::now(),
+            origin: None,
+        }
+    }
+}
+
 /// What went wrong with a source, and so what the live loop does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

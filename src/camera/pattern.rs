@@ -1,7 +1,5 @@
 //! `test`: a synthetic moving pattern, to try the live loop on any machine.
 
-use std::time::Instant;
-
 use super::{Frame, FrameSource, Pacer, PixelFormat, SourceError};
 
 /// Colour bars scrolling one step per frame with a white square bouncing over them, as packed
@@ -76,15 +74,12 @@ impl FrameSource for TestPattern {
         self.pacer.wait();
         let seq = self.seq;
         self.seq += 1;
-        Ok(Frame {
-            data: self.render(seq),
-            format: PixelFormat::Rgb24,
-            width: self.width,
-            height: self.height,
+        Ok(Frame::new(
+            self.render(seq),
+            PixelFormat::Rgb24,
+            (self.width, self.height),
             seq,
-            captured: Instant::now(),
-            origin: None,
-        })
+        ))
     }
 
     fn reopen(&mut self) -> Result<(), SourceError> {

@@ -108,17 +108,8 @@ impl StreamSource {
 
     fn frame(&mut self, data: Vec<u8>) -> Frame {
         self.pacer.wait();
-        let seq = self.seq;
         self.seq += 1;
-        Frame {
-            data,
-            format: self.format,
-            width: self.size.0,
-            height: self.size.1,
-            seq,
-            captured: Instant::now(),
-            origin: None,
-        }
+        Frame::new(data, self.format, self.size, self.seq - 1)
     }
 
     /// What the end of the bytes means for this origin.

@@ -5,7 +5,7 @@
 //! the size; the frame size it reports is the one used.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use v4l::buffer::Type;
 use v4l::io::mmap::Stream as MmapStream;
@@ -188,17 +188,8 @@ impl FrameSource for V4l2Source {
             ));
         }
         let data = packed(self.format, self.size, self.stride, &buf[..used]);
-        let seq = self.seq;
         self.seq += 1;
-        Ok(Frame {
-            data,
-            format: self.format,
-            width: self.size.0,
-            height: self.size.1,
-            seq,
-            captured: Instant::now(),
-            origin: None,
-        })
+        Ok(Frame::new(data, self.format, self.size, self.seq - 1))
     }
 
     fn reopen(&mut self) -> Result<(), SourceError> {

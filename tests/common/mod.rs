@@ -107,3 +107,23 @@ pub fn compare(
         Err(summary)
     }
 }
+
+/// The shipped int8 digits classifier on one thread: the small real model the camera tests use.
+pub fn digits_classifier() -> convnext_edge::Classifier {
+    let model = convnext_edge::Model::load(
+        &root().join("models/digits/convnext_digits_int8.onnx"),
+        &convnext_edge::LoadOptions::threads(1),
+    )
+    .unwrap();
+    convnext_edge::Classifier::new(model, None, None).unwrap()
+}
+
+/// The synthetic camera at `size`, paced at `fps` (0 = unpaced).
+pub fn test_camera(size: (u32, u32), fps: f32) -> Box<dyn convnext_edge::camera::FrameSource> {
+    let opts = convnext_edge::camera::SourceOptions {
+        size: Some(size),
+        fps: Some(fps),
+        ..Default::default()
+    };
+    convnext_edge::camera::open("test", &opts).unwrap()
+}
