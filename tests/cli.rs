@@ -327,14 +327,16 @@ fn profile_lists_op_types_and_nodes() {
     );
 }
 
+/// `convnext-edge camera --model <digits int8> ARGS...`
+fn camera(args: &[&str]) -> Output {
+    bin(&[&["camera", "--model", DIGITS_INT8], args].concat())
+}
+
 #[test]
 fn camera_classifies_a_recording_and_prints_jsonl_and_stats() {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats.json");
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
+    let o = camera(&[
         "--source",
         "replay:tests/data/camera/digits.mjpeg",
         "--fps",
@@ -364,53 +366,15 @@ fn camera_classifies_a_recording_and_prints_jsonl_and_stats() {
 
 #[test]
 fn camera_refuses_bad_sources_and_sinks_clearly() {
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
-        "--source",
-        "v4l2:/dev/video97",
-    ]);
+    let o = camera(&["--source", "v4l2:/dev/video97"]);
     assert_clean_failure(&o, "/dev/video97", "no such device");
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
-        "--source",
-        "files:/nonexistent/*.jpg",
-    ]);
+    let o = camera(&["--source", "files:/nonexistent/*.jpg"]);
     assert_clean_failure(&o, "/nonexistent/*.jpg", "no files match");
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
-        "--source",
-        "test",
-        "--sink",
-        "fb:/dev/fb7",
-    ]);
+    let o = camera(&["--source", "test", "--sink", "fb:/dev/fb7"]);
     assert_clean_failure(&o, "fb7", "virtual_size");
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
-        "--source",
-        "test",
-        "--size",
-        "640",
-        "--frames",
-        "1",
-    ]);
+    let o = camera(&["--source", "test", "--size", "640", "--frames", "1"]);
     assert_clean_failure(&o, "640", "WxH");
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
-        "--source",
-        "pipe:-",
-        "--format",
-        "nv12",
-    ]);
+    let o = camera(&["--source", "pipe:-", "--format", "nv12"]);
     assert_clean_failure(&o, "pipe:-", "--size");
 }
 
@@ -428,10 +392,7 @@ fn camera_skips_unreadable_images_and_goes_on() {
         dir.path().join("c.png"),
     )
     .unwrap();
-    let o = bin(&[
-        "camera",
-        "--model",
-        DIGITS_INT8,
+    let o = camera(&[
         "--source",
         &format!("files:{}", dir.path().display()),
         "--top",

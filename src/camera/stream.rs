@@ -4,7 +4,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
 
 use super::mjpeg::{Split, Splitter};
 use super::{
@@ -363,17 +362,10 @@ impl FrameSource for FileSource {
             .size
             .filter(|_| format.frame_len(1, 1).is_some())
             .unwrap_or((0, 0));
-        let seq = self.seq;
         self.seq += 1;
-        Ok(Frame {
-            data,
-            format,
-            width,
-            height,
-            seq,
-            captured: Instant::now(),
-            origin: Some(path),
-        })
+        let mut frame = Frame::new(data, format, (width, height), self.seq - 1);
+        frame.origin = Some(path);
+        Ok(frame)
     }
 
     fn reopen(&mut self) -> Result<(), SourceError> {

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use super::{check_tensor_sizes, decode, plan_for, rewrite, stage_error, DEFAULT_MAX_TENSOR_BYTES};
+use super::{
+    check_tensor_sizes, decode, plan_for, rewrite, stage_error, stage_error_str,
+    DEFAULT_MAX_TENSOR_BYTES,
+};
 use crate::error::{catch_panic, Error, Result};
 use crate::precision::{self, Precision};
 
@@ -28,24 +31,15 @@ impl Graph {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let mut proto = decode(path, &bytes)?;
             check_tensor_sizes(path, &proto, DEFAULT_MAX_TENSOR_BYTES)?;
-            rewrite::apply(&mut proto).map_err(|reason| Error::Model {
-                path: path.to_owned(),
-                stage: "graph rewrite",
-                reason,
-            })?;
+            rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
             let dir = path.parent().and_then(|d| d.to_str());
             let typed = tract_onnx::onnx()
                 .parse(&proto, dir)
                 .and_then(|p| p.model.into_typed())
                 .map_err(stage_error(path, "ONNX parsing and typing"))?;
             let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks it"));
-            let typed = precision::convert(typed, stored, Precision::Auto).map_err(|reason| {
-                Error::Model {
-                    path: path.to_owned(),
-                    stage: "precision conversion",
-                    reason,
-                }
-            })?;
+            let typed = precision::convert(typed, stored, Precision::Auto)
+                .map_err(stage_error_str(path, "precision conversion"))?;
             plan_for(path, &typed, None, &Default::default())
         })?;
         Ok(Graph {
@@ -82,9 +76,5 @@ impl Graph {
 }
 
 fn guarded<T>(path: &Path, stage: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_panic(f).map_err(|reason| Error::Model {
-        path: path.to_owned(),
-        stage,
-        reason,
-    })?
+    catch_panic(f).map_err(stage_error_str(path, stage))?
 }

@@ -429,11 +429,7 @@ pub(crate) fn typed_model(
         options.max_tensor_bytes.unwrap_or(DEFAULT_MAX_TENSOR_BYTES),
     )?;
     let sig = Signature::of(path, &proto)?;
-    let rewrites = rewrite::apply(&mut proto).map_err(|reason| Error::Model {
-        path: path.to_owned(),
-        stage: "graph rewrite",
-        reason,
-    })?;
+    let rewrites = rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = tract_onnx::onnx()
         .parse(&proto, dir)
@@ -466,12 +462,8 @@ pub(crate) fn typed_model(
         .into_typed()
         .map_err(stage_error(path, "type and shape analysis"))?;
     let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks the graph"));
-    let typed =
-        precision::convert(typed, stored, options.precision).map_err(|reason| Error::Model {
-            path: path.to_owned(),
-            stage: "precision conversion",
-            reason,
-        })?;
+    let typed = precision::convert(typed, stored, options.precision)
+        .map_err(stage_error_str(path, "precision conversion"))?;
     let input_type = match typed.input_fact(0).map(|f| f.datum_type) {
         Ok(DatumType::F16) => InputType::F16,
         _ => InputType::F32,
