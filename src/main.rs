@@ -26,6 +26,9 @@ struct Cli {
     /// Input height and width for models with dynamic spatial axes (or to override them).
     #[arg(long, global = true)]
     input_size: Option<usize>,
+    /// Run quantized models on tract's float path, not our integer kernels (for comparison).
+    #[arg(long, global = true)]
+    float_only: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -184,7 +187,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     if let Command::Bench(args) = cli.command {
-        return run_bench(args, cli.threads, cli.input_size);
+        return run_bench(args, cli.threads, cli.input_size, cli.float_only);
     }
     anyhow::ensure!(
         cli.threads.len() <= 1,
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
     let options = LoadOptions {
         threads: cli.threads.first().copied(),
         input_size: cli.input_size,
+        float_only: cli.float_only,
         ..Default::default()
     };
     match cli.command {
@@ -289,7 +293,12 @@ fn print_predictions(
     Ok(())
 }
 
-fn run_bench(args: BenchArgs, threads: Vec<usize>, input_size: Option<usize>) -> Result<()> {
+fn run_bench(
+    args: BenchArgs,
+    threads: Vec<usize>,
+    input_size: Option<usize>,
+    float_only: bool,
+) -> Result<()> {
     let stop = match (args.iters, args.duration) {
         (_, Some(s)) if s > 0.0 && s.is_finite() => {
             Stop::Duration(std::time::Duration::from_secs_f64(s))
@@ -317,6 +326,7 @@ fn run_bench(args: BenchArgs, threads: Vec<usize>, input_size: Option<usize>) ->
         cpus: args.cpus,
         batch: args.batch,
         input_size,
+        float_only,
         pipeline_image: args.pipeline,
     };
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));

@@ -67,6 +67,8 @@ pub struct BenchSpec {
     pub cpus: Option<Cpus>,
     pub batch: usize,
     pub input_size: Option<usize>,
+    /// [`LoadOptions::float_only`] for every configuration.
+    pub float_only: bool,
     /// Measure decode → preprocess → infer → top-K on this image instead of inference alone.
     pub pipeline_image: Option<PathBuf>,
 }
@@ -283,6 +285,7 @@ fn load(
     let options = LoadOptions {
         threads: Some(threads),
         input_size: spec.input_size,
+        float_only: spec.float_only,
         precision,
         cpus,
         ..Default::default()

@@ -2,4 +2,5 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
+pub mod qconv;
 pub mod quantize;

@@ -39,6 +39,16 @@ impl FastQuantize {
         }
     }
 
+    pub(crate) fn zero_point(&self) -> i32 {
+        self.zero_point
+    }
+
+    /// Quantizes `xs` into `ys` (an i8 quantizer; u8 values would wrap).
+    pub(crate) fn quantize_i8(&self, xs: &[f32], ys: &mut [i8]) {
+        debug_assert!(self.signed);
+        self.run(xs, ys, |v| v as i8)
+    }
+
     fn bounds(&self) -> (i32, i32) {
         if self.signed {
             (-128, 127)
@@ -97,8 +107,9 @@ impl FakeQuantize {
         }
     }
 
+    /// Quantizes and dequantizes `xs` in place.
     #[inline(always)]
-    fn run(&self, xs: &mut [f32]) {
+    pub(crate) fn apply(&self, xs: &mut [f32]) {
         let q = &self.quantize;
         let inv_scale = f32::from_bits(q.inv_scale_bits);
         let (lo_f, hi_f) = q.float_bounds();
@@ -120,7 +131,7 @@ impl ElementWiseMiniOp for FakeQuantize {
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
         let mut view = t.to_plain_array_view_mut::<f32>()?;
-        self.run(view.as_slice_mut().context("input is not contiguous")?);
+        self.apply(view.as_slice_mut().context("input is not contiguous")?);
         Ok(())
     }
 }
@@ -223,7 +234,7 @@ mod tests {
         ] {
             let q = FastQuantize::new(inv_scale, zp, signed);
             let mut fused = xs.clone();
-            FakeQuantize::new(q.clone(), 0.137, dq_zp).run(&mut fused);
+            FakeQuantize::new(q.clone(), 0.137, dq_zp).apply(&mut fused);
             let mut ints = vec![0i32; xs.len()];
             q.run(&xs, &mut ints, |v| v);
             for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {

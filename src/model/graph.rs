@@ -31,9 +31,11 @@ impl Graph {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let mut proto = decode(path, &bytes)?;
             check_tensor_sizes(path, &proto, DEFAULT_MAX_TENSOR_BYTES)?;
-            rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
+            rewrite::apply(&mut proto)
+                .map_err(stage_error_str(path, "graph rewrite"))?
+                .fuse_pointwise(&mut proto);
             let dir = path.parent().and_then(|d| d.to_str());
-            let typed = tract_onnx::onnx()
+            let typed = super::onnx()
                 .parse(&proto, dir)
                 .and_then(|p| p.model.into_typed())
                 .map_err(stage_error(path, "ONNX parsing and typing"))?;

@@ -13,6 +13,7 @@
 pub mod graph;
 pub mod inspect;
 pub mod passes;
+pub mod qdq;
 pub mod rewrite;
 
 use std::collections::HashMap;
@@ -42,6 +43,9 @@ pub struct LoadOptions {
     /// Largest tensor a model file may declare, in bytes; `None` = [`DEFAULT_MAX_TENSOR_BYTES`].
     /// Checked on the protobuf before anything is allocated for it.
     pub max_tensor_bytes: Option<u64>,
+    /// Keep quantized models on tract's float path instead of our integer kernels (see
+    /// [`qdq`]): for comparison, or as a fallback.
+    pub float_only: bool,
 }
 
 /// Default [`LoadOptions::max_tensor_bytes`]: 1 GiB, 5x the largest weight of ConvNeXt-XL.
@@ -429,9 +433,13 @@ pub(crate) fn typed_model(
         options.max_tensor_bytes.unwrap_or(DEFAULT_MAX_TENSOR_BYTES),
     )?;
     let sig = Signature::of(path, &proto)?;
-    let rewrites = rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
+    let mut rewrites =
+        rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
+    if !options.float_only {
+        rewrites.fuse_pointwise(&mut proto);
+    }
     let dir = path.parent().and_then(|d| d.to_str());
-    let parsed = tract_onnx::onnx()
+    let parsed = onnx()
         .parse(&proto, dir)
         .map_err(stage_error(path, "ONNX parsing"))?;
     if !parsed.unresolved_inputs.is_empty() {
@@ -486,6 +494,13 @@ pub(crate) fn typed_model(
         rewrites,
     };
     Ok((typed, io))
+}
+
+/// tract's ONNX front end with our own nodes' parsers registered.
+pub(crate) fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    qdq::register(&mut onnx);
+    onnx
 }
 
 /// Worker threads when none are asked for: every core the process may use.

@@ -27,6 +27,16 @@ const ATTR_INTS: i32 = 7;
 pub struct Rewrites(pub Vec<(String, usize)>);
 
 impl Rewrites {
+    /// Hands QDQ models' 1x1 convolutions to the integer kernels ([`super::qdq`]).
+    pub fn fuse_pointwise(&mut self, model: &mut pb::ModelProto) {
+        if let Some(graph) = model.graph.as_mut() {
+            let n = super::qdq::fuse_pointwise(graph);
+            if n > 0 {
+                self.0.push(("QDQ 1x1 Conv → integer".into(), n));
+            }
+        }
+    }
+
     fn add(&mut self, what: &str) {
         match self.0.iter_mut().find(|(k, _)| k == what) {
             Some((_, n)) => *n += 1,

@@ -1,0 +1,419 @@
+//! Integer 1x1 convolution for QDQ models: ConvNeXt's MLP (`fc1`/`fc2` as 1x1 convs, or
+//! `Linear` over the channel axis once exported as a 1x1 conv) on tract-linalg's int8 kernels.
+//!
+//! One op, [`QPointwiseConv`], computes what a QDQ model writes as
+//! `Q → DQ → Conv(1x1, DQ(W)) → [Q → DQ]`:
+//!
+//! 1. quantize the f32 input with the activation's scale and zero point (the same branch-free
+//!    arithmetic as [`FastQuantize`]), straight to i8 — a u8 activation is stored as `q − 128`
+//!    with its zero point shifted by 128, which is exact;
+//! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX2, AVX-512 VNNI on
+//!    x86, SMLAL or SDOT on arm64), weights packed once at load;
+//! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
+//!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place.
+//!
+//! Against the float graph it replaces, the only difference is where f32 rounding happens: the
+//! integer sum is exact where the float graph rounds after each product (and onnxruntime also
+//! accumulates in i32). Weights must be symmetric (zero point 0), which is what onnxruntime's
+//! quantizer writes for int8 weights; other models keep the float path.
+//!
+//! tract internals used (tract-linalg 0.23.9): `MmmDispatch::native().pick` with
+//! `Query::plain(I32, …)`, `MatMatMul::{packings, c_view, run}`, `MMMInputFormat::prepare_one`,
+//! `FusedSpec::{AddMatMul, Store}`; and tract-core's `Op`/`EvalOp`/`TypedOp`.
+
+use std::sync::Arc;
+
+use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul, Query};
+use tract_linalg::MmmDispatch;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use super::quantize::{FakeQuantize, FastQuantize};
+
+/// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQuant {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub signed: bool,
+}
+
+impl ActQuant {
+    /// The quantizer to i8 this activation is stored as inside the op: u8 values shifted by
+    /// −128 (so the zero point moves by −128 too).
+    fn to_i8(self) -> FastQuantize {
+        let shift = if self.signed { 0 } else { 128 };
+        FastQuantize::new(1.0 / self.scale, self.zero_point - shift, true)
+    }
+
+    /// The in-place `Q → DQ` of this quantization.
+    fn fake(self) -> FakeQuantize {
+        FakeQuantize::new(
+            FastQuantize::new(1.0 / self.scale, self.zero_point, self.signed),
+            self.scale,
+            self.zero_point,
+        )
+    }
+}
+
+/// The integer 1x1 convolution (see the module docs). Input `[N, Cin, H, W]` f32 and the bias
+/// `[Cout]` f32; output `[N, Cout, H, W]` f32.
+#[derive(Debug, Clone)]
+pub struct QPointwiseConv {
+    weights: Arc<Tensor>,
+    x: ActQuant,
+    w_scales: Vec<f32>,
+    y: Option<ActQuant>,
+    kernel: Kernel,
+}
+
+/// Everything derived from the weights, computed once when the op is built.
+#[derive(Debug, Clone)]
+struct Kernel {
+    mmm: Box<dyn MatMatMul>,
+    packing: usize,
+    packed: Box<dyn MMMInputValue>,
+    /// `−zx_i8 · Σ_k w[co, k]`: the input zero point's share of each output channel's sum.
+    row_offset: Vec<i32>,
+    /// `sx · sw[co]`.
+    row_scale: Vec<f32>,
+}
+
+impl Eq for QPointwiseConv {}
+
+impl PartialEq for QPointwiseConv {
+    fn eq(&self, other: &Self) -> bool {
+        self.weights == other.weights
+            && self.x == other.x
+            && self.w_scales == other.w_scales
+            && self.y == other.y
+    }
+}
+
+impl QPointwiseConv {
+    /// `weights` is `[Cout, Cin]` i8 (symmetric), `w_scales` one per output channel or one for
+    /// all; `n` is the matmul width the kernel is chosen for (H·W of the input), if known.
+    pub fn new(
+        weights: Tensor,
+        x: ActQuant,
+        w_scales: Vec<f32>,
+        y: Option<ActQuant>,
+        n: Option<usize>,
+    ) -> TractResult<QPointwiseConv> {
+        ensure!(
+            weights.datum_type() == i8::datum_type() && weights.rank() == 2,
+            "integer 1x1 conv: weights must be a 2D i8 tensor, got {:?}",
+            weights
+        );
+        let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
+        ensure!(cout > 0 && cin > 0, "integer 1x1 conv: empty weights");
+        let w_scales = match w_scales.len() {
+            1 => vec![w_scales[0]; cout],
+            l if l == cout => w_scales,
+            l => bail!("integer 1x1 conv: {l} weight scales for {cout} output channels"),
+        };
+        for s in std::iter::once(x.scale)
+            .chain(w_scales.iter().copied())
+            .chain(y.map(|y| y.scale))
+        {
+            ensure!(
+                s.is_finite() && s > 0.0,
+                "integer 1x1 conv: scale {s} is not positive and finite"
+            );
+        }
+        let query = Query::plain(DatumType::I32, Some(cout), Some(cin), n);
+        let (mmm, packing, extractor) = MmmDispatch::native()
+            .pick(&query)
+            .context("no integer matmul kernel on this CPU")?;
+        ensure!(
+            extractor.is_none(),
+            "integer matmul kernel {} needs a panel extractor",
+            mmm.name()
+        );
+        let packed = mmm.packings()[packing].0.prepare_one(&weights, 1, 0)?;
+        let zx = x.to_i8().zero_point();
+        let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
+        let row_offset = w
+            .chunks(cin)
+            .map(|row| -zx * row.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        let row_scale = w_scales.iter().map(|sw| x.scale * sw).collect();
+        Ok(QPointwiseConv {
+            weights: Arc::new(weights),
+            x,
+            w_scales,
+            y,
+            kernel: Kernel {
+                mmm,
+                packing,
+                packed,
+                row_offset,
+                row_scale,
+            },
+        })
+    }
+
+    fn cin(&self) -> usize {
+        self.weights.shape()[1]
+    }
+
+    fn cout(&self) -> usize {
+        self.weights.shape()[0]
+    }
+
+    /// One image: `x` is `[Cin, P]`, `out` `[Cout, P]`, both row-major.
+    fn run_one(&self, x: &[f32], bias: &[f32], p: usize, out: &mut [f32]) -> TractResult<()> {
+        let k = &self.kernel;
+        let mut xq = unsafe { Tensor::uninitialized::<i8>(&[self.cin(), p])? };
+        self.x.to_i8().quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+        let (_, b_format) = &k.mmm.packings()[k.packing];
+        let packed_x = b_format.prepare_one(&xq, 0, 1)?;
+        let mut acc = unsafe { Tensor::uninitialized::<i32>(&[self.cout(), p])? };
+        unsafe {
+            let store = k.mmm.c_view(Some(0), Some(1)).wrap(&acc.view_mut());
+            k.mmm.run(
+                self.cout(),
+                p,
+                &[
+                    FusedSpec::AddMatMul {
+                        a: AsInputValue::Borrowed(&*k.packed),
+                        b: AsInputValue::Borrowed(&*packed_x),
+                        packing: k.packing,
+                    },
+                    FusedSpec::Store(store),
+                ],
+            )?;
+        }
+        let fake = self.y.map(ActQuant::fake);
+        for (co, (acc_row, out_row)) in acc
+            .try_as_plain_ram()?
+            .as_slice::<i32>()?
+            .chunks(p)
+            .zip(out.chunks_mut(p))
+            .enumerate()
+        {
+            let (offset, scale, b) = (k.row_offset[co], k.row_scale[co], bias[co]);
+            for (a, y) in acc_row.iter().zip(out_row.iter_mut()) {
+                *y = (a + offset) as f32 * scale + b;
+            }
+            if let Some(f) = &fake {
+                f.apply(out_row);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Op for QPointwiseConv {
+    fn name(&self) -> StaticName {
+        "QPointwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}x{} i8, kernel {}",
+            self.cout(),
+            self.cin(),
+            self.kernel.mmm.name()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QPointwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (x, bias) = args_2!(inputs);
+        let shape = x.shape();
+        ensure!(
+            shape.len() == 4 && shape[1] == self.cin(),
+            "integer 1x1 conv: input shape {shape:?}, expected [N, {}, H, W]",
+            self.cin()
+        );
+        let bias = bias.cast_to::<f32>()?;
+        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
+        ensure!(bias.len() == self.cout(), "integer 1x1 conv: bias length {}", bias.len());
+        let (n, p) = (shape[0], shape[2] * shape[3]);
+        let x = x.cast_to::<f32>()?;
+        let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
+        let mut out = Tensor::zero::<f32>(&[n, self.cout(), shape[2], shape[3]])?;
+        let mut out_view = out.try_as_plain_ram_mut()?;
+        let ys = out_view.as_slice_mut::<f32>()?;
+        if p > 0 {
+            for (x1, y1) in xs.chunks(self.cin() * p).zip(ys.chunks_mut(self.cout() * p)) {
+                self.run_one(x1, bias, p, y1)?;
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QPointwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(
+            x.rank() == 4 && x.shape[1] == self.cin().to_dim(),
+            "integer 1x1 conv: input {x:?}, expected [N, {}, H, W]",
+            self.cin()
+        );
+        let mut shape = x.shape.to_tvec();
+        shape[1] = self.cout().to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let x = inputs[0];
+        let macs = x.shape.iter().product::<TDim>() * self.cout();
+        Ok(tvec!((Cost::FMA(i32::datum_type()), macs)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator, so the tests need no extra crate.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        fn f32(&mut self, lo: f32, hi: f32) -> f32 {
+            lo + (hi - lo) * (self.next() as f32 / (1u64 << 31) as f32)
+        }
+        fn i8(&mut self) -> i8 {
+            ((self.next() % 255) as i32 - 127) as i8
+        }
+    }
+
+    /// The unfused definition: quantize, dequantize, float conv in f64, then quantize and
+    /// dequantize the output.
+    fn reference(
+        x: &[f32],
+        w: &[i8],
+        cin: usize,
+        cout: usize,
+        p: usize,
+        xq: ActQuant,
+        w_scales: &[f32],
+        bias: &[f32],
+        y: Option<ActQuant>,
+    ) -> Vec<f32> {
+        let qdq = |v: f32, q: ActQuant| {
+            let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
+            let r = ((v / q.scale).round_ties_even() as i32 + q.zero_point).clamp(lo, hi);
+            (r - q.zero_point) as f32 * q.scale
+        };
+        let xd: Vec<f32> = x.iter().map(|&v| qdq(v, xq)).collect();
+        let mut out = vec![0f32; cout * p];
+        for co in 0..cout {
+            for i in 0..p {
+                let mut s = 0f64;
+                for ci in 0..cin {
+                    s += xd[ci * p + i] as f64 * (w[co * cin + ci] as f32 * w_scales[co]) as f64;
+                }
+                let v = s as f32 + bias[co];
+                out[co * p + i] = match y {
+                    Some(q) => qdq(v, q),
+                    None => v,
+                };
+            }
+        }
+        out
+    }
+
+    fn check(cin: usize, cout: usize, h: usize, w: usize, signed: bool, with_y: bool, seed: u64) {
+        let mut rng = Lcg(seed);
+        let p = h * w;
+        let weights: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+        let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let xq = ActQuant {
+            scale: 0.05,
+            zero_point: if signed { -3 } else { 131 },
+            signed,
+        };
+        let yq = with_y.then_some(ActQuant {
+            scale: 0.1,
+            zero_point: if signed { 2 } else { 120 },
+            signed,
+        });
+        let x: Vec<f32> = (0..2 * cin * p).map(|_| rng.f32(-7.0, 7.0)).collect();
+        let op = QPointwiseConv::new(
+            Tensor::from_shape(&[cout, cin], &weights).unwrap(),
+            xq,
+            w_scales.clone(),
+            yq,
+            Some(p),
+        )
+        .unwrap();
+        let input = Tensor::from_shape(&[2, cin, h, w], &x).unwrap();
+        let b = Tensor::from_shape(&[cout], &bias).unwrap();
+        let out = op
+            .eval_out_of_plan(tvec!(input.into_tvalue(), b.into_tvalue()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape(), &[2, cout, h, w]);
+        let got = out[0].try_as_plain_ram().unwrap();
+        let got = got.as_slice::<f32>().unwrap();
+        for n in 0..2 {
+            let expected = reference(
+                &x[n * cin * p..(n + 1) * cin * p],
+                &weights,
+                cin,
+                cout,
+                p,
+                xq,
+                &w_scales,
+                &bias,
+                yq,
+            );
+            let got = &got[n * cout * p..(n + 1) * cout * p];
+            let step = yq.map(|q| q.scale).unwrap_or(0.0);
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                // Exact but for f32 rounding: with an output quantization a value on a rounding
+                // boundary may land one step away.
+                let tol = 1e-4 * e.abs().max(1.0) + step * 1.001;
+                assert!((g - e).abs() <= tol, "{cin}x{cout} {h}x{w} #{i}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_unfused_reference_on_odd_shapes() {
+        for (i, &(cin, cout, h, w)) in [
+            (1, 1, 1, 1),
+            (3, 5, 7, 7),
+            (40, 160, 7, 9),
+            (17, 33, 5, 3),
+            (96, 384, 14, 14),
+            (160, 40, 1, 13),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for (signed, with_y) in [(false, true), (true, true), (false, false)] {
+                check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_bad_parameters() {
+        let w = Tensor::from_shape(&[2, 3], &[1i8, 2, 3, 4, 5, 6]).unwrap();
+        let x = ActQuant {
+            scale: 0.1,
+            zero_point: 0,
+            signed: false,
+        };
+        assert!(QPointwiseConv::new(w.clone(), x, vec![1.0; 3], None, None).is_err());
+        assert!(QPointwiseConv::new(w.clone(), x, vec![0.0], None, None).is_err());
+        let nan = ActQuant { scale: f32::NAN, ..x };
+        assert!(QPointwiseConv::new(w, nan, vec![1.0], None, None).is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! QDQ models: the quantized 1x1 convolutions found at the ONNX level and handed to our integer
+//! op, [`QPointwiseConv`](crate::kernels::qconv::QPointwiseConv).
+//!
+//! tract folds a weight `DequantizeLinear` into f32 constants while typing the graph, so after
+//! parsing nothing says any more that a convolution's weights were int8. The pattern is
+//! therefore found here, in the protobuf, where it is explicit:
+//!
+//! ```text
+//! x ─ QuantizeLinear ─ DequantizeLinear ─ Conv(1x1) ─ [QuantizeLinear ─ DequantizeLinear] ─ y
+//!                     DequantizeLinear(W int8) ─┘
+//! ```
+//!
+//! and the `Conv` (with the output pair, when the conv output feeds only it) is replaced by one
+//! node, [`FUSED_OP`], whose parser builds the integer op. The input pair stays in the graph
+//! for any other consumer of the dequantized input (ConvNeXt's residual branch reads it); tract
+//! drops it when nothing else does. Conditions, each needed for the integer op to compute the
+//! same function: a 1x1 kernel, group 1, stride and dilation 1, no padding; per-tensor input
+//! and output quantization whose quantize and dequantize agree; int8 weights with zero point 0
+//! and one scale per output channel or one for all. Anything else keeps the float path.
+//!
+//! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
+//! `tract_hir`'s `Expansion`.
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::expandable::{expand, Expansion};
+
+use super::rewrite::{int_attr_of, ints_attr_of};
+use crate::kernels::qconv::{ActQuant, QPointwiseConv};
+
+/// The node type the fusion emits: inputs `x, x_scale, x_zero_point, w_int8, w_scale, bias`
+/// and optionally `y_scale, y_zero_point`; output f32.
+pub const FUSED_OP: &str = "ConvNextEdgeQPointwiseConv";
+const DOMAIN: &str = "convnext_edge";
+
+const FLOAT: i32 = 1;
+const UINT8: i32 = 2;
+const INT8: i32 = 3;
+const INT32: i32 = 6;
+
+/// Registers the parser of [`FUSED_OP`].
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    onnx.op_register.insert(FUSED_OP, parse);
+}
+
+/// Replaces every quantized 1x1 convolution matching the module docs' pattern; returns how many.
+pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
+    let mut fused = 0;
+    loop {
+        let matches = non_overlapping(find_all(graph));
+        if matches.is_empty() {
+            return fused;
+        }
+        fused += matches.len();
+        apply(graph, matches);
+    }
+}
+
+/// One match: the conv's index, the new node, the nodes it reads (the input pair, the weight
+/// dequantize) and the output pair's nodes, which it removes.
+struct Match {
+    conv: usize,
+    node: NodeProto,
+    reads: [usize; 3],
+    remove: Vec<usize>,
+    initializers: Vec<TensorProto>,
+}
+
+/// Keeps the matches that do not touch a node an earlier one removes: when one conv's output
+/// pair is the next conv's input pair, the next is matched again once the first is fused.
+fn non_overlapping(matches: Vec<Match>) -> Vec<Match> {
+    let mut removed = std::collections::HashSet::new();
+    let mut kept = vec![];
+    for m in matches {
+        let overlaps = m
+            .reads
+            .iter()
+            .chain(&m.remove)
+            .chain([&m.conv])
+            .any(|i| removed.contains(i));
+        if overlaps {
+            continue;
+        }
+        removed.extend(m.remove.iter().copied());
+        kept.push(m);
+    }
+    kept
+}
+
+fn apply(graph: &mut GraphProto, matches: Vec<Match>) {
+    let mut remove = vec![];
+    for m in matches {
+        graph.node[m.conv] = m.node;
+        graph.initializer.extend(m.initializers);
+        remove.extend(m.remove);
+    }
+    remove.sort_unstable();
+    for i in remove.into_iter().rev() {
+        graph.node.remove(i);
+    }
+}
+
+struct Index<'g> {
+    graph: &'g GraphProto,
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    initializer: HashMap<&'g str, &'g TensorProto>,
+}
+
+impl<'g> Index<'g> {
+    fn new(graph: &'g GraphProto) -> Self {
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in graph.node.iter().enumerate() {
+            for o in &n.output {
+                producer.insert(o.as_str(), i);
+            }
+            for x in &n.input {
+                consumers.entry(x.as_str()).or_default().push(i);
+            }
+        }
+        let initializer = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        Index {
+            graph,
+            producer,
+            consumers,
+            initializer,
+        }
+    }
+
+    fn producer(&self, name: &str, op_type: &str) -> Option<(usize, &'g NodeProto)> {
+        let i = *self.producer.get(name)?;
+        let n = &self.graph.node[i];
+        (is_onnx(n) && n.op_type == op_type).then_some((i, n))
+    }
+
+    /// The one node reading `name`, when it is of `op_type` and `name` is not a graph output.
+    fn sole_consumer(&self, name: &str, op_type: &str) -> Option<(usize, &'g NodeProto)> {
+        if self.graph.output.iter().any(|o| o.name == name) {
+            return None;
+        }
+        match self.consumers.get(name)?.as_slice() {
+            [i] => {
+                let n = &self.graph.node[*i];
+                (is_onnx(n) && n.op_type == op_type).then_some((*i, n))
+            }
+            _ => None,
+        }
+    }
+
+    fn init(&self, name: &str) -> Option<&'g TensorProto> {
+        self.initializer.get(name).copied()
+    }
+
+    /// Whether the scale and zero point inputs of a quantize `q` and a dequantize `dq` are the
+    /// same tensors (by name, or by value).
+    fn same_params(&self, q: &NodeProto, dq: &NodeProto) -> bool {
+        (1..3).all(|i| {
+            let (a, b) = (arg(q, i), arg(dq, i));
+            a == b
+                || match (self.init(a), self.init(b)) {
+                    (Some(x), Some(y)) => same_value(x, y),
+                    _ => false,
+                }
+        })
+    }
+
+    /// A per-tensor activation quantization: an f32 scalar scale and a u8/i8 scalar zero point
+    /// (absent means u8 0, unless the node asks for another output type).
+    fn act_quant(&self, q: &NodeProto) -> Option<ActQuant> {
+        if int_attr_of(q, "output_dtype").is_some_and(|t| t != UINT8 as i64 && t != INT8 as i64) {
+            return None;
+        }
+        let scale = self.init(arg(q, 1)).filter(|t| t.data_type == FLOAT && is_scalar(t))?;
+        let scale = *floats(scale)?.first()?;
+        let (zero_point, signed) = match arg(q, 2) {
+            "" => (0, int_attr_of(q, "output_dtype") == Some(INT8 as i64)),
+            zp => {
+                let t = self.init(zp).filter(|t| is_scalar(t))?;
+                (*ints(t)?.first()? as i32, t.data_type == INT8)
+            }
+        };
+        Some(ActQuant {
+            scale,
+            zero_point,
+            signed,
+        })
+    }
+}
+
+fn find_all(graph: &GraphProto) -> Vec<Match> {
+    let ix = Index::new(graph);
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| is_onnx(n) && n.op_type == "Conv")
+        .filter_map(|(i, conv)| match_conv(&ix, i, conv))
+        .collect()
+}
+
+fn match_conv(ix: &Index, conv_ix: usize, conv: &NodeProto) -> Option<Match> {
+    if !is_pointwise(conv) {
+        return None;
+    }
+    let (x_dq_ix, x_dq) = ix.producer(arg(conv, 0), "DequantizeLinear")?;
+    let (x_q_ix, x_q) = ix.producer(arg(x_dq, 0), "QuantizeLinear")?;
+    if !ix.same_params(x_q, x_dq) {
+        return None;
+    }
+    ix.act_quant(x_q)?;
+
+    let (w_dq_ix, w_dq) = ix.producer(arg(conv, 1), "DequantizeLinear")?;
+    let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == INT8)?;
+    let [cout, _cin, 1, 1] = w.dims[..] else {
+        return None;
+    };
+    let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == FLOAT)?;
+    let per_channel = match w_scale.dims[..] {
+        [] | [1] => false,
+        [c] if c == cout => true,
+        _ => return None,
+    };
+    if per_channel && !matches!(int_attr_of(w_dq, "axis"), Some(0) | Some(-4)) {
+        return None;
+    }
+    if let Some(zp) = ix.init(arg(w_dq, 2)) {
+        if !ints(zp)?.iter().all(|&z| z == 0) {
+            return None;
+        }
+    } else if !arg(w_dq, 2).is_empty() {
+        return None;
+    }
+
+    let mut node = NodeProto {
+        name: conv.name.clone(),
+        op_type: FUSED_OP.into(),
+        domain: DOMAIN.into(),
+        input: vec![
+            arg(x_q, 0).into(),
+            arg(x_q, 1).into(),
+            arg(x_q, 2).into(),
+            arg(w_dq, 0).into(),
+            arg(w_dq, 1).into(),
+            arg(conv, 2).into(),
+        ],
+        output: conv.output.clone(),
+        ..Default::default()
+    };
+    let mut remove = vec![];
+    let mut initializers = vec![];
+    let output_pair = ix
+        .sole_consumer(conv.output.first()?, "QuantizeLinear")
+        .and_then(|(qi, q)| {
+            let (dqi, dq) = ix.sole_consumer(&q.output[0], "DequantizeLinear")?;
+            (ix.same_params(q, dq) && ix.act_quant(q).is_some()).then_some((qi, q, dqi, dq))
+        });
+    if let Some((qi, q, dqi, dq)) = output_pair {
+        node.input.push(arg(q, 1).into());
+        node.input.push(arg(q, 2).into());
+        node.output = dq.output.clone();
+        remove = vec![qi, dqi];
+    }
+    // Absent zero points and bias become explicit initializers: tract drops empty inputs, and
+    // the parser tells its inputs apart by position.
+    for (slot, dt) in [(2, UINT8), (5, FLOAT), (7, UINT8)] {
+        if node.input.get(slot).is_some_and(|s| s.is_empty()) {
+            let name = format!("{}::cxe_default_{slot}", conv.name);
+            let dims = if slot == 5 { vec![cout] } else { vec![] };
+            let len = dims.iter().product::<i64>().max(1) as usize;
+            let elem = if dt == FLOAT { 4 } else { 1 };
+            initializers.push(TensorProto {
+                name: name.clone(),
+                data_type: dt,
+                dims,
+                raw_data: vec![0; len * elem],
+                ..Default::default()
+            });
+            node.input[slot] = name;
+        }
+    }
+    Some(Match {
+        conv: conv_ix,
+        node,
+        reads: [x_q_ix, x_dq_ix, w_dq_ix],
+        remove,
+        initializers,
+    })
+}
+
+fn is_onnx(n: &NodeProto) -> bool {
+    n.domain.is_empty() || n.domain == "ai.onnx"
+}
+
+fn arg(n: &NodeProto, i: usize) -> &str {
+    n.input.get(i).map(|s| s.as_str()).unwrap_or("")
+}
+
+fn is_pointwise(conv: &NodeProto) -> bool {
+    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
+    let auto_pad = conv
+        .attribute
+        .iter()
+        .find(|a| a.name == "auto_pad")
+        .map(|a| a.s.as_slice());
+    int_attr_of(conv, "group").unwrap_or(1) == 1
+        && ones("strides")
+        && ones("dilations")
+        && ones("kernel_shape")
+        && ints_attr_of(conv, "pads").is_none_or(|v| v.iter().all(|&x| x == 0))
+        && matches!(auto_pad, None | Some(b"NOTSET") | Some(b"VALID"))
+}
+
+fn is_scalar(t: &TensorProto) -> bool {
+    t.dims.iter().product::<i64>() == 1
+}
+
+fn same_value(a: &TensorProto, b: &TensorProto) -> bool {
+    a.data_type == b.data_type
+        && a.dims == b.dims
+        && a.raw_data == b.raw_data
+        && a.float_data == b.float_data
+        && a.int32_data == b.int32_data
+}
+
+/// The values of an f32 initializer stored in the file (not external data).
+fn floats(t: &TensorProto) -> Option<Vec<f32>> {
+    if !t.float_data.is_empty() {
+        return Some(t.float_data.clone());
+    }
+    (t.raw_data.len() % 4 == 0 && t.data_location != Some(1)).then(|| {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    })
+}
+
+/// The values of a u8, i8 or i32 initializer stored in the file.
+fn ints(t: &TensorProto) -> Option<Vec<i64>> {
+    if !t.int32_data.is_empty() {
+        return Some(t.int32_data.iter().map(|&v| v as i64).collect());
+    }
+    if t.data_location == Some(1) {
+        return None;
+    }
+    match t.data_type {
+        UINT8 => Some(t.raw_data.iter().map(|&b| b as i64).collect()),
+        INT8 => Some(t.raw_data.iter().map(|&b| b as i8 as i64).collect()),
+        INT32 if t.raw_data.len() % 4 == 0 => Some(
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn parse(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let inputs = node.input.iter().filter(|s| !s.is_empty()).count();
+    ensure!(
+        inputs == 6 || inputs == 8,
+        "{FUSED_OP} {}: {inputs} inputs, expected 6 or 8",
+        node.name
+    );
+    Ok((expand(Fused { inputs }), vec![]))
+}
+
+/// The parsed [`FUSED_OP`] node, wired into a [`QPointwiseConv`] once its inputs are typed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Fused {
+    inputs: usize,
+}
+
+fn konst<'m>(model: &'m TypedModel, outlet: OutletId, what: &str) -> TractResult<&'m Arc<Tensor>> {
+    model
+        .outlet_fact(outlet)?
+        .konst
+        .as_ref()
+        .with_context(|| format!("{FUSED_OP}: {what} must be a constant"))
+}
+
+fn act_quant(model: &TypedModel, scale: OutletId, zp: OutletId) -> TractResult<ActQuant> {
+    let scale = konst(model, scale, "scale")?;
+    let zp = konst(model, zp, "zero point")?;
+    ensure!(
+        scale.len() == 1 && zp.len() == 1,
+        "{FUSED_OP}: activation quantization must be per tensor"
+    );
+    let signed = match zp.datum_type() {
+        DatumType::I8 => true,
+        DatumType::U8 => false,
+        dt => bail!("{FUSED_OP}: zero point of type {dt:?}"),
+    };
+    Ok(ActQuant {
+        scale: scale.cast_to_scalar::<f32>()?,
+        zero_point: zp.cast_to_scalar::<i32>()?,
+        signed,
+    })
+}
+
+impl Expansion for Fused {
+    fn name(&self) -> StaticName {
+        FUSED_OP.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.inputs)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        s.equals(&inputs[3].rank, 4)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], &inputs[3].shape[0])?;
+        s.equals(&outputs[0].shape[2], &inputs[0].shape[2])?;
+        s.equals(&outputs[0].shape[3], &inputs[0].shape[3])?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = act_quant(model, inputs[1], inputs[2])?;
+        let w = konst(model, inputs[3], "the weight")?;
+        ensure!(
+            w.datum_type() == i8::datum_type() && w.rank() == 4 && w.shape()[2..] == [1, 1],
+            "{FUSED_OP}: weights must be int8 [Cout, Cin, 1, 1], got {:?}",
+            w
+        );
+        let (cout, cin) = (w.shape()[0], w.shape()[1]);
+        let w = w.clone().into_tensor().into_shape(&[cout, cin])?;
+        let w_scales = konst(model, inputs[4], "the weight scale")?
+            .cast_to::<f32>()?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .to_vec();
+        let y = if self.inputs == 8 {
+            Some(act_quant(model, inputs[6], inputs[7])?)
+        } else {
+            None
+        };
+        let x_fact = model.outlet_fact(inputs[0])?;
+        ensure!(
+            x_fact.datum_type == f32::datum_type(),
+            "{FUSED_OP}: input must be f32, got {:?}",
+            x_fact.datum_type
+        );
+        let n = x_fact.shape.iter().skip(2).product::<TDim>().to_usize().ok();
+        let op = QPointwiseConv::new(w, x, w_scales, y, n)?;
+        model.wire_node(prefix, op, &[inputs[0], inputs[5]])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(name: &str, data_type: i32, dims: Vec<i64>, raw: Vec<u8>) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            data_type,
+            dims,
+            raw_data: raw,
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    /// x → Q → DQ → Conv(1x1, DQ(W)) → Q → DQ → y
+    fn graph(w_zero_point: u8) -> GraphProto {
+        GraphProto {
+            node: vec![
+                node("QuantizeLinear", &["x", "s", "z"], "xq"),
+                node("DequantizeLinear", &["xq", "s", "z"], "xd"),
+                NodeProto {
+                    attribute: vec![tract_onnx::pb::AttributeProto {
+                        name: "axis".into(),
+                        r#type: 2,
+                        i: 0,
+                        ..Default::default()
+                    }],
+                    ..node("DequantizeLinear", &["w", "ws", "wz"], "wd")
+                },
+                node("Conv", &["xd", "wd", "b"], "c"),
+                node("QuantizeLinear", &["c", "s", "z"], "cq"),
+                node("DequantizeLinear", &["cq", "s", "z"], "y"),
+            ],
+            initializer: vec![
+                init("s", FLOAT, vec![], 0.5f32.to_le_bytes().to_vec()),
+                init("z", UINT8, vec![], vec![128]),
+                init("w", INT8, vec![2, 3, 1, 1], vec![1, 2, 3, 4, 5, 6]),
+                init("ws", FLOAT, vec![2], [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect()),
+                init("wz", INT8, vec![2], vec![w_zero_point; 2]),
+                init("b", FLOAT, vec![2], vec![0; 8]),
+            ],
+            output: vec![tract_onnx::pb::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fuses_conv_with_both_pairs() {
+        let mut g = graph(0);
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", FUSED_OP]);
+        let fused = &g.node[3];
+        assert_eq!(fused.input, ["x", "s", "z", "w", "ws", "b", "s", "z"]);
+        assert_eq!(fused.output, ["y"]);
+    }
+
+    #[test]
+    fn leaves_asymmetric_weights_and_strided_convs_alone() {
+        let mut g = graph(3);
+        assert_eq!(fuse_pointwise(&mut g), 0);
+        let mut g = graph(0);
+        g.node[3].attribute.push(tract_onnx::pb::AttributeProto {
+            name: "strides".into(),
+            r#type: 7,
+            ints: vec![2, 2],
+            ..Default::default()
+        });
+        assert_eq!(fuse_pointwise(&mut g), 0);
+    }
+
+    #[test]
+    fn output_pair_is_kept_when_the_conv_output_has_other_readers() {
+        let mut g = graph(0);
+        g.node.push(node("Relu", &["c"], "r"));
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let fused = g.node.iter().find(|n| n.op_type == FUSED_OP).unwrap();
+        assert_eq!(fused.input.len(), 6);
+        assert_eq!(fused.output, ["c"]);
+        assert!(g.node.iter().any(|n| n.output == ["cq"]));
+    }
+}
