@@ -51,9 +51,11 @@ def ort_round(sess, name, x, runs, warmup):
     return statistics.median(times)
 
 
-def ours_round(binary, path, threads, runs, warmup, size):
+def ours_round(binary, path, threads, runs, warmup, size, float_only=False):
     cmd = [binary, "bench", "--model", path, "--threads", str(threads), "--iters", str(runs),
            "--warmup", str(warmup), "--json", "-"]
+    if float_only:
+        cmd.append("--float-only")
     if size:
         cmd += ["--input-size", str(size)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -73,6 +75,9 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--input-size", type=int, default=224)
+    ap.add_argument("--float-only", action="store_true",
+                    help="also time convnext-edge --float-only (tract's float path for quantized "
+                         "models) in the same rotation")
     a = ap.parse_args()
     machine = None
     rows = []
@@ -80,26 +85,32 @@ def main():
         for threads in [int(t) for t in a.threads.split(",")]:
             sess = ort_session(path, threads)
             name, x = ort_input(sess, a.input_size)
-            theirs, ours = [], []
+            theirs, ours, floats = [], [], []
             try:
                 for _ in range(a.rounds):
                     theirs.append(ort_round(sess, name, x, a.runs, a.warmup))
                     p50, machine = ours_round(a.bin, path, threads, a.runs, a.warmup, a.input_size)
                     ours.append(p50)
+                    if a.float_only:
+                        floats.append(ours_round(a.bin, path, threads, a.runs, a.warmup,
+                                                 a.input_size, float_only=True)[0])
             except Exception as e:  # one model failing does not stop the comparison
-                rows.append((os.path.basename(path), threads, None, None, str(e)))
+                rows.append((os.path.basename(path), threads, None, None, None, str(e)))
                 continue
             rows.append((os.path.basename(path), threads, statistics.median(theirs),
-                         statistics.median(ours), ""))
+                         statistics.median(ours), statistics.median(floats) if floats else None,
+                         ""))
     cpu = machine["cpu_model"] if machine else platform.processor()
     print(f"{cpu}; onnxruntime {ort.__version__}; {a.rounds} alternating rounds x {a.runs} runs; median ms")
-    print(f"| model | threads | onnxruntime | convnext-edge | ours/ORT |")
-    print("|---|---|---|---|---|")
-    for model, threads, t, o, err in rows:
+    extra = " --float-only | float/ORT |" if a.float_only else ""
+    print(f"| model | threads | onnxruntime | convnext-edge | ours/ORT |{extra}")
+    print("|---|---|---|---|---|" + ("---|---|" if a.float_only else ""))
+    for model, threads, t, o, f, err in rows:
         if err:
-            print(f"| {model} | {threads} | - | failed: {err} | - |")
+            print(f"| {model} | {threads} | - | failed: {err} | - |" + (" - | - |" if a.float_only else ""))
         else:
-            print(f"| {model} | {threads} | {t:.2f} | {o:.2f} | {o / t:.2f}x |")
+            tail = f" {f:.2f} | {f / t:.2f}x |" if f is not None else ""
+            print(f"| {model} | {threads} | {t:.2f} | {o:.2f} | {o / t:.2f}x |{tail}")
 
 
 if __name__ == "__main__":

@@ -157,3 +157,29 @@ fn fuzz_regression_a_label_past_the_end_is_a_placeholder() {
     let e = convnext_edge::Labels::from_bytes(Path::new("empty.txt"), b"", 1).unwrap_err();
     assert!(e.to_string().contains("empty.txt"), "{e}");
 }
+
+/// Found by `fuzz/fuzz_targets/onnx_load.rs`: a LayerNormalization with axis −2⁴⁹ made tract's
+/// shape inference loop up to it (a timeout under the fuzzer).
+#[test]
+fn fuzz_regression_an_absurd_axis_is_refused() {
+    let mut proto = digits_proto();
+    let graph = proto.graph.as_mut().unwrap();
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "LayerNormalization")
+        .expect("the digits model has a LayerNormalization");
+    let axis = node
+        .attribute
+        .iter_mut()
+        .find(|a| a.name == "axis")
+        .unwrap();
+    axis.i = -562_949_953_421_313;
+    let e = load(&proto, &LoadOptions::threads(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hostile.onnx") && e.contains("axis = -562949953421313 is out of range"),
+        "{e}"
+    );
+}

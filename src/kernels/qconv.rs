@@ -165,7 +165,9 @@ impl QPointwiseConv {
     fn run_one(&self, x: &[f32], bias: &[f32], p: usize, out: &mut [f32]) -> TractResult<()> {
         let k = &self.kernel;
         let mut xq = unsafe { Tensor::uninitialized::<i8>(&[self.cin(), p])? };
-        self.x.to_i8().quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+        self.x
+            .to_i8()
+            .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
         let (_, b_format) = &k.mmm.packings()[k.packing];
         let packed_x = b_format.prepare_one(&xq, 0, 1)?;
         let mut acc = unsafe { Tensor::uninitialized::<i32>(&[self.cout(), p])? };
@@ -234,7 +236,11 @@ impl EvalOp for QPointwiseConv {
         );
         let bias = bias.cast_to::<f32>()?;
         let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?;
-        ensure!(bias.len() == self.cout(), "integer 1x1 conv: bias length {}", bias.len());
+        ensure!(
+            bias.len() == self.cout(),
+            "integer 1x1 conv: bias length {}",
+            bias.len()
+        );
         let (n, p) = (shape[0], shape[2] * shape[3]);
         let x = x.cast_to::<f32>()?;
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
@@ -242,7 +248,10 @@ impl EvalOp for QPointwiseConv {
         let mut out_view = out.try_as_plain_ram_mut()?;
         let ys = out_view.as_slice_mut::<f32>()?;
         if p > 0 {
-            for (x1, y1) in xs.chunks(self.cin() * p).zip(ys.chunks_mut(self.cout() * p)) {
+            for (x1, y1) in xs
+                .chunks(self.cin() * p)
+                .zip(ys.chunks_mut(self.cout() * p))
+            {
                 self.run_one(x1, bias, p, y1)?;
             }
         }
@@ -280,7 +289,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 33) as u32
         }
         fn f32(&mut self, lo: f32, hi: f32) -> f32 {
@@ -379,7 +391,10 @@ mod tests {
                 // Exact but for f32 rounding: with an output quantization a value on a rounding
                 // boundary may land one step away.
                 let tol = 1e-4 * e.abs().max(1.0) + step * 1.001;
-                assert!((g - e).abs() <= tol, "{cin}x{cout} {h}x{w} #{i}: {g} vs {e}");
+                assert!(
+                    (g - e).abs() <= tol,
+                    "{cin}x{cout} {h}x{w} #{i}: {g} vs {e}"
+                );
             }
         }
     }
@@ -413,7 +428,10 @@ mod tests {
         };
         assert!(QPointwiseConv::new(w.clone(), x, vec![1.0; 3], None, None).is_err());
         assert!(QPointwiseConv::new(w.clone(), x, vec![0.0], None, None).is_err());
-        let nan = ActQuant { scale: f32::NAN, ..x };
+        let nan = ActQuant {
+            scale: f32::NAN,
+            ..x
+        };
         assert!(QPointwiseConv::new(w, nan, vec![1.0], None, None).is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use super::{
-    check_tensor_sizes, decode, plan_for, rewrite, stage_error, stage_error_str,
+    check_axes, check_tensor_sizes, decode, plan_for, rewrite, stage_error, stage_error_str,
     DEFAULT_MAX_TENSOR_BYTES,
 };
 use crate::error::{catch_panic, Error, Result};
@@ -31,6 +31,7 @@ impl Graph {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let mut proto = decode(path, &bytes)?;
             check_tensor_sizes(path, &proto, DEFAULT_MAX_TENSOR_BYTES)?;
+            check_axes(path, &proto)?;
             rewrite::apply(&mut proto)
                 .map_err(stage_error_str(path, "graph rewrite"))?
                 .fuse_pointwise(&mut proto);

@@ -380,6 +380,39 @@ fn elem_bytes(data_type: i32) -> u64 {
     }
 }
 
+/// Largest `axis` / `axes` attribute magnitude accepted. No real tensor has this many
+/// dimensions; tract's shape inference loops up to the axis it is given (a LayerNormalization
+/// with axis −2⁴⁹ hung it, found by fuzzing).
+pub const MAX_AXIS: i64 = 1024;
+
+/// Refuses `axis`/`axes` attributes beyond [`MAX_AXIS`], before tract reads them.
+pub(crate) fn check_axes(path: &Path, proto: &pb::ModelProto) -> Result<()> {
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(());
+    };
+    for node in &graph.node {
+        for a in node
+            .attribute
+            .iter()
+            .filter(|a| a.name == "axis" || a.name == "axes")
+        {
+            if let Some(v) = std::iter::once(a.i)
+                .chain(a.ints.iter().copied())
+                .find(|v| !(-MAX_AXIS..=MAX_AXIS).contains(v))
+            {
+                return Err(Error::InvalidOnnx {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "node {:?} ({}): attribute {} = {v} is out of range",
+                        node.name, node.op_type, a.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses tensors (initializers and Constant values) that declare more than `max` bytes, or
 /// whose stored bytes do not match their shape, before tract allocates anything for them.
 pub(crate) fn check_tensor_sizes(path: &Path, proto: &pb::ModelProto, max: u64) -> Result<()> {
@@ -432,6 +465,7 @@ pub(crate) fn typed_model(
         &proto,
         options.max_tensor_bytes.unwrap_or(DEFAULT_MAX_TENSOR_BYTES),
     )?;
+    check_axes(path, &proto)?;
     let sig = Signature::of(path, &proto)?;
     let mut rewrites =
         rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;

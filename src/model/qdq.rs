@@ -122,7 +122,11 @@ impl<'g> Index<'g> {
                 consumers.entry(x.as_str()).or_default().push(i);
             }
         }
-        let initializer = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let initializer = graph
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t))
+            .collect();
         Index {
             graph,
             producer,
@@ -174,7 +178,9 @@ impl<'g> Index<'g> {
         if int_attr_of(q, "output_dtype").is_some_and(|t| t != UINT8 as i64 && t != INT8 as i64) {
             return None;
         }
-        let scale = self.init(arg(q, 1)).filter(|t| t.data_type == FLOAT && is_scalar(t))?;
+        let scale = self
+            .init(arg(q, 1))
+            .filter(|t| t.data_type == FLOAT && is_scalar(t))?;
         let scale = *floats(scale)?.first()?;
         let (zero_point, signed) = match arg(q, 2) {
             "" => (0, int_attr_of(q, "output_dtype") == Some(INT8 as i64)),
@@ -461,7 +467,13 @@ impl Expansion for Fused {
             "{FUSED_OP}: input must be f32, got {:?}",
             x_fact.datum_type
         );
-        let n = x_fact.shape.iter().skip(2).product::<TDim>().to_usize().ok();
+        let n = x_fact
+            .shape
+            .iter()
+            .skip(2)
+            .product::<TDim>()
+            .to_usize()
+            .ok();
         let op = QPointwiseConv::new(w, x, w_scales, y, n)?;
         model.wire_node(prefix, op, &[inputs[0], inputs[5]])
     }
@@ -514,7 +526,12 @@ mod tests {
                 init("s", FLOAT, vec![], 0.5f32.to_le_bytes().to_vec()),
                 init("z", UINT8, vec![], vec![128]),
                 init("w", INT8, vec![2, 3, 1, 1], vec![1, 2, 3, 4, 5, 6]),
-                init("ws", FLOAT, vec![2], [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect()),
+                init(
+                    "ws",
+                    FLOAT,
+                    vec![2],
+                    [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect(),
+                ),
                 init("wz", INT8, vec![2], vec![w_zero_point; 2]),
                 init("b", FLOAT, vec![2], vec![0; 8]),
             ],
@@ -531,7 +548,15 @@ mod tests {
         let mut g = graph(0);
         assert_eq!(fuse_pointwise(&mut g), 1);
         let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(ops, ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", FUSED_OP]);
+        assert_eq!(
+            ops,
+            [
+                "QuantizeLinear",
+                "DequantizeLinear",
+                "DequantizeLinear",
+                FUSED_OP
+            ]
+        );
         let fused = &g.node[3];
         assert_eq!(fused.input, ["x", "s", "z", "w", "ws", "b", "s", "z"]);
         assert_eq!(fused.output, ["y"]);
