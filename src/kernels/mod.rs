@@ -4,3 +4,4 @@
 
 pub mod qconv;
 pub mod quantize;
+pub(crate) mod simd;

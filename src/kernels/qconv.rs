@@ -28,7 +28,8 @@ use tract_linalg::MmmDispatch;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::quantize::{FakeQuantize, FastQuantize};
+use super::quantize::{FakeQuantize, FastQuantize, Rounder};
+use super::simd::multiversion;
 
 /// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,15 +122,7 @@ impl QPointwiseConv {
                 "integer 1x1 conv: scale {s} is not positive and finite"
             );
         }
-        let query = Query::plain(DatumType::I32, Some(cout), Some(cin), n);
-        let (mmm, packing, extractor) = MmmDispatch::native()
-            .pick(&query)
-            .context("no integer matmul kernel on this CPU")?;
-        ensure!(
-            extractor.is_none(),
-            "integer matmul kernel {} needs a panel extractor",
-            mmm.name()
-        );
+        let (mmm, packing) = pick_kernel(cout, cin, n)?;
         let packed = mmm.packings()[packing].0.prepare_one(&weights, 1, 0)?;
         let zx = x.to_i8().zero_point();
         let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
@@ -151,6 +144,11 @@ impl QPointwiseConv {
                 row_scale,
             },
         })
+    }
+
+    /// The tract-linalg matmul kernel this op runs on.
+    pub fn kernel(&self) -> &dyn MatMatMul {
+        &*self.kernel.mmm
     }
 
     fn cin(&self) -> usize {
@@ -186,7 +184,7 @@ impl QPointwiseConv {
                 ],
             )?;
         }
-        let fake = self.y.map(ActQuant::fake);
+        let fake = self.y.map(|y| y.fake().parts());
         for (co, (acc_row, out_row)) in acc
             .try_as_plain_ram()?
             .as_slice::<i32>()?
@@ -194,15 +192,79 @@ impl QPointwiseConv {
             .zip(out.chunks_mut(p))
             .enumerate()
         {
-            let (offset, scale, b) = (k.row_offset[co], k.row_scale[co], bias[co]);
-            for (a, y) in acc_row.iter().zip(out_row.iter_mut()) {
-                *y = (a + offset) as f32 * scale + b;
-            }
-            if let Some(f) = &fake {
-                f.apply(out_row);
+            let row = Row {
+                offset: k.row_offset[co],
+                scale: k.row_scale[co],
+                bias: bias[co],
+            };
+            match fake {
+                Some((r, zp, s)) => dequantize_requantize(acc_row, out_row, row, r, zp, s),
+                None => dequantize(acc_row, out_row, row),
             }
         }
         Ok(())
+    }
+}
+
+/// The i8×i8→i32 kernel for a `m × k` by `k × n` product. For a wide product (`n` ≥ 64, every
+/// ConvNeXt stage at 224) the architecture kernel with the largest tile: tract's own choice
+/// follows its probe of FMA units, which classes Zen 4 as single-unit and picks the 8x8 VNNI
+/// kernel where the 16x16 one runs the same sums (bit-identical, i32) faster. Otherwise
+/// tract's pick.
+fn pick_kernel(m: usize, k: usize, n: Option<usize>) -> TractResult<(Box<dyn MatMatMul>, usize)> {
+    let dispatch = MmmDispatch::native();
+    let query = Query::plain(DatumType::I32, Some(m), Some(k), n);
+    let widest = dispatch
+        .suitable(&query)
+        .into_iter()
+        .filter(|(mmm, _, extractor)| extractor.is_none() && mmm.arch().is_some())
+        .max_by_key(|(mmm, _, _)| mmm.mr() * mmm.nr());
+    let chosen = match widest {
+        Some(w) if n.is_some_and(|n| n >= 64) => w,
+        _ => dispatch
+            .pick(&query)
+            .context("no integer matmul kernel on this CPU")?,
+    };
+    let (mmm, packing, extractor) = chosen;
+    ensure!(
+        extractor.is_none(),
+        "integer matmul kernel {} needs a panel extractor",
+        mmm.name()
+    );
+    Ok((mmm, packing))
+}
+
+/// One output channel's epilogue constants.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    offset: i32,
+    scale: f32,
+    bias: f32,
+}
+
+multiversion! {
+    /// `y = (acc + offset) · scale + bias`.
+    fn dequantize(acc: &[i32], out: &mut [f32], row: Row) {
+        for (a, y) in acc.iter().zip(out.iter_mut()) {
+            *y = (a + row.offset) as f32 * row.scale + row.bias;
+        }
+    }
+}
+
+multiversion! {
+    /// [`dequantize`] followed by the output's fake quantization, in one pass.
+    fn dequantize_requantize(
+        acc: &[i32],
+        out: &mut [f32],
+        row: Row,
+        r: Rounder,
+        dq_zero_point: i32,
+        dq_scale: f32,
+    ) {
+        for (a, y) in acc.iter().zip(out.iter_mut()) {
+            let v = (a + row.offset) as f32 * row.scale + row.bias;
+            *y = (r.quantize(v) - dq_zero_point) as f32 * dq_scale;
+        }
     }
 }
 

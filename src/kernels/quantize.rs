@@ -15,6 +15,8 @@ use anyhow::Context;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
 
+use super::simd::multiversion;
+
 /// 1.5 · 2²³: adding and subtracting it rounds an f32 of magnitude < 2²² to an integer, ties to
 /// even.
 const ROUNDER: f32 = 12_582_912.0;
@@ -43,10 +45,26 @@ impl FastQuantize {
         self.zero_point
     }
 
-    /// Quantizes `xs` into `ys` (an i8 quantizer; u8 values would wrap).
+    /// Quantizes `xs` into `ys` (an i8 quantizer).
     pub(crate) fn quantize_i8(&self, xs: &[f32], ys: &mut [i8]) {
         debug_assert!(self.signed);
-        self.run(xs, ys, |v| v as i8)
+        quantize_i8(self.rounder(), xs, ys)
+    }
+
+    /// Quantizes `xs` into `ys` (a u8 quantizer).
+    fn quantize_u8(&self, xs: &[f32], ys: &mut [u8]) {
+        debug_assert!(!self.signed);
+        quantize_u8(self.rounder(), xs, ys)
+    }
+
+    fn rounder(&self) -> Rounder {
+        let (lo, hi) = self.float_bounds();
+        Rounder {
+            inv_scale: f32::from_bits(self.inv_scale_bits),
+            lo,
+            hi,
+            zero_point: self.zero_point,
+        }
     }
 
     fn bounds(&self) -> (i32, i32) {
@@ -63,14 +81,54 @@ impl FastQuantize {
         ((lo - self.zero_point) as f32, (hi - self.zero_point) as f32)
     }
 
-    /// Quantizes `xs` into `ys`, narrowing each value with the caller's element type.
-    #[inline(always)]
+    /// The scalar loop, narrowing with the caller's function (the tests' reference shape).
+    #[cfg(test)]
     fn run<T: Copy>(&self, xs: &[f32], ys: &mut [T], narrow: impl Fn(i32) -> T) {
-        let inv_scale = f32::from_bits(self.inv_scale_bits);
-        let (lo_f, hi_f) = self.float_bounds();
-        let zp = self.zero_point;
+        let r = self.rounder();
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
-            *y = narrow(round_clamped(*x * inv_scale, lo_f, hi_f) + zp);
+            *y = narrow(r.quantize(*x));
+        }
+    }
+}
+
+/// The parameters of one quantization, unpacked for the loops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounder {
+    inv_scale: f32,
+    lo: f32,
+    hi: f32,
+    zero_point: i32,
+}
+
+impl Rounder {
+    /// `clamp(round_half_even(x · inv_scale) + zero_point)`.
+    #[inline(always)]
+    pub(crate) fn quantize(self, x: f32) -> i32 {
+        round_clamped(x * self.inv_scale, self.lo, self.hi) + self.zero_point
+    }
+}
+
+multiversion! {
+    fn quantize_i8(r: Rounder, xs: &[f32], ys: &mut [i8]) {
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            *y = r.quantize(*x) as i8;
+        }
+    }
+}
+
+multiversion! {
+    fn quantize_u8(r: Rounder, xs: &[f32], ys: &mut [u8]) {
+        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+            *y = r.quantize(*x) as u8;
+        }
+    }
+}
+
+multiversion! {
+    /// `(quantize(x) − dq_zero_point) · dq_scale` in place.
+    fn fake_quantize(r: Rounder, dq_zero_point: i32, dq_scale: f32, xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            *x = (r.quantize(*x) - dq_zero_point) as f32 * dq_scale;
         }
     }
 }
@@ -110,14 +168,21 @@ impl FakeQuantize {
     /// Quantizes and dequantizes `xs` in place.
     #[inline(always)]
     pub(crate) fn apply(&self, xs: &mut [f32]) {
-        let q = &self.quantize;
-        let inv_scale = f32::from_bits(q.inv_scale_bits);
-        let (lo_f, hi_f) = q.float_bounds();
-        let offset = q.zero_point - self.dq_zero_point;
-        let scale = f32::from_bits(self.dq_scale_bits);
-        for x in xs.iter_mut() {
-            *x = (round_clamped(*x * inv_scale, lo_f, hi_f) + offset) as f32 * scale;
-        }
+        fake_quantize(
+            self.quantize.rounder(),
+            self.dq_zero_point,
+            f32::from_bits(self.dq_scale_bits),
+            xs,
+        )
+    }
+
+    /// The quantizer and the dequantization's zero point and scale, for fused loops.
+    pub(crate) fn parts(&self) -> (Rounder, i32, f32) {
+        (
+            self.quantize.rounder(),
+            self.dq_zero_point,
+            f32::from_bits(self.dq_scale_bits),
+        )
     }
 }
 
@@ -155,11 +220,11 @@ impl ElementWiseMiniOp for FastQuantize {
         let xs = view.as_slice().context("input is not contiguous")?;
         if self.signed {
             let mut out = vec![0i8; xs.len()];
-            self.run(xs, &mut out, |v| v as i8);
+            self.quantize_i8(xs, &mut out);
             Tensor::from_shape(t.shape(), &out)
         } else {
             let mut out = vec![0u8; xs.len()];
-            self.run(xs, &mut out, |v| v as u8);
+            self.quantize_u8(xs, &mut out);
             Tensor::from_shape(t.shape(), &out)
         }
     }

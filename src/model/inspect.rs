@@ -5,6 +5,7 @@
 //! The variant is read from the graph, not from names: ConvNeXt's 7x7 depthwise convolutions
 //! (group = channels) give each stage's width and block count; a ReduceL2 (GRN) marks V2.
 
+use crate::kernels::qconv::QPointwiseConv;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -353,13 +354,19 @@ fn macs(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<u64> {
     Ok(total)
 }
 
-/// The matmul kernels an optimised plan uses.
+/// The matmul kernels an optimised plan uses (tract's and our integer ops').
 pub fn kernels(model: &TypedModel) -> Vec<String> {
     let mut names: Vec<String> = model
         .nodes()
         .iter()
-        .filter_map(|n| n.op_as::<OptMatMul>())
-        .flat_map(|op| op.mmm.iter().map(|k| k.name().to_string()))
+        .flat_map(|n| {
+            let tract = n
+                .op_as::<OptMatMul>()
+                .into_iter()
+                .flat_map(|op| op.mmm.iter().map(|k| &**k));
+            let ours = n.op_as::<QPointwiseConv>().map(|op| op.kernel());
+            tract.chain(ours).map(|k| k.name().to_string())
+        })
         .collect();
     names.sort();
     names.dedup();
