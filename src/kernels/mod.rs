@@ -2,6 +2,7 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
+pub mod depthwise;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;

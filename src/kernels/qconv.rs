@@ -367,6 +367,7 @@ mod tests {
 
     /// The unfused definition: quantize, dequantize, float conv in f64, then quantize and
     /// dequantize the output.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[f32],
         w: &[i8],

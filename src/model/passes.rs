@@ -11,18 +11,104 @@
 //!   tensor and its second pass. Skipped when the quantized tensor is a model output or has other
 //!   consumers.
 //!
-//! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout,
-//! `TypedModelPatch::replace_single_op` (tract-core 0.23.9).
+//! - **Depthwise convolution**: a float `Conv` with one group per channel, stride and dilation
+//!   1, NCHW, f32, constant weights and bias, becomes our [`DepthwiseConv`] (see
+//!   `kernels::depthwise`): the same sum per output, in the same order. Padding of every kind
+//!   tract expresses is turned into explicit before/after amounts first.
+//!
+//! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
+//! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`
+//! (tract-core 0.23.9).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use crate::kernels::depthwise::DepthwiseConv;
 use crate::kernels::quantize::{FakeQuantize, FastQuantize};
 
 /// Applies every pass; returns how many nodes they changed.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(fast_quantize(model)? + fuse_quantize_dequantize(model)?)
+    Ok(fast_quantize(model)? + fuse_quantize_dequantize(model)? + depthwise(model)?)
+}
+
+/// Our depthwise op for `node` when it is a convolution the module docs describe.
+fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<DepthwiseConv>> {
+    let Some(conv) = node.op_as::<Conv>() else {
+        return Ok(None);
+    };
+    let spec = &conv.pool_spec;
+    let c = spec.input_channels;
+    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+    if conv.q_params.is_some()
+        || conv.group != c
+        || spec.output_channels != c
+        || spec.kernel_shape.len() != 2
+        || spec.data_format != DataFormat::NCHW
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || !ones(&spec.strides)
+        || !ones(&spec.dilations)
+        || node.inputs.len() != 3
+        || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+    {
+        return Ok(None);
+    }
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    let same = |k: usize, upper: bool| {
+        let small = (k - 1) / 2;
+        if upper {
+            [small, k - 1 - small]
+        } else {
+            [k - 1 - small, small]
+        }
+    };
+    let [t, b, l, r] = match &spec.padding {
+        PaddingSpec::Valid => [0; 4],
+        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _)
+            if before.len() == 2 && after.len() == 2 =>
+        {
+            [before[0], after[0], before[1], after[1]]
+        }
+        PaddingSpec::SameUpper | PaddingSpec::SameLower => {
+            let upper = matches!(spec.padding, PaddingSpec::SameUpper);
+            let ([t, b], [l, r]) = (same(kh, upper), same(kw, upper));
+            [t, b, l, r]
+        }
+        _ => return Ok(None),
+    };
+    let (Some(weights), Some(bias)) = (
+        model.outlet_fact(node.inputs[1])?.konst.clone(),
+        model.outlet_fact(node.inputs[2])?.konst.clone(),
+    ) else {
+        return Ok(None);
+    };
+    if weights.datum_type() != f32::datum_type() || weights.shape() != [c, 1, kh, kw] {
+        return Ok(None);
+    }
+    let bias = match bias.len() {
+        1 => Tensor::from_shape(&[c], &vec![bias.cast_to_scalar::<f32>()?; c])?,
+        n if n == c => bias.cast_to::<f32>()?.into_owned(),
+        _ => return Ok(None),
+    };
+    let weights = weights.into_tensor().into_shape(&[c, kh, kw])?;
+    Ok(Some(DepthwiseConv::new(weights, bias, [t, b, l, r])?))
+}
+
+fn depthwise(model: &mut TypedModel) -> TractResult<usize> {
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        let Some(op) = as_depthwise(model, node)? else {
+            continue;
+        };
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    Ok(swapped)
 }
 
 /// A FastQuantize node whose only consumer is a DequantizeLinearF32, and the fused op.

@@ -337,7 +337,7 @@ fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     if !t.float_data.is_empty() {
         return Some(t.float_data.clone());
     }
-    (t.raw_data.len() % 4 == 0 && t.data_location != Some(1)).then(|| {
+    (t.raw_data.len().is_multiple_of(4) && t.data_location != Some(1)).then(|| {
         t.raw_data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -356,7 +356,7 @@ fn ints(t: &TensorProto) -> Option<Vec<i64>> {
     match t.data_type {
         UINT8 => Some(t.raw_data.iter().map(|&b| b as i64).collect()),
         INT8 => Some(t.raw_data.iter().map(|&b| b as i8 as i64).collect()),
-        INT32 if t.raw_data.len() % 4 == 0 => Some(
+        INT32 if t.raw_data.len().is_multiple_of(4) => Some(
             t.raw_data
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
