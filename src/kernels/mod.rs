@@ -3,6 +3,7 @@
 //! definition it replaces.
 
 pub mod depthwise;
+pub mod layer_norm;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;

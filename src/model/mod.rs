@@ -12,6 +12,7 @@
 
 pub mod graph;
 pub mod inspect;
+pub mod layer_norm;
 pub mod passes;
 pub mod qdq;
 pub mod rewrite;
@@ -534,6 +535,7 @@ pub(crate) fn typed_model(
 pub(crate) fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     qdq::register(&mut onnx);
+    layer_norm::register(&mut onnx);
     onnx
 }
 
