@@ -2,6 +2,9 @@
 //! that axis (variance as the mean of squared deviations, the two-pass form tract and ONNX's
 //! function body use).
 //!
+//! The arithmetic is f32 whatever the tensor type: an f16 model (or an f32 model run in f16)
+//! keeps its normalisation in f32, converting on the way in and out.
+//!
 //! tract 0.23.9 expands ONNX `LayerNormalization` into a dozen reduce and broadcast ops; in
 //! ConvNeXt the normalised axis is the channel axis of an NCHW tensor once tract has moved the
 //! surrounding transposes away, so each of those ops walks the tensor with a stride of H·W
@@ -135,6 +138,8 @@ impl EvalOp for LayerNorm {
             g.len(),
             b.len()
         );
+        let dt = x.datum_type();
+        let x = x.cast_to::<f32>()?;
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<f32>()?;
         let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
@@ -153,7 +158,7 @@ impl EvalOp for LayerNorm {
                 }
             }
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(out.cast_to_dt(dt)?.into_owned().into_tvalue()))
     }
 }
 
@@ -161,7 +166,7 @@ impl TypedOp for LayerNorm {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let x = inputs[0];
         ensure!(
-            x.datum_type == f32::datum_type() && self.axis < x.rank(),
+            x.datum_type.is_float() && self.axis < x.rank(),
             "LayerNorm: input {x:?}, axis {}",
             self.axis
         );
@@ -171,7 +176,7 @@ impl TypedOp for LayerNorm {
                 "LayerNorm: scale and bias must be 1-D, got {p:?}"
             );
         }
-        Ok(tvec!(f32::fact(x.shape.clone())))
+        Ok(tvec!(x.datum_type.fact(x.shape.clone())))
     }
 
     fn axes_mapping(

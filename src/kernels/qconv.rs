@@ -28,7 +28,7 @@ use tract_linalg::MmmDispatch;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::quantize::{FakeQuantize, FastQuantize, Rounder};
+use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
 
 /// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
@@ -57,15 +57,36 @@ impl ActQuant {
     }
 }
 
-/// The integer 1x1 convolution (see the module docs). Input `[N, Cin, H, W]` f32 and the bias
-/// `[Cout]` f32; output `[N, Cout, H, W]` f32.
+/// Where the channels are: `[N, C, …]` (a 1x1 conv) or `[…, C]` (a MatMul by a constant,
+/// PyTorch's `Linear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    ChannelsFirst,
+    ChannelsLast,
+}
+
+/// The integer 1x1 convolution or channels-last matmul (see the module docs). Inputs: x f32 and
+/// the bias `[Cout]` f32; output f32 with `Cout` channels in place of `Cin`.
+///
+/// `y` is the output's fake quantization. `mid`, when set, is a fake quantization applied
+/// before the bias: a QDQ `MatMul → Q → DQ → Add(bias) → Q → DQ` chain, fused whole.
 #[derive(Debug, Clone)]
 pub struct QPointwiseConv {
     weights: Arc<Tensor>,
+    layout: Layout,
     x: ActQuant,
     w_scales: Vec<f32>,
+    mid: Option<ActQuant>,
     y: Option<ActQuant>,
     kernel: Kernel,
+}
+
+/// Everything the epilogue applies after the integer sum, for one output channel `co`:
+/// `v = (acc + offset[co]) · scale[co]`, then `mid`, `+ bias[co]`, then `y`.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue {
+    mid: Option<Fq>,
+    y: Option<Fq>,
 }
 
 /// Everything derived from the weights, computed once when the op is built.
@@ -85,7 +106,9 @@ impl Eq for QPointwiseConv {}
 impl PartialEq for QPointwiseConv {
     fn eq(&self, other: &Self) -> bool {
         self.weights == other.weights
+            && self.layout == other.layout
             && self.x == other.x
+            && self.mid == other.mid
             && self.w_scales == other.w_scales
             && self.y == other.y
     }
@@ -93,12 +116,13 @@ impl PartialEq for QPointwiseConv {
 
 impl QPointwiseConv {
     /// `weights` is `[Cout, Cin]` i8 (symmetric), `w_scales` one per output channel or one for
-    /// all; `n` is the matmul width the kernel is chosen for (H·W of the input), if known.
+    /// all; `n` is the matmul width the kernel is chosen for (positions per image), if known.
     pub fn new(
         weights: Tensor,
+        layout: Layout,
         x: ActQuant,
         w_scales: Vec<f32>,
-        y: Option<ActQuant>,
+        (mid, y): (Option<ActQuant>, Option<ActQuant>),
         n: Option<usize>,
     ) -> TractResult<QPointwiseConv> {
         ensure!(
@@ -115,6 +139,7 @@ impl QPointwiseConv {
         };
         for s in std::iter::once(x.scale)
             .chain(w_scales.iter().copied())
+            .chain(mid.map(|q| q.scale))
             .chain(y.map(|y| y.scale))
         {
             ensure!(
@@ -133,8 +158,10 @@ impl QPointwiseConv {
         let row_scale = w_scales.iter().map(|sw| x.scale * sw).collect();
         Ok(QPointwiseConv {
             weights: Arc::new(weights),
+            layout,
             x,
             w_scales,
+            mid,
             y,
             kernel: Kernel {
                 mmm,
@@ -151,6 +178,15 @@ impl QPointwiseConv {
         &*self.kernel.mmm
     }
 
+    /// The channel axis of a rank-`rank` input.
+    fn channel_axis(&self, rank: usize) -> TractResult<usize> {
+        match self.layout {
+            Layout::ChannelsFirst if rank >= 3 => Ok(1),
+            Layout::ChannelsLast if rank >= 1 => Ok(rank - 1),
+            _ => bail!("integer 1x1 conv: rank {rank} input for {:?}", self.layout),
+        }
+    }
+
     fn cin(&self) -> usize {
         self.weights.shape()[1]
     }
@@ -159,20 +195,36 @@ impl QPointwiseConv {
         self.weights.shape()[0]
     }
 
-    /// One image: `x` is `[Cin, P]`, `out` `[Cout, P]`, both row-major.
-    fn run_one(&self, x: &[f32], bias: &[f32], p: usize, out: &mut [f32]) -> TractResult<()> {
+    fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            mid: self.mid.map(|q| q.fake().parts()),
+            y: self.y.map(|q| q.fake().parts()),
+        }
+    }
+
+    /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
+    /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
+    fn integer_product(&self, x: &[f32], p: usize) -> TractResult<Tensor> {
         let k = &self.kernel;
-        let mut xq = unsafe { Tensor::uninitialized::<i8>(&[self.cin(), p])? };
+        let (cin, cout) = (self.cin(), self.cout());
+        let (x_shape, k_axis, acc_shape, m_axis) = match self.layout {
+            Layout::ChannelsFirst => ([cin, p], 0, [cout, p], 0),
+            Layout::ChannelsLast => ([p, cin], 1, [p, cout], 1),
+        };
+        let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
         self.x
             .to_i8()
             .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
         let (_, b_format) = &k.mmm.packings()[k.packing];
-        let packed_x = b_format.prepare_one(&xq, 0, 1)?;
-        let mut acc = unsafe { Tensor::uninitialized::<i32>(&[self.cout(), p])? };
+        let packed_x = b_format.prepare_one(&xq, k_axis, 1 - k_axis)?;
+        let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
         unsafe {
-            let store = k.mmm.c_view(Some(0), Some(1)).wrap(&acc.view_mut());
+            let store = k
+                .mmm
+                .c_view(Some(m_axis), Some(1 - m_axis))
+                .wrap(&acc.view_mut());
             k.mmm.run(
-                self.cout(),
+                cout,
                 p,
                 &[
                     FusedSpec::AddMatMul {
@@ -184,22 +236,32 @@ impl QPointwiseConv {
                 ],
             )?;
         }
-        let fake = self.y.map(|y| y.fake().parts());
-        for (co, (acc_row, out_row)) in acc
-            .try_as_plain_ram()?
-            .as_slice::<i32>()?
-            .chunks(p)
-            .zip(out.chunks_mut(p))
-            .enumerate()
-        {
-            let row = Row {
-                offset: k.row_offset[co],
-                scale: k.row_scale[co],
-                bias: bias[co],
-            };
-            match fake {
-                Some((r, zp, s)) => dequantize_requantize(acc_row, out_row, row, r, zp, s),
-                None => dequantize(acc_row, out_row, row),
+        Ok(acc)
+    }
+
+    /// One matrix of `p` positions (an image channels first, the whole tensor channels last).
+    fn run_matrix(&self, x: &[f32], bias: &[f32], p: usize, out: &mut [f32]) -> TractResult<()> {
+        let acc = self.integer_product(x, p)?;
+        let acc = acc.try_as_plain_ram()?;
+        let acc = acc.as_slice::<i32>()?;
+        let k = &self.kernel;
+        let e = self.epilogue();
+        match self.layout {
+            Layout::ChannelsFirst => {
+                for (co, (a, o)) in acc.chunks(p).zip(out.chunks_mut(p)).enumerate() {
+                    let row = Row {
+                        offset: k.row_offset[co],
+                        scale: k.row_scale[co],
+                        bias: bias[co],
+                    };
+                    channel_row(a, o, row, e);
+                }
+            }
+            Layout::ChannelsLast => {
+                let cout = self.cout();
+                for (a, o) in acc.chunks(cout).zip(out.chunks_mut(cout)) {
+                    position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
+                }
             }
         }
         Ok(())
@@ -242,28 +304,42 @@ struct Row {
     bias: f32,
 }
 
+/// One output value from its integer sum (see [`Epilogue`]).
+#[inline(always)]
+fn finish(acc: i32, offset: i32, scale: f32, bias: f32, e: Epilogue) -> f32 {
+    let mut v = (acc + offset) as f32 * scale;
+    if let Some(q) = e.mid {
+        v = q.apply(v);
+    }
+    v += bias;
+    match e.y {
+        Some(q) => q.apply(v),
+        None => v,
+    }
+}
+
 multiversion! {
-    /// `y = (acc + offset) · scale + bias`.
-    fn dequantize(acc: &[i32], out: &mut [f32], row: Row) {
+    /// One output channel of a channels-first product.
+    fn channel_row(acc: &[i32], out: &mut [f32], row: Row, e: Epilogue) {
         for (a, y) in acc.iter().zip(out.iter_mut()) {
-            *y = (a + row.offset) as f32 * row.scale + row.bias;
+            *y = finish(*a, row.offset, row.scale, row.bias, e);
         }
     }
 }
 
 multiversion! {
-    /// [`dequantize`] followed by the output's fake quantization, in one pass.
-    fn dequantize_requantize(
+    /// One position of a channels-last product: every output channel.
+    fn position_row(
         acc: &[i32],
         out: &mut [f32],
-        row: Row,
-        r: Rounder,
-        dq_zero_point: i32,
-        dq_scale: f32,
+        offset: &[i32],
+        scale: &[f32],
+        bias: &[f32],
+        e: Epilogue,
     ) {
-        for (a, y) in acc.iter().zip(out.iter_mut()) {
-            let v = (a + row.offset) as f32 * row.scale + row.bias;
-            *y = (r.quantize(v) - dq_zero_point) as f32 * dq_scale;
+        let it = acc.iter().zip(offset).zip(scale).zip(bias);
+        for ((((a, o), s), b), y) in it.zip(out.iter_mut()) {
+            *y = finish(*a, *o, *s, *b, e);
         }
     }
 }
@@ -275,9 +351,10 @@ impl Op for QPointwiseConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{}x{} i8, kernel {}",
+            "{}x{} i8, {:?}, kernel {}",
             self.cout(),
             self.cin(),
+            self.layout,
             self.kernel.mmm.name()
         )])
     }
@@ -291,9 +368,10 @@ impl EvalOp for QPointwiseConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (x, bias) = args_2!(inputs);
         let shape = x.shape();
+        let c_axis = self.channel_axis(shape.len())?;
         ensure!(
-            shape.len() == 4 && shape[1] == self.cin(),
-            "integer 1x1 conv: input shape {shape:?}, expected [N, {}, H, W]",
+            shape[c_axis] == self.cin(),
+            "integer 1x1 conv: input shape {shape:?}, expected {} channels on axis {c_axis}",
             self.cin()
         );
         let bias = bias.cast_to::<f32>()?;
@@ -303,18 +381,26 @@ impl EvalOp for QPointwiseConv {
             "integer 1x1 conv: bias length {}",
             bias.len()
         );
-        let (n, p) = (shape[0], shape[2] * shape[3]);
+        let mut out_shape: TVec<usize> = shape.into();
+        out_shape[c_axis] = self.cout();
         let x = x.cast_to::<f32>()?;
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[n, self.cout(), shape[2], shape[3]])?;
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let mut out_view = out.try_as_plain_ram_mut()?;
         let ys = out_view.as_slice_mut::<f32>()?;
-        if p > 0 {
-            for (x1, y1) in xs
-                .chunks(self.cin() * p)
-                .zip(ys.chunks_mut(self.cout() * p))
-            {
-                self.run_one(x1, bias, p, y1)?;
+        let positions = xs.len() / self.cin();
+        if positions > 0 {
+            match self.layout {
+                Layout::ChannelsFirst => {
+                    let p = shape[2..].iter().product::<usize>();
+                    for (x1, y1) in xs
+                        .chunks(self.cin() * p)
+                        .zip(ys.chunks_mut(self.cout() * p))
+                    {
+                        self.run_matrix(x1, bias, p, y1)?;
+                    }
+                }
+                Layout::ChannelsLast => self.run_matrix(xs, bias, positions, ys)?,
             }
         }
         Ok(tvec!(out.into_tvalue()))
@@ -324,13 +410,14 @@ impl EvalOp for QPointwiseConv {
 impl TypedOp for QPointwiseConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let x = inputs[0];
+        let c_axis = self.channel_axis(x.rank())?;
         ensure!(
-            x.rank() == 4 && x.shape[1] == self.cin().to_dim(),
-            "integer 1x1 conv: input {x:?}, expected [N, {}, H, W]",
+            x.shape[c_axis] == self.cin().to_dim(),
+            "integer 1x1 conv: input {x:?}, expected {} channels on axis {c_axis}",
             self.cin()
         );
         let mut shape = x.shape.to_tvec();
-        shape[1] = self.cout().to_dim();
+        shape[c_axis] = self.cout().to_dim();
         Ok(tvec!(f32::fact(shape)))
     }
 
@@ -421,9 +508,10 @@ mod tests {
         let x: Vec<f32> = (0..2 * cin * p).map(|_| rng.f32(-7.0, 7.0)).collect();
         let op = QPointwiseConv::new(
             Tensor::from_shape(&[cout, cin], &weights).unwrap(),
+            Layout::ChannelsFirst,
             xq,
             w_scales.clone(),
-            yq,
+            (None, yq),
             Some(p),
         )
         .unwrap();
@@ -489,12 +577,13 @@ mod tests {
             zero_point: 0,
             signed: false,
         };
-        assert!(QPointwiseConv::new(w.clone(), x, vec![1.0; 3], None, None).is_err());
-        assert!(QPointwiseConv::new(w.clone(), x, vec![0.0], None, None).is_err());
+        let cf = Layout::ChannelsFirst;
+        assert!(QPointwiseConv::new(w.clone(), cf, x, vec![1.0; 3], (None, None), None).is_err());
+        assert!(QPointwiseConv::new(w.clone(), cf, x, vec![0.0], (None, None), None).is_err());
         let nan = ActQuant {
             scale: f32::NAN,
             ..x
         };
-        assert!(QPointwiseConv::new(w, nan, vec![1.0], None, None).is_err());
+        assert!(QPointwiseConv::new(w, cf, nan, vec![1.0], (None, None), None).is_err());
     }
 }

@@ -108,6 +108,21 @@ impl Rounder {
     }
 }
 
+/// A fake quantization unpacked for fused loops (see [`FakeQuantize`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fq {
+    rounder: Rounder,
+    dq_zero_point: i32,
+    dq_scale: f32,
+}
+
+impl Fq {
+    #[inline(always)]
+    pub(crate) fn apply(self, x: f32) -> f32 {
+        (self.rounder.quantize(x) - self.dq_zero_point) as f32 * self.dq_scale
+    }
+}
+
 multiversion! {
     fn quantize_i8(r: Rounder, xs: &[f32], ys: &mut [i8]) {
         for (x, y) in xs.iter().zip(ys.iter_mut()) {
@@ -176,13 +191,13 @@ impl FakeQuantize {
         )
     }
 
-    /// The quantizer and the dequantization's zero point and scale, for fused loops.
-    pub(crate) fn parts(&self) -> (Rounder, i32, f32) {
-        (
-            self.quantize.rounder(),
-            self.dq_zero_point,
-            f32::from_bits(self.dq_scale_bits),
-        )
+    /// The same computation as a value for fused loops.
+    pub(crate) fn parts(&self) -> Fq {
+        Fq {
+            rounder: self.quantize.rounder(),
+            dq_zero_point: self.dq_zero_point,
+            dq_scale: f32::from_bits(self.dq_scale_bits),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! ONNX `LayerNormalization` onto our [`LayerNorm`](crate::kernels::layer_norm::LayerNorm) op.
 //!
 //! Our parser replaces tract's for this op type and keeps tract's as the fallback: the node
-//! becomes our single op when it is the common case — f32 input, normalised over the last axis
+//! becomes our single op when it is the common case — f32 or f16 input, normalised over the last axis
 //! only, a 1-D scale (and bias), no mean / inverse-std-dev outputs; anything else is wired by
 //! tract's own expansion, unchanged. Both compute the same function (module docs of the
 //! kernel); only the speed differs.
@@ -80,7 +80,7 @@ impl OurLayerNorm {
             .map(|i| model.outlet_fact(*i))
             .collect::<TractResult<Vec<_>>>()?
             .iter()
-            .all(|f| f.rank() == 1 && f.datum_type == f32::datum_type());
+            .all(|f| f.rank() == 1 && f.datum_type == x.datum_type);
         let last = axis == -1 || axis == rank - 1;
         Ok(
             (x.datum_type == f32::datum_type() && rank >= 1 && last && params_ok)

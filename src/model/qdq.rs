@@ -28,8 +28,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::{expand, Expansion};
 
-use super::rewrite::{int_attr_of, ints_attr_of};
-use crate::kernels::qconv::{ActQuant, QPointwiseConv};
+use super::rewrite::{int_attr, int_attr_of, ints_attr_of};
+use crate::kernels::qconv::{ActQuant, Layout, QPointwiseConv};
 
 /// The node type the fusion emits: inputs `x, x_scale, x_zero_point, w_int8, w_scale, bias`
 /// and optionally `y_scale, y_zero_point`; output f32.
@@ -203,26 +203,52 @@ fn find_all(graph: &GraphProto) -> Vec<Match> {
         .node
         .iter()
         .enumerate()
-        .filter(|(_, n)| is_onnx(n) && n.op_type == "Conv")
-        .filter_map(|(i, conv)| match_conv(&ix, i, conv))
+        .filter(|(_, n)| is_onnx(n))
+        .filter_map(|(i, n)| match_node(&ix, i, n))
         .collect()
 }
 
-fn match_conv(ix: &Index, conv_ix: usize, conv: &NodeProto) -> Option<Match> {
-    if !is_pointwise(conv) {
-        return None;
+/// The output pair `Q → DQ` reading `name` alone, with the pair's node indices.
+fn output_pair<'g>(
+    ix: &Index<'g>,
+    name: &str,
+) -> Option<(usize, &'g NodeProto, usize, &'g NodeProto)> {
+    let (qi, q) = ix.sole_consumer(name, "QuantizeLinear")?;
+    let (dqi, dq) = ix.sole_consumer(&q.output[0], "DequantizeLinear")?;
+    (ix.same_params(q, dq) && ix.act_quant(q).is_some()).then_some((qi, q, dqi, dq))
+}
+
+/// A `[cout]` f32 vector: an initializer, or the dequantization of one.
+fn is_bias(ix: &Index, name: &str, cout: i64) -> bool {
+    let dims_ok = |t: &TensorProto| t.dims == [cout];
+    match ix.init(name) {
+        Some(t) => t.data_type == FLOAT && dims_ok(t),
+        None => ix
+            .producer(name, "DequantizeLinear")
+            .and_then(|(_, dq)| ix.init(arg(dq, 0)))
+            .is_some_and(dims_ok),
     }
-    let (x_dq_ix, x_dq) = ix.producer(arg(conv, 0), "DequantizeLinear")?;
+}
+
+fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
+    let channels_last = match op.op_type.as_str() {
+        "Conv" if is_pointwise(op) => false,
+        "MatMul" => true,
+        _ => return None,
+    };
+    let (x_dq_ix, x_dq) = ix.producer(arg(op, 0), "DequantizeLinear")?;
     let (x_q_ix, x_q) = ix.producer(arg(x_dq, 0), "QuantizeLinear")?;
     if !ix.same_params(x_q, x_dq) {
         return None;
     }
     ix.act_quant(x_q)?;
 
-    let (w_dq_ix, w_dq) = ix.producer(arg(conv, 1), "DequantizeLinear")?;
+    let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
     let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == INT8)?;
-    let [cout, _cin, 1, 1] = w.dims[..] else {
-        return None;
+    let (cout, channel_axes) = match (channels_last, &w.dims[..]) {
+        (false, &[cout, _, 1, 1]) => (cout, [0, -4]),
+        (true, &[_, cout]) => (cout, [1, -1]),
+        _ => return None,
     };
     let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == FLOAT)?;
     let per_channel = match w_scale.dims[..] {
@@ -230,7 +256,8 @@ fn match_conv(ix: &Index, conv_ix: usize, conv: &NodeProto) -> Option<Match> {
         [c] if c == cout => true,
         _ => return None,
     };
-    if per_channel && !matches!(int_attr_of(w_dq, "axis"), Some(0) | Some(-4)) {
+    let axis = int_attr_of(w_dq, "axis").unwrap_or(1);
+    if per_channel && !channel_axes.contains(&axis) {
         return None;
     }
     if let Some(zp) = ix.init(arg(w_dq, 2)) {
@@ -241,40 +268,57 @@ fn match_conv(ix: &Index, conv_ix: usize, conv: &NodeProto) -> Option<Match> {
         return None;
     }
 
+    let bias = if channels_last { "" } else { arg(op, 2) };
     let mut node = NodeProto {
-        name: conv.name.clone(),
+        name: op.name.clone(),
         op_type: FUSED_OP.into(),
         domain: DOMAIN.into(),
-        input: vec![
-            arg(x_q, 0).into(),
-            arg(x_q, 1).into(),
-            arg(x_q, 2).into(),
-            arg(w_dq, 0).into(),
-            arg(w_dq, 1).into(),
-            arg(conv, 2).into(),
-        ],
-        output: conv.output.clone(),
+        input: [
+            arg(x_q, 0),
+            arg(x_q, 1),
+            arg(x_q, 2),
+            arg(w_dq, 0),
+            arg(w_dq, 1),
+            bias,
+        ]
+        .map(String::from)
+        .to_vec(),
+        output: op.output.clone(),
+        attribute: vec![int_attr("channels_last", channels_last as i64)],
         ..Default::default()
     };
     let mut remove = vec![];
-    let mut initializers = vec![];
-    let output_pair = ix
-        .sole_consumer(conv.output.first()?, "QuantizeLinear")
-        .and_then(|(qi, q)| {
-            let (dqi, dq) = ix.sole_consumer(&q.output[0], "DequantizeLinear")?;
-            (ix.same_params(q, dq) && ix.act_quant(q).is_some()).then_some((qi, q, dqi, dq))
-        });
-    if let Some((qi, q, dqi, dq)) = output_pair {
-        node.input.push(arg(q, 1).into());
-        node.input.push(arg(q, 2).into());
+    if let Some((qi, q, dqi, dq)) = output_pair(ix, op.output.first()?) {
+        node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
         node.output = dq.output.clone();
-        remove = vec![qi, dqi];
+        remove.extend([qi, dqi]);
+        // PyTorch's Linear on a 4-D tensor exports as MatMul then Add(bias): fused as well
+        // when the sum has its own pair.
+        let add = ix
+            .sole_consumer(&dq.output[0], "Add")
+            .filter(|_| channels_last);
+        if let Some((ai, add)) = add {
+            let other = if arg(add, 0) == dq.output[0] {
+                arg(add, 1)
+            } else {
+                arg(add, 0)
+            };
+            if is_bias(ix, other, cout) {
+                if let Some((qi, q, dqi, dq)) = output_pair(ix, &add.output[0]) {
+                    node.input[5] = other.into();
+                    node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
+                    node.output = dq.output.clone();
+                    remove.extend([ai, qi, dqi]);
+                }
+            }
+        }
     }
     // Absent zero points and bias become explicit initializers: tract drops empty inputs, and
     // the parser tells its inputs apart by position.
-    for (slot, dt) in [(2, UINT8), (5, FLOAT), (7, UINT8)] {
+    let mut initializers = vec![];
+    for (slot, dt) in [(2, UINT8), (5, FLOAT), (7, UINT8), (9, UINT8)] {
         if node.input.get(slot).is_some_and(|s| s.is_empty()) {
-            let name = format!("{}::cxe_default_{slot}", conv.name);
+            let name = format!("{}::cxe_default_{slot}", op.name);
             let dims = if slot == 5 { vec![cout] } else { vec![] };
             let len = dims.iter().product::<i64>().max(1) as usize;
             let elem = if dt == FLOAT { 4 } else { 1 };
@@ -289,7 +333,7 @@ fn match_conv(ix: &Index, conv_ix: usize, conv: &NodeProto) -> Option<Match> {
         }
     }
     Some(Match {
-        conv: conv_ix,
+        conv: node_ix,
         node,
         reads: [x_q_ix, x_dq_ix, w_dq_ix],
         remove,
@@ -372,17 +416,22 @@ fn parse(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let inputs = node.input.iter().filter(|s| !s.is_empty()).count();
     ensure!(
-        inputs == 6 || inputs == 8,
-        "{FUSED_OP} {}: {inputs} inputs, expected 6 or 8",
+        matches!(inputs, 6 | 8 | 10),
+        "{FUSED_OP} {}: {inputs} inputs, expected 6, 8 or 10",
         node.name
     );
-    Ok((expand(Fused { inputs }), vec![]))
+    let layout = match node.get_attr_opt::<i64>("channels_last")? {
+        Some(1) => Layout::ChannelsLast,
+        _ => Layout::ChannelsFirst,
+    };
+    Ok((expand(Fused { inputs, layout }), vec![]))
 }
 
 /// The parsed [`FUSED_OP`] node, wired into a [`QPointwiseConv`] once its inputs are typed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct Fused {
     inputs: usize,
+    layout: Layout,
 }
 
 fn konst<'m>(model: &'m TypedModel, outlet: OutletId, what: &str) -> TractResult<&'m Arc<Tensor>> {
@@ -426,14 +475,30 @@ impl Expansion for Fused {
         check_input_arity(inputs, self.inputs)?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&inputs[0].rank, 4)?;
-        s.equals(&outputs[0].rank, 4)?;
-        s.equals(&inputs[3].rank, 4)?;
-        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-        s.equals(&outputs[0].shape[1], &inputs[3].shape[0])?;
-        s.equals(&outputs[0].shape[2], &inputs[0].shape[2])?;
-        s.equals(&outputs[0].shape[3], &inputs[0].shape[3])?;
-        Ok(())
+        s.equals(&outputs[0].rank, &inputs[0].rank)?;
+        match self.layout {
+            Layout::ChannelsFirst => {
+                s.equals(&inputs[3].rank, 4)?;
+                s.equals(&outputs[0].shape[1], &inputs[3].shape[0])?;
+                s.given(&inputs[0].rank, move |s, rank| {
+                    for axis in (0..rank as usize).filter(|&a| a != 1) {
+                        s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+                    }
+                    Ok(())
+                })
+            }
+            Layout::ChannelsLast => {
+                s.equals(&inputs[3].rank, 2)?;
+                s.given(&inputs[0].rank, move |s, rank| {
+                    let last = rank as usize - 1;
+                    s.equals(&outputs[0].shape[last], &inputs[3].shape[1])?;
+                    for axis in 0..last {
+                        s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+                    }
+                    Ok(())
+                })
+            }
+        }
     }
 
     fn wire(
@@ -445,21 +510,30 @@ impl Expansion for Fused {
         let x = act_quant(model, inputs[1], inputs[2])?;
         let w = konst(model, inputs[3], "the weight")?;
         ensure!(
-            w.datum_type() == i8::datum_type() && w.rank() == 4 && w.shape()[2..] == [1, 1],
-            "{FUSED_OP}: weights must be int8 [Cout, Cin, 1, 1], got {:?}",
-            w
+            w.datum_type() == i8::datum_type(),
+            "{FUSED_OP}: weights must be int8, got {w:?}"
         );
-        let (cout, cin) = (w.shape()[0], w.shape()[1]);
-        let w = w.clone().into_tensor().into_shape(&[cout, cin])?;
+        // Canonical [Cout, Cin] whatever the layout.
+        let w = match (self.layout, w.shape()) {
+            (Layout::ChannelsFirst, &[cout, cin, 1, 1]) => {
+                w.clone().into_tensor().into_shape(&[cout, cin])?
+            }
+            (Layout::ChannelsLast, &[_, _]) => w.clone().into_tensor().permute_axes(&[1, 0])?,
+            (layout, shape) => bail!("{FUSED_OP}: {layout:?} weights of shape {shape:?}"),
+        };
         let w_scales = konst(model, inputs[4], "the weight scale")?
             .cast_to::<f32>()?
             .try_as_plain_ram()?
             .as_slice::<f32>()?
             .to_vec();
-        let y = if self.inputs == 8 {
-            Some(act_quant(model, inputs[6], inputs[7])?)
-        } else {
-            None
+        let pair = |i: usize| -> TractResult<Option<ActQuant>> {
+            (self.inputs > i)
+                .then(|| act_quant(model, inputs[i], inputs[i + 1]))
+                .transpose()
+        };
+        let quants = match (pair(6)?, pair(8)?) {
+            (first, None) => (None, first),
+            (first, second) => (first, second),
         };
         let x_fact = model.outlet_fact(inputs[0])?;
         ensure!(
@@ -467,14 +541,22 @@ impl Expansion for Fused {
             "{FUSED_OP}: input must be f32, got {:?}",
             x_fact.datum_type
         );
-        let n = x_fact
-            .shape
-            .iter()
-            .skip(2)
-            .product::<TDim>()
-            .to_usize()
-            .ok();
-        let op = QPointwiseConv::new(w, x, w_scales, y, n)?;
+        let positions = match self.layout {
+            Layout::ChannelsFirst => x_fact.shape.iter().skip(2).product::<TDim>(),
+            Layout::ChannelsLast => {
+                let rank = x_fact.rank();
+                let per_image = x_fact.shape.iter().take(rank.saturating_sub(1)).skip(1);
+                per_image.product::<TDim>()
+            }
+        };
+        let op = QPointwiseConv::new(
+            w,
+            self.layout,
+            x,
+            w_scales,
+            quants,
+            positions.to_usize().ok(),
+        )?;
         model.wire_node(prefix, op, &[inputs[0], inputs[5]])
     }
 }

@@ -32,7 +32,7 @@ impl Rewrites {
         if let Some(graph) = model.graph.as_mut() {
             let n = super::qdq::fuse_pointwise(graph);
             if n > 0 {
-                self.0.push(("QDQ 1x1 Conv → integer".into(), n));
+                self.0.push(("QDQ 1x1 Conv/MatMul → integer".into(), n));
             }
         }
     }
@@ -277,7 +277,7 @@ fn op(
     }
 }
 
-fn int_attr(name: &str, i: i64) -> AttributeProto {
+pub(crate) fn int_attr(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.to_owned(),
         r#type: ATTR_INT,
