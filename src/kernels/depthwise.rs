@@ -23,16 +23,21 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::simd::multiversion;
+use super::Layout;
 
 /// Outputs of one row kept in registers across the taps.
 const LANES: usize = 16;
 
 /// A depthwise convolution with `kh × kw` kernels, stride and dilation 1, explicit padding.
-/// Input `[N, C, H, W]`, output `[N, C, H + top + bottom − kh + 1, W + left + right − kw + 1]`.
+/// Input `[N, C, H, W]` (or `[N, H, W, C]` channels last), output the same layout with
+/// `H + top + bottom − kh + 1` rows and `W + left + right − kw + 1` columns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DepthwiseConv {
     /// `[C, kh, kw]` f32.
     weights: Arc<Tensor>,
+    /// `[kh, kw, C]`: the same weights tap-major, for the channels-last loop.
+    taps_c: Arc<Tensor>,
+    layout: Layout,
     /// `[C]` f32.
     bias: Arc<Tensor>,
     /// Padding before and after along H, then along W.
@@ -53,7 +58,12 @@ struct Geometry {
 
 impl DepthwiseConv {
     /// `weights` `[C, kh, kw]`, `bias` `[C]`, `pads` = `[top, bottom, left, right]`.
-    pub fn new(weights: Tensor, bias: Tensor, pads: [usize; 4]) -> TractResult<DepthwiseConv> {
+    pub fn new(
+        weights: Tensor,
+        bias: Tensor,
+        pads: [usize; 4],
+        layout: Layout,
+    ) -> TractResult<DepthwiseConv> {
         ensure!(
             weights.datum_type() == f32::datum_type() && weights.rank() == 3,
             "depthwise conv: weights must be [C, kh, kw] f32, got {weights:?}"
@@ -68,6 +78,8 @@ impl DepthwiseConv {
             "depthwise conv: empty kernel"
         );
         Ok(DepthwiseConv {
+            taps_c: Arc::new(weights.clone().permute_axes(&[1, 2, 0])?),
+            layout,
             weights: Arc::new(weights),
             bias: Arc::new(bias.into_shape(&[c])?),
             pads,
@@ -76,6 +88,14 @@ impl DepthwiseConv {
 
     fn channels(&self) -> usize {
         self.weights.shape()[0]
+    }
+
+    /// Axes of (C, H, W) in the rank-4 input.
+    fn axes(&self) -> (usize, usize, usize) {
+        match self.layout {
+            Layout::ChannelsFirst => (1, 2, 3),
+            Layout::ChannelsLast => (3, 1, 2),
+        }
     }
 
     fn output_hw(&self, h: TDim, w: TDim) -> (TDim, TDim) {
@@ -173,6 +193,55 @@ fn chunk(
     acc
 }
 
+/// One output row of a channels-last image (`h × w × c`): every column, every channel, the
+/// taps that fall inside the image in row order (the padding contributes zeros).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_c_last_body(
+    image: &[f32],
+    (h, w, c): (usize, usize, usize),
+    [t, _, l, _]: [usize; 4],
+    g: Geometry,
+    y: usize,
+    taps_c: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let rows = y.saturating_sub(t)..(y + g.kh).saturating_sub(t).min(h);
+    for (x, out_px) in out.chunks_exact_mut(c).enumerate() {
+        out_px.copy_from_slice(bias);
+        let cols = x.saturating_sub(l)..(x + g.kw).saturating_sub(l).min(w);
+        for iy in rows.clone() {
+            let i = iy + t - y;
+            for ix in cols.clone() {
+                let j = ix + l - x;
+                let px = &image[(iy * w + ix) * c..][..c];
+                let k = &taps_c[(i * g.kw + j) * c..][..c];
+                for ((o, v), k) in out_px.iter_mut().zip(px).zip(k) {
+                    *o += k * v;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`row_c_last_body`] compiled for the CPU's widest vectors.
+    #[allow(clippy::too_many_arguments)]
+    fn row_c_last(
+        image: &[f32],
+        hwc: (usize, usize, usize),
+        pads: [usize; 4],
+        g: Geometry,
+        y: usize,
+        taps_c: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        row_c_last_body(image, hwc, pads, g, y, taps_c, bias, out)
+    }
+}
+
 impl Op for DepthwiseConv {
     fn name(&self) -> StaticName {
         "DepthwiseConv".into()
@@ -196,42 +265,62 @@ impl EvalOp for DepthwiseConv {
         let x = args_1!(inputs);
         let shape = x.shape();
         let c = self.channels();
+        let (ca, ha, wa) = self.axes();
         ensure!(
-            shape.len() == 4 && shape[1] == c,
-            "depthwise conv: input shape {shape:?}, expected [N, {c}, H, W]"
+            shape.len() == 4 && shape[ca] == c,
+            "depthwise conv: input shape {shape:?}, expected {c} channels on axis {ca}"
         );
-        let (h, w) = (shape[2], shape[3]);
+        let (h, w) = (shape[ha], shape[wa]);
         let g = self.geometry(h, w)?;
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<f32>()?;
-        let weights = self.weights.try_as_plain_ram()?;
-        let weights = weights.as_slice::<f32>()?;
         let bias = self.bias.try_as_plain_ram()?;
         let bias = bias.as_slice::<f32>()?;
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&[shape[0], c, g.oh, g.ow])? };
+        let mut out_shape = [shape[0], 0, 0, 0];
+        (out_shape[ca], out_shape[ha], out_shape[wa]) = (c, g.oh, g.ow);
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let plane_out = g.oh * g.ow;
+        let taps = g.kh * g.kw;
         if plane_out > 0 {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
-            let taps = g.kh * g.kw;
-            par_chunks_mut(ys, plane_out, xs.len() * taps, |first, chunk| {
-                let mut padded = vec![0f32; g.ph * g.pw];
-                for (i, out_plane) in chunk.chunks_mut(plane_out).enumerate() {
-                    let p = first + i;
-                    let ch = p % c;
-                    plane_simd(
-                        &xs[p * h * w..(p + 1) * h * w],
-                        (h, w),
-                        self.pads,
-                        g,
-                        &weights[ch * taps..(ch + 1) * taps],
-                        bias[ch],
-                        &mut padded,
-                        out_plane,
-                    );
+            match self.layout {
+                Layout::ChannelsFirst => {
+                    let weights = self.weights.try_as_plain_ram()?;
+                    let weights = weights.as_slice::<f32>()?;
+                    par_chunks_mut(ys, plane_out, xs.len() * taps, |first, chunk| {
+                        let mut padded = vec![0f32; g.ph * g.pw];
+                        for (i, out_plane) in chunk.chunks_mut(plane_out).enumerate() {
+                            let p = first + i;
+                            let ch = p % c;
+                            plane_simd(
+                                &xs[p * h * w..(p + 1) * h * w],
+                                (h, w),
+                                self.pads,
+                                g,
+                                &weights[ch * taps..(ch + 1) * taps],
+                                bias[ch],
+                                &mut padded,
+                                out_plane,
+                            );
+                        }
+                        Ok(())
+                    })?;
                 }
-                Ok(())
-            })?;
+                Layout::ChannelsLast => {
+                    let taps_c = self.taps_c.try_as_plain_ram()?;
+                    let taps_c = taps_c.as_slice::<f32>()?;
+                    let row = g.ow * c;
+                    par_chunks_mut(ys, row, xs.len() * taps, |first, chunk| {
+                        for (i, out_row) in chunk.chunks_mut(row).enumerate() {
+                            let (n, y) = ((first + i) / g.oh, (first + i) % g.oh);
+                            let image = &xs[n * h * w * c..(n + 1) * h * w * c];
+                            row_c_last(image, (h, w, c), self.pads, g, y, taps_c, bias, out_row);
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -240,20 +329,18 @@ impl EvalOp for DepthwiseConv {
 impl TypedOp for DepthwiseConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let x = inputs[0];
+        let (ca, ha, wa) = self.axes();
         ensure!(
             x.datum_type == f32::datum_type()
                 && x.rank() == 4
-                && x.shape[1] == self.channels().to_dim(),
-            "depthwise conv: input {x:?}, expected [N, {}, H, W] f32",
+                && x.shape[ca] == self.channels().to_dim(),
+            "depthwise conv: input {x:?}, expected {} channels on axis {ca}, f32",
             self.channels()
         );
-        let (oh, ow) = self.output_hw(x.shape[2].clone(), x.shape[3].clone());
-        Ok(tvec!(f32::fact([
-            x.shape[0].clone(),
-            x.shape[1].clone(),
-            oh,
-            ow
-        ])))
+        let (oh, ow) = self.output_hw(x.shape[ha].clone(), x.shape[wa].clone());
+        let mut shape = x.shape.to_tvec();
+        (shape[ha], shape[wa]) = (oh, ow);
+        Ok(tvec!(f32::fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -301,7 +388,32 @@ mod tests {
         out
     }
 
+    /// `[N, C, H, W]` data as `[N, H, W, C]`.
+    fn to_last(v: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; v.len()];
+        for i in 0..n * c * h * w {
+            let (b, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
+            out[((b * h + y) * w + x) * c + ch] = v[i];
+        }
+        out
+    }
+
     fn check(n: usize, c: usize, h: usize, w: usize, kh: usize, kw: usize, pads: [usize; 4]) {
+        check_layout(n, c, h, w, kh, kw, pads, Layout::ChannelsFirst);
+        check_layout(n, c, h, w, kh, kw, pads, Layout::ChannelsLast);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_layout(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        kh: usize,
+        kw: usize,
+        pads: [usize; 4],
+        layout: Layout,
+    ) {
         let gen = |len: usize, seed: usize| -> Vec<f32> {
             (0..len)
                 .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5) - 1.0)
@@ -314,9 +426,15 @@ mod tests {
             Tensor::from_shape(&[c, kh, kw], &k).unwrap(),
             Tensor::from_shape(&[c], &bias).unwrap(),
             pads,
+            layout,
         )
         .unwrap();
-        let input = Tensor::from_shape(&[n, c, h, w], &x).unwrap();
+        let last = layout == Layout::ChannelsLast;
+        let input = if last {
+            Tensor::from_shape(&[n, h, w, c], &to_last(&x, (n, c, h, w))).unwrap()
+        } else {
+            Tensor::from_shape(&[n, c, h, w], &x).unwrap()
+        };
         let out = op
             .eval_out_of_plan(tvec!(input.into_tvalue()))
             .unwrap()
@@ -324,6 +442,13 @@ mod tests {
         let got = out[0].try_as_plain_ram().unwrap();
         let got = got.as_slice::<f32>().unwrap();
         let expected = reference(&x, (n, c, h, w), &k, (kh, kw), &bias, pads);
+        let [t, b, l, r] = pads;
+        let (oh, ow) = (h + t + b + 1 - kh, w + l + r + 1 - kw);
+        let expected = if last {
+            to_last(&expected, (n, c, oh, ow))
+        } else {
+            expected
+        };
         assert_eq!(got.len(), expected.len());
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "#{i}: {g} vs {e}");
@@ -346,6 +471,7 @@ mod tests {
             Tensor::zero::<f32>(&[1, 7, 7]).unwrap(),
             Tensor::zero::<f32>(&[1]).unwrap(),
             [0; 4],
+            Layout::ChannelsFirst,
         )
         .unwrap();
         let input = Tensor::zero::<f32>(&[1, 1, 3, 3]).unwrap();

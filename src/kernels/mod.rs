@@ -7,3 +7,11 @@ pub mod layer_norm;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;
+
+/// Where the channels are: `[N, C, …]` (NCHW; a 1x1 conv) or `[…, C]` (NHWC; a MatMul by a
+/// constant, PyTorch's `Linear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    ChannelsFirst,
+    ChannelsLast,
+}

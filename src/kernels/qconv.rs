@@ -24,12 +24,14 @@
 use std::sync::Arc;
 
 use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul, Query};
+use tract_linalg::multithread::par_chunks_mut;
 use tract_linalg::MmmDispatch;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
+pub use super::Layout;
 
 /// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,14 +57,6 @@ impl ActQuant {
             self.zero_point,
         )
     }
-}
-
-/// Where the channels are: `[N, C, …]` (a 1x1 conv) or `[…, C]` (a MatMul by a constant,
-/// PyTorch's `Linear`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Layout {
-    ChannelsFirst,
-    ChannelsLast,
 }
 
 /// The integer 1x1 convolution or channels-last matmul (see the module docs). Inputs: x f32 and
@@ -246,29 +240,36 @@ impl QPointwiseConv {
         let acc = acc.as_slice::<i32>()?;
         let k = &self.kernel;
         let e = self.epilogue();
-        match self.layout {
-            Layout::ChannelsFirst => {
-                for (co, (a, o)) in acc.chunks(p).zip(out.chunks_mut(p)).enumerate() {
-                    let row = Row {
-                        offset: k.row_offset[co],
-                        scale: k.row_scale[co],
-                        bias: bias[co],
-                    };
-                    channel_row(a, o, row, e);
+        // Rows are output channels (channels first) or positions (channels last); either way
+        // whole rows are split across the plan's threads.
+        let row_len = match self.layout {
+            Layout::ChannelsFirst => p,
+            Layout::ChannelsLast => self.cout(),
+        };
+        par_chunks_mut(out, row_len, acc.len(), |first, chunk| {
+            let rows = chunk.chunks_mut(row_len).enumerate();
+            for (i, o) in rows.map(|(i, o)| (first + i, o)) {
+                let a = &acc[i * row_len..][..row_len];
+                match self.layout {
+                    Layout::ChannelsFirst => {
+                        let row = Row {
+                            offset: k.row_offset[i],
+                            scale: k.row_scale[i],
+                            bias: bias[i],
+                        };
+                        channel_row(a, o, row, e);
+                    }
+                    Layout::ChannelsLast => {
+                        position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
+                    }
                 }
             }
-            Layout::ChannelsLast => {
-                let cout = self.cout();
-                for (a, o) in acc.chunks(cout).zip(out.chunks_mut(cout)) {
-                    position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
-/// The i8×i8→i32 kernel for a `m × k` by `k × n` product. For a wide product (`n` ≥ 64, every
+/// The i8×i8→i32 kernel for a `m × k` by `k × n` product. For a wide product (`n` ≥ 16, every
 /// ConvNeXt stage at 224) the architecture kernel with the largest tile: tract's own choice
 /// follows its probe of FMA units, which classes Zen 4 as single-unit and picks the 8x8 VNNI
 /// kernel where the 16x16 one runs the same sums (bit-identical, i32) faster. Otherwise
@@ -282,7 +283,7 @@ fn pick_kernel(m: usize, k: usize, n: Option<usize>) -> TractResult<(Box<dyn Mat
         .filter(|(mmm, _, extractor)| extractor.is_none() && mmm.arch().is_some())
         .max_by_key(|(mmm, _, _)| mmm.mr() * mmm.nr());
     let chosen = match widest {
-        Some(w) if n.is_some_and(|n| n >= 64) => w,
+        Some(w) if n.is_some_and(|n| n >= 16) => w,
         _ => dispatch
             .pick(&query)
             .context("no integer matmul kernel on this CPU")?,

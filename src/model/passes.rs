@@ -12,7 +12,7 @@
 //!   consumers.
 //!
 //! - **Depthwise convolution**: a float `Conv` with one group per channel, stride and dilation
-//!   1, NCHW, f32, constant weights and bias, becomes our [`DepthwiseConv`] (see
+//!   1, NCHW or NHWC (where tract has moved the channels last), f32, constant weights and bias, becomes our [`DepthwiseConv`] (see
 //!   `kernels::depthwise`): the same sum per output, in the same order. Padding of every kind
 //!   tract expresses is turned into explicit before/after amounts first.
 //!
@@ -29,6 +29,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::kernels::depthwise::DepthwiseConv;
 use crate::kernels::quantize::{FakeQuantize, FastQuantize};
+use crate::kernels::Layout;
 
 /// Applies every pass; returns how many nodes they changed.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
@@ -47,7 +48,7 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         || conv.group != c
         || spec.output_channels != c
         || spec.kernel_shape.len() != 2
-        || spec.data_format != DataFormat::NCHW
+        || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::NHWC)
         || conv.kernel_fmt != KernelFormat::OIHW
         || !ones(&spec.strides)
         || !ones(&spec.dilations)
@@ -94,7 +95,16 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         _ => return Ok(None),
     };
     let weights = weights.into_tensor().into_shape(&[c, kh, kw])?;
-    Ok(Some(DepthwiseConv::new(weights, bias, [t, b, l, r])?))
+    let layout = match spec.data_format {
+        DataFormat::NHWC => Layout::ChannelsLast,
+        _ => Layout::ChannelsFirst,
+    };
+    Ok(Some(DepthwiseConv::new(
+        weights,
+        bias,
+        [t, b, l, r],
+        layout,
+    )?))
 }
 
 fn depthwise(model: &mut TypedModel) -> TractResult<usize> {
