@@ -391,9 +391,9 @@ mod tests {
     /// `[N, C, H, W]` data as `[N, H, W, C]`.
     fn to_last(v: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
         let mut out = vec![0f32; v.len()];
-        for i in 0..n * c * h * w {
+        for (i, value) in v.iter().enumerate() {
             let (b, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
-            out[((b * h + y) * w + x) * c + ch] = v[i];
+            out[((b * h + y) * w + x) * c + ch] = *value;
         }
         out
     }
