@@ -389,7 +389,7 @@ mod tests {
     }
 
     /// `[N, C, H, W]` data as `[N, H, W, C]`.
-    fn to_last(v: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+    fn to_last(v: &[f32], (_, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
         let mut out = vec![0f32; v.len()];
         for (i, value) in v.iter().enumerate() {
             let (b, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
