@@ -48,13 +48,28 @@ impl LayerNorm {
     }
 }
 
+/// `Σ f(v)` with 16 partial sums (so that the loop vectorises; float addition is not
+/// reassociated by the compiler), then those summed.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a += f(*v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|v| f(*v)).sum::<f32>()
+}
+
 multiversion! {
     /// Rows of `c` contiguous values (the normalised axis innermost).
     fn rows(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
         let c = gamma.len();
         for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-            let mean = xr.iter().sum::<f32>() / c as f32;
-            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let mean = lane_sum(xr, |v| v) / c as f32;
+            let var = lane_sum(xr, |v| (v - mean) * (v - mean)) / c as f32;
             let r = 1.0 / (var + eps).sqrt();
             for (((o, v), g), b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
                 *o = (v - mean) * r * g + b;
