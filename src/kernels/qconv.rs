@@ -23,9 +23,10 @@
 
 use std::sync::Arc;
 
+use tract_linalg::element_wise::ElementWise;
 use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul, Query};
 use tract_linalg::multithread::par_chunks_mut;
-use tract_linalg::MmmDispatch;
+use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -72,7 +73,61 @@ pub struct QPointwiseConv {
     w_scales: Vec<f32>,
     mid: Option<ActQuant>,
     y: Option<ActQuant>,
+    gelu: Option<QdqGelu>,
     kernel: Kernel,
+}
+
+/// The exact GELU of a QDQ graph, `x · (erf(x / c1) + c2) · c3` with `c1 = √2`, `c2 = 1`,
+/// `c3 = ½` as exported (the values are read from the model), each intermediate result
+/// optionally fake-quantized as the graph does: after the division, the erf, the addition, the
+/// product by `x` and the final product (`quant[0..5]`). Applied to the output of the product
+/// in the epilogue, replacing ten element-wise ops on ConvNeXt's widest tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QdqGelu {
+    pub c: [f32; 3],
+    pub quant: [Option<ActQuant>; 5],
+}
+
+impl QdqGelu {
+    /// Applies the chain to `xs` in place; `tmp` is scratch of the same length.
+    fn apply(
+        &self,
+        xs: &mut [f32],
+        tmp: &mut [f32],
+        erf: &dyn ElementWise<f32>,
+    ) -> TractResult<()> {
+        let q = self.quant.map(|q| q.map(|q| q.fake().parts()));
+        gelu_div(xs, tmp, self.c[0], q[0]);
+        erf.run(tmp)?;
+        gelu_finish(xs, tmp, self.c[1], self.c[2], [q[1], q[2], q[3], q[4]]);
+        Ok(())
+    }
+}
+
+/// `q(v)` when the graph quantizes this intermediate, else `v`.
+#[inline(always)]
+fn maybe(q: Option<Fq>, v: f32) -> f32 {
+    match q {
+        Some(q) => q.apply(v),
+        None => v,
+    }
+}
+
+multiversion! {
+    fn gelu_div(xs: &[f32], tmp: &mut [f32], c1: f32, q: Option<Fq>) {
+        for (t, x) in tmp.iter_mut().zip(xs) {
+            *t = maybe(q, x / c1);
+        }
+    }
+}
+
+multiversion! {
+    fn gelu_finish(xs: &mut [f32], erf: &[f32], c2: f32, c3: f32, q: [Option<Fq>; 4]) {
+        for (x, e) in xs.iter_mut().zip(erf) {
+            let a = maybe(q[1], maybe(q[0], *e) + c2);
+            *x = maybe(q[3], maybe(q[2], *x * a) * c3);
+        }
+    }
 }
 
 /// Everything the epilogue applies after the integer sum, for one output channel `co`:
@@ -103,6 +158,7 @@ impl PartialEq for QPointwiseConv {
             && self.layout == other.layout
             && self.x == other.x
             && self.mid == other.mid
+            && self.gelu == other.gelu
             && self.w_scales == other.w_scales
             && self.y == other.y
     }
@@ -157,6 +213,7 @@ impl QPointwiseConv {
             w_scales,
             mid,
             y,
+            gelu: None,
             kernel: Kernel {
                 mmm,
                 packing,
@@ -187,6 +244,14 @@ impl QPointwiseConv {
 
     fn cout(&self) -> usize {
         self.weights.shape()[0]
+    }
+
+    /// The same op with a QDQ GELU applied to its output.
+    pub fn with_gelu(self, gelu: QdqGelu) -> QPointwiseConv {
+        QPointwiseConv {
+            gelu: Some(gelu),
+            ..self
+        }
     }
 
     fn epilogue(&self) -> Epilogue {
@@ -247,6 +312,8 @@ impl QPointwiseConv {
             Layout::ChannelsLast => self.cout(),
         };
         par_chunks_mut(out, row_len, acc.len(), |first, chunk| {
+            let erf = self.gelu.map(|_| Func::Erf.ew_f32()).transpose()?;
+            let mut tmp = vec![0f32; if self.gelu.is_some() { row_len } else { 0 }];
             let rows = chunk.chunks_mut(row_len).enumerate();
             for (i, o) in rows.map(|(i, o)| (first + i, o)) {
                 let a = &acc[i * row_len..][..row_len];
@@ -262,6 +329,9 @@ impl QPointwiseConv {
                     Layout::ChannelsLast => {
                         position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
                     }
+                }
+                if let (Some(gelu), Some(erf)) = (&self.gelu, &erf) {
+                    gelu.apply(o, &mut tmp, &**erf)?;
                 }
             }
             Ok(())

@@ -23,13 +23,13 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::{expand, Expansion};
 
 use super::rewrite::{int_attr, int_attr_of, ints_attr_of};
-use crate::kernels::qconv::{ActQuant, Layout, QPointwiseConv};
+use crate::kernels::qconv::{ActQuant, Layout, QPointwiseConv, QdqGelu};
 
 /// The node type the fusion emits: inputs `x, x_scale, x_zero_point, w_int8, w_scale, bias`
 /// and optionally `y_scale, y_zero_point`; output f32.
@@ -40,6 +40,7 @@ const FLOAT: i32 = 1;
 const UINT8: i32 = 2;
 const INT8: i32 = 3;
 const INT32: i32 = 6;
+const ATTR_FLOATS: i32 = 6;
 
 /// Registers the parser of [`FUSED_OP`].
 pub fn register(onnx: &mut tract_onnx::Onnx) {
@@ -313,6 +314,15 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
             }
         }
     }
+    // Only after an output pair: the GELU then reads a dequantized tensor, as in QDQ graphs.
+    let gelu = (!remove.is_empty())
+        .then(|| match_gelu(ix, &node.output[0]))
+        .flatten();
+    if let Some((gelu, nodes, out)) = gelu {
+        node.attribute.extend(gelu_attributes(&gelu));
+        node.output = vec![out];
+        remove.extend(nodes);
+    }
     // Absent zero points and bias become explicit initializers: tract drops empty inputs, and
     // the parser tells its inputs apart by position.
     let mut initializers = vec![];
@@ -339,6 +349,145 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
         remove,
         initializers,
     })
+}
+
+/// The value of a scalar f32 initializer, or of the dequantization of a scalar one.
+fn scalar(ix: &Index, name: &str) -> Option<f32> {
+    if let Some(t) = ix.init(name) {
+        return (t.data_type == FLOAT && is_scalar(t)).then(|| floats(t)?.first().copied())?;
+    }
+    let (_, dq) = ix.producer(name, "DequantizeLinear")?;
+    let q = ix.init(arg(dq, 0)).filter(|t| is_scalar(t))?;
+    let scale = ix
+        .init(arg(dq, 1))
+        .filter(|t| t.data_type == FLOAT && is_scalar(t))?;
+    let zp = match arg(dq, 2) {
+        "" => 0,
+        zp => *ints(ix.init(zp)?)?.first()?,
+    };
+    Some((*ints(q)?.first()? - zp) as f32 * *floats(scale)?.first()?)
+}
+
+/// The other operand of a two-input node that reads `name`.
+fn other_input<'n>(n: &'n NodeProto, name: &str) -> Option<&'n str> {
+    match (arg(n, 0), arg(n, 1)) {
+        (a, b) if a == name => Some(b),
+        (a, b) if b == name => Some(a),
+        _ => None,
+    }
+}
+
+/// The output pair after `name` if there is one: its quantization, the dequantized name and
+/// the pair's nodes; else `name` unchanged.
+fn optional_pair(ix: &Index, name: &str) -> (Option<ActQuant>, String, Vec<usize>) {
+    match output_pair(ix, name) {
+        Some((qi, q, dqi, dq)) => (ix.act_quant(q), dq.output[0].clone(), vec![qi, dqi]),
+        None => (None, name.to_owned(), vec![]),
+    }
+}
+
+/// The exact GELU as exported (`x · (erf(x / c1) + c2) · c3`, [`QdqGelu`]) reading `y`, with
+/// the nodes it spans and its final output.
+fn match_gelu(ix: &Index, y: &str) -> Option<(QdqGelu, Vec<usize>, String)> {
+    if ix.graph.output.iter().any(|o| o.name == y) {
+        return None;
+    }
+    let readers = ix.consumers.get(y)?;
+    let [r0, r1] = readers[..] else { return None };
+    let node = |i: usize| &ix.graph.node[i];
+    let (div_i, mul_i) = match (node(r0).op_type.as_str(), node(r1).op_type.as_str()) {
+        ("Div", "Mul") => (r0, r1),
+        ("Mul", "Div") => (r1, r0),
+        _ => return None,
+    };
+    let div = node(div_i);
+    if arg(div, 0) != y || !is_onnx(div) || !is_onnx(node(mul_i)) {
+        return None;
+    }
+    let c1 = scalar(ix, arg(div, 1))?;
+    let (qa, d, na) = optional_pair(ix, &div.output[0]);
+    let (erf_i, erf) = ix.sole_consumer(&d, "Erf")?;
+    let (qb, e, nb) = optional_pair(ix, &erf.output[0]);
+    let (add_i, add) = ix.sole_consumer(&e, "Add")?;
+    let c2 = scalar(ix, other_input(add, &e)?)?;
+    let (qc, a, nc) = optional_pair(ix, &add.output[0]);
+    let (m_i, m) = ix.sole_consumer(&a, "Mul")?;
+    if m_i != mul_i || other_input(m, &a)? != y {
+        return None;
+    }
+    let (qd, md, nd) = optional_pair(ix, &m.output[0]);
+    let (m2_i, m2) = ix.sole_consumer(&md, "Mul")?;
+    let c3 = scalar(ix, other_input(m2, &md)?)?;
+    // The pair after the last product stays in the graph: it is the next product's input pair,
+    // which that product's own fusion takes over.
+    let mut nodes = vec![div_i, erf_i, add_i, mul_i, m2_i];
+    for n in [na, nb, nc, nd] {
+        nodes.extend(n);
+    }
+    let gelu = QdqGelu {
+        c: [c1, c2, c3],
+        quant: [qa, qb, qc, qd, None],
+    };
+    Some((gelu, nodes, m2.output[0].clone()))
+}
+
+const GELU_ATTR: &str = "gelu";
+const GELU_QUANT_ATTR: &str = "gelu_quant";
+
+/// `gelu` = the three constants, `gelu_quant` = per intermediate `[present, scale, zero point,
+/// signed]`.
+fn gelu_attributes(g: &QdqGelu) -> [AttributeProto; 2] {
+    let quant = g.quant.iter().flat_map(|q| match q {
+        Some(q) => [1.0, q.scale, q.zero_point as f32, q.signed as i32 as f32],
+        None => [0.0; 4],
+    });
+    let floats = |name: &str, floats: Vec<f32>| AttributeProto {
+        name: name.into(),
+        r#type: ATTR_FLOATS,
+        floats,
+        ..Default::default()
+    };
+    [
+        floats(GELU_ATTR, g.c.to_vec()),
+        floats(GELU_QUANT_ATTR, quant.collect()),
+    ]
+}
+
+/// The GELU a fused node carries, if any (see [`gelu_attributes`]).
+fn gelu_of(node: &NodeProto) -> TractResult<Option<QdqGelu>> {
+    let attr = |name| {
+        node.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| &a.floats)
+    };
+    let (Some(c), Some(q)) = (attr(GELU_ATTR), attr(GELU_QUANT_ATTR)) else {
+        return Ok(None);
+    };
+    ensure!(
+        c.len() == 3 && q.len() == 20,
+        "{FUSED_OP} {}: malformed GELU attributes",
+        node.name
+    );
+    let mut quant = [None; 5];
+    for (slot, v) in quant.iter_mut().zip(q.chunks(4)) {
+        if v[0] != 0.0 {
+            ensure!(
+                v[1].is_finite() && v[1] > 0.0 && v[2].fract() == 0.0 && v[2].abs() <= 255.0,
+                "{FUSED_OP} {}: malformed GELU quantization",
+                node.name
+            );
+            *slot = Some(ActQuant {
+                scale: v[1],
+                zero_point: v[2] as i32,
+                signed: v[3] != 0.0,
+            });
+        }
+    }
+    Ok(Some(QdqGelu {
+        c: [c[0], c[1], c[2]],
+        quant,
+    }))
 }
 
 fn is_onnx(n: &NodeProto) -> bool {
@@ -424,14 +573,23 @@ fn parse(
         Some(1) => Layout::ChannelsLast,
         _ => Layout::ChannelsFirst,
     };
-    Ok((expand(Fused { inputs, layout }), vec![]))
+    let gelu = gelu_of(node)?;
+    Ok((
+        expand(Fused {
+            inputs,
+            layout,
+            gelu,
+        }),
+        vec![],
+    ))
 }
 
 /// The parsed [`FUSED_OP`] node, wired into a [`QPointwiseConv`] once its inputs are typed.
-#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Fused {
     inputs: usize,
     layout: Layout,
+    gelu: Option<QdqGelu>,
 }
 
 fn konst<'m>(model: &'m TypedModel, outlet: OutletId, what: &str) -> TractResult<&'m Arc<Tensor>> {
@@ -557,6 +715,10 @@ impl Expansion for Fused {
             quants,
             positions.to_usize().ok(),
         )?;
+        let op = match self.gelu {
+            Some(g) => op.with_gelu(g),
+            None => op,
+        };
         model.wire_node(prefix, op, &[inputs[0], inputs[5]])
     }
 }
