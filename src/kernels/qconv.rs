@@ -621,6 +621,115 @@ mod tests {
         }
     }
 
+    /// `Q → DQ` in f64 arithmetic after the f32 division, as the graph computes it.
+    fn qdq(v: f32, q: ActQuant) -> f32 {
+        let (lo, hi) = if q.signed { (-128, 127) } else { (0, 255) };
+        let r = ((v / q.scale).round_ties_even() as i32 + q.zero_point).clamp(lo, hi);
+        (r - q.zero_point) as f32 * q.scale
+    }
+
+    fn maybe_qdq(v: f32, q: Option<ActQuant>) -> f32 {
+        q.map_or(v, |q| qdq(v, q))
+    }
+
+    /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), in f64.
+    fn erf(x: f64) -> f64 {
+        let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+        let poly = t
+            * (0.254829592
+                + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+        (1.0 - poly * (-x * x).exp()).copysign(x)
+    }
+
+    /// Channels last with the bias between two fake quantizations, and optionally the QDQ
+    /// GELU, against the unfused chain.
+    fn check_channels_last(cin: usize, cout: usize, positions: usize, gelu: bool, seed: u64) {
+        let mut rng = Lcg(seed);
+        let weights: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+        let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let q = |scale: f32, zero_point: i32| ActQuant {
+            scale,
+            zero_point,
+            signed: false,
+        };
+        let (xq, mid, yq) = (q(0.05, 131), q(0.08, 128), q(0.07, 120));
+        let g = QdqGelu {
+            c: [std::f32::consts::SQRT_2, 1.0, 0.5],
+            quant: [
+                Some(q(0.03, 128)),
+                Some(q(0.008, 128)),
+                Some(q(0.008, 0)),
+                None,
+                Some(q(0.05, 10)),
+            ],
+        };
+        let x: Vec<f32> = (0..positions * cin).map(|_| rng.f32(-7.0, 7.0)).collect();
+        // Weights given as [Cout, Cin]: the canonical layout the op takes.
+        let mut op = QPointwiseConv::new(
+            Tensor::from_shape(&[cout, cin], &weights).unwrap(),
+            Layout::ChannelsLast,
+            xq,
+            w_scales.clone(),
+            (Some(mid), Some(yq)),
+            Some(positions),
+        )
+        .unwrap();
+        if gelu {
+            op = op.with_gelu(g);
+        }
+        let input = Tensor::from_shape(&[1, positions, cin], &x).unwrap();
+        let b = Tensor::from_shape(&[cout], &bias).unwrap();
+        let out = op
+            .eval_out_of_plan(tvec!(input.into_tvalue(), b.into_tvalue()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(out[0].shape(), &[1, positions, cout]);
+        let got = out[0].try_as_plain_ram().unwrap();
+        let got = got.as_slice::<f32>().unwrap();
+        let mut off = 0;
+        for p in 0..positions {
+            for co in 0..cout {
+                let s: f64 = (0..cin)
+                    .map(|ci| {
+                        qdq(x[p * cin + ci], xq) as f64
+                            * (weights[co * cin + ci] as f32 * w_scales[co]) as f64
+                    })
+                    .sum();
+                let mut e = qdq(qdq(s as f32, mid) + bias[co], yq);
+                if gelu {
+                    let d = maybe_qdq(e / g.c[0], g.quant[0]);
+                    let er = maybe_qdq(erf(d as f64) as f32, g.quant[1]);
+                    let a = maybe_qdq(er + g.c[1], g.quant[2]);
+                    e = maybe_qdq(maybe_qdq(e * a, g.quant[3]) * g.c[2], g.quant[4]);
+                }
+                let v = got[p * cout + co];
+                if (v - e).abs() > 1e-4 * e.abs().max(1.0) {
+                    off += 1;
+                    // A value on a rounding boundary may land a step or two away.
+                    assert!((v - e).abs() <= 0.3, "p{p} c{co}: {v} vs {e}");
+                }
+            }
+        }
+        assert!(
+            off * 100 <= positions * cout,
+            "{off} of {} off",
+            positions * cout
+        );
+    }
+
+    #[test]
+    fn channels_last_with_bias_between_quantizations() {
+        check_channels_last(24, 96, 49, false, 3);
+        check_channels_last(17, 40, 13, false, 4);
+    }
+
+    #[test]
+    fn fused_gelu_matches_the_unfused_chain() {
+        check_channels_last(24, 96, 49, true, 5);
+        check_channels_last(33, 72, 20, true, 6);
+    }
+
     #[test]
     fn matches_unfused_reference_on_odd_shapes() {
         for (i, &(cin, cout, h, w)) in [

@@ -820,6 +820,92 @@ mod tests {
         assert_eq!(fuse_pointwise(&mut g), 0);
     }
 
+    fn scalar_init(name: &str, v: f32) -> TensorProto {
+        init(name, FLOAT, vec![], v.to_le_bytes().to_vec())
+    }
+
+    /// x → Q → DQ → MatMul(DQ(W)) → Q → DQ → Add(b) → Q → DQ → exact GELU with pairs → Q → DQ
+    fn linear_gelu_graph() -> GraphProto {
+        let pair = |x: &str, out: &str| {
+            [
+                node("QuantizeLinear", &[x, "s", "z"], &format!("{out}_q")),
+                node("DequantizeLinear", &[&format!("{out}_q"), "s", "z"], out),
+            ]
+        };
+        let mut nodes = vec![];
+        nodes.extend(pair("x", "xd"));
+        nodes.push(NodeProto {
+            attribute: vec![int_attr("axis", 1)],
+            ..node("DequantizeLinear", &["w", "ws", "wz"], "wd")
+        });
+        nodes.push(node("MatMul", &["xd", "wd"], "mm"));
+        nodes.extend(pair("mm", "mmd"));
+        nodes.push(node("Add", &["b", "mmd"], "add"));
+        nodes.extend(pair("add", "y1"));
+        nodes.push(node("Div", &["y1", "sqrt2"], "div"));
+        nodes.push(node("Erf", &["div"], "erf"));
+        nodes.extend(pair("erf", "erfd"));
+        nodes.push(node("Add", &["erfd", "one"], "a"));
+        nodes.extend(pair("a", "ad"));
+        nodes.push(node("Mul", &["y1", "ad"], "m"));
+        nodes.extend(pair("m", "md"));
+        nodes.push(node("Mul", &["md", "half"], "m2"));
+        nodes.extend(pair("m2", "y"));
+        GraphProto {
+            node: nodes,
+            initializer: vec![
+                scalar_init("s", 0.5),
+                init("z", UINT8, vec![], vec![128]),
+                init("w", INT8, vec![3, 2], vec![1, 2, 3, 4, 5, 6]),
+                init(
+                    "ws",
+                    FLOAT,
+                    vec![2],
+                    [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect(),
+                ),
+                init("wz", INT8, vec![2], vec![0; 2]),
+                init("b", FLOAT, vec![2], vec![0; 8]),
+                scalar_init("sqrt2", std::f32::consts::SQRT_2),
+                scalar_init("one", 1.0),
+                scalar_init("half", 0.5),
+            ],
+            output: vec![tract_onnx::pb::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fuses_linear_bias_and_gelu_and_leaves_the_last_pair() {
+        let mut g = linear_gelu_graph();
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let fused = g.node.iter().find(|n| n.op_type == FUSED_OP).unwrap();
+        assert_eq!(
+            fused.input,
+            ["x", "s", "z", "w", "ws", "b", "s", "z", "s", "z"]
+        );
+        assert_eq!(fused.output, ["m2"]);
+        let gelu = gelu_of(fused).unwrap().unwrap();
+        assert_eq!(gelu.c, [std::f32::consts::SQRT_2, 1.0, 0.5]);
+        // pairs after Erf, Add and the first Mul; none after Div; the last one stays a node
+        let present: Vec<bool> = gelu.quant.iter().map(|q| q.is_some()).collect();
+        assert_eq!(present, [false, true, true, true, false]);
+        let left: Vec<_> = g.node.iter().map(|n| n.output[0].as_str()).collect();
+        assert_eq!(left, ["xd_q", "xd", "wd", "m2", "y_q", "y"]);
+    }
+
+    #[test]
+    fn a_gelu_with_a_foreign_reader_is_not_fused() {
+        let mut g = linear_gelu_graph();
+        g.node.push(node("Relu", &["erf"], "r"));
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let fused = g.node.iter().find(|n| n.op_type == FUSED_OP).unwrap();
+        assert!(gelu_of(fused).unwrap().is_none());
+        assert_eq!(fused.output, ["y1"]);
+    }
+
     #[test]
     fn output_pair_is_kept_when_the_conv_output_has_other_readers() {
         let mut g = graph(0);
