@@ -173,7 +173,12 @@ impl EvalOp for LayerNorm {
                 }
             }
         }
-        Ok(tvec!(out.cast_to_dt(dt)?.into_owned().into_tvalue()))
+        let out = if dt == f32::datum_type() {
+            out
+        } else {
+            out.cast_to_dt(dt)?.into_owned()
+        };
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 
