@@ -24,7 +24,10 @@
 use std::sync::Arc;
 
 use tract_linalg::element_wise::ElementWise;
-use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul, Query};
+use tract_linalg::mmm::{
+    AsInputValue, EagerPackedInput, FusedSpec, MMMInputValue, MatMatMul, PackedExoticFact, Query,
+};
+use tract_linalg::pack::PackedI8K4;
 use tract_linalg::multithread::par_chunks_mut;
 use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
@@ -261,6 +264,64 @@ impl QPointwiseConv {
         }
     }
 
+    /// `x` quantized straight into the VNNI kernels' packing (`PackedI8K4`: panels of `r`
+    /// positions, each `k` in groups of four consecutive values per position), one panel per
+    /// task across the plan's threads. Bit-identical to quantizing then `prepare_one`, without
+    /// the intermediate tensor and the byte-by-byte strided pack.
+    fn quantize_packed(
+        &self,
+        x: &[f32],
+        p: usize,
+        format: &PackedI8K4,
+    ) -> TractResult<EagerPackedInput> {
+        let (cin, r) = (self.cin(), format.r);
+        let kp = cin.div_ceil(4) * 4;
+        let panel_bytes = kp * r;
+        let panels = p.div_ceil(r);
+        let mut blob =
+            unsafe { Blob::new_for_size_and_align(panels * panel_bytes, format.alignment()) };
+        let quantizer = self.x.to_i8();
+        let layout = self.layout;
+        par_chunks_mut(blob.as_bytes_mut(), panel_bytes, x.len(), |first, chunk| {
+            let mut rows = vec![0i8; kp * r];
+            for (pi, panel) in chunk.chunks_mut(panel_bytes).enumerate() {
+                let m0 = (first + pi) * r;
+                let width = r.min(p - m0);
+                // `rows` holds the panel's values position-major, `kp` per position.
+                rows.fill(0);
+                match layout {
+                    Layout::ChannelsLast => {
+                        for (lm, row) in rows.chunks_mut(kp).take(width).enumerate() {
+                            let src = &x[(m0 + lm) * cin..][..cin];
+                            quantizer.quantize_i8(src, &mut row[..cin]);
+                        }
+                    }
+                    Layout::ChannelsFirst => {
+                        let mut tmp = vec![0i8; width];
+                        for kk in 0..cin {
+                            quantizer.quantize_i8(&x[kk * p + m0..][..width], &mut tmp);
+                            for (lm, v) in tmp.iter().enumerate() {
+                                rows[lm * kp + kk] = *v;
+                            }
+                        }
+                    }
+                }
+                interleave_k4(&rows, kp, r, panel);
+            }
+            Ok(())
+        })?;
+        Ok(EagerPackedInput {
+            fact: PackedExoticFact {
+                format: Box::new(format.clone()),
+                mn: p.to_dim(),
+                k: cin,
+            },
+            packed: Arc::new(blob),
+            panel_bytes,
+            mn: p,
+        })
+    }
+
     /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
     /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
     fn integer_product(&self, x: &[f32], p: usize) -> TractResult<Tensor> {
@@ -270,12 +331,17 @@ impl QPointwiseConv {
             Layout::ChannelsFirst => ([cin, p], 0, [cout, p], 0),
             Layout::ChannelsLast => ([p, cin], 1, [p, cout], 1),
         };
-        let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
-        self.x
-            .to_i8()
-            .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
         let (_, b_format) = &k.mmm.packings()[k.packing];
-        let packed_x = b_format.prepare_one(&xq, k_axis, 1 - k_axis)?;
+        let packed_x: Box<dyn MMMInputValue> = match b_format.downcast_ref::<PackedI8K4>() {
+            Some(format) => Box::new(self.quantize_packed(x, p, format)?),
+            None => {
+                let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
+                self.x
+                    .to_i8()
+                    .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+                b_format.prepare_one(&xq, k_axis, 1 - k_axis)?
+            }
+        };
         let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
         unsafe {
             let store = k
@@ -373,6 +439,19 @@ struct Row {
     offset: i32,
     scale: f32,
     bias: f32,
+}
+
+/// A panel of `r` positions × `kp` values (position-major, `rows`) into `PackedI8K4` order:
+/// `panel[(k / 4) · 4r + m · 4 + k % 4] = rows[m · kp + k]`.
+fn interleave_k4(rows: &[i8], kp: usize, r: usize, panel: &mut [u8]) {
+    for (m, row) in rows.chunks_exact(kp).enumerate() {
+        for (kb, group) in row.chunks_exact(4).enumerate() {
+            let at = kb * 4 * r + m * 4;
+            for (d, s) in panel[at..at + 4].iter_mut().zip(group) {
+                *d = *s as u8;
+            }
+        }
+    }
 }
 
 /// One output value from its integer sum (see [`Epilogue`]).
