@@ -27,8 +27,8 @@ use tract_linalg::element_wise::ElementWise;
 use tract_linalg::mmm::{
     AsInputValue, EagerPackedInput, FusedSpec, MMMInputValue, MatMatMul, PackedExoticFact, Query,
 };
-use tract_linalg::pack::PackedI8K4;
 use tract_linalg::multithread::par_chunks_mut;
+use tract_linalg::pack::PackedI8K4;
 use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

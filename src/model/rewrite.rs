@@ -8,6 +8,11 @@
 //!   QLinearAdd, QLinearMul, QLinearGlobalAveragePool) become
 //!   `DequantizeLinear → float op → QuantizeLinear`, the definition onnxruntime's contrib-op
 //!   documentation gives. tract has no parser for them.
+//! - **QLinearConv / QLinearMatMul** with constant scales and zero points become
+//!   `DequantizeLinear → Conv / MatMul → QuantizeLinear`, their definition in the ONNX operator
+//!   documentation: tract's own quantized path runs every
+//!   conv through im2col (the 7x7 depthwise one channel at a time) and leaves per-channel
+//!   requantization unfused; in QDQ form our fusions and kernels take them over.
 //! - **Gemm on f16 tensors** (onnxconverter-common's f16 models) becomes `MatMul` (+ `Add`):
 //!   tract's Gemm builds its alpha/beta constants as f32 and then fails the f16 graph's type
 //!   check. Only the plain case (alpha = beta = 1, no transposed A) is rewritten.
@@ -61,6 +66,12 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
             (MS_DOMAIN, "QLinearAdd") => Some(ed.qlinear_binary(&node, "Add")),
             (MS_DOMAIN, "QLinearMul") => Some(ed.qlinear_binary(&node, "Mul")),
             (MS_DOMAIN, "QLinearGlobalAveragePool") => Some(ed.qlinear_global_avg_pool(&node)?),
+            ("" | "ai.onnx", "QLinearConv") if ed.constant_params(&node) => {
+                Some(ed.qlinear_conv(&node))
+            }
+            ("" | "ai.onnx", "QLinearMatMul") if ed.constant_params(&node) => {
+                Some(ed.qlinear_matmul(&node))
+            }
             ("" | "ai.onnx", "Gemm") if ed.is_plain_f16_gemm(&node) => {
                 Some(ed.gemm_as_matmul(&node))
             }
@@ -132,6 +143,83 @@ impl<'a> Editor<'a> {
         nodes.push(op("QuantizeLinear", inputs, node.output.clone(), vec![]));
     }
 
+    /// Whether a QLinearConv / QLinearMatMul's scales and zero points (inputs 1, 2, 4, 5, 6, 7)
+    /// are initializers or absent: DequantizeLinear in tract needs them constant, while tract's
+    /// own QLinear ops also take them as graph inputs, so such nodes are left to tract.
+    fn constant_params(&self, node: &NodeProto) -> bool {
+        [1, 2, 4, 5, 6, 7].iter().all(|&i| {
+            let name = input(node, i);
+            name.is_empty() || self.initializer(&name).is_some()
+        })
+    }
+
+    /// `Cast(bias int32 → f32) · (x_scale · w_scale)`: a quantized op's bias in float, from the
+    /// inputs at `bias`, `x_scale` and `w_scale`.
+    fn float_bias(
+        &mut self,
+        nodes: &mut Vec<NodeProto>,
+        node: &NodeProto,
+        [bias, x_scale, w_scale]: [usize; 3],
+    ) -> String {
+        let bias_scale = self.name(&node.name, "bias_scale");
+        nodes.push(op(
+            "Mul",
+            vec![input(node, x_scale), input(node, w_scale)],
+            vec![bias_scale.clone()],
+            vec![],
+        ));
+        let bias_f = self.name(&node.name, "bias_f32");
+        nodes.push(op(
+            "Cast",
+            vec![input(node, bias)],
+            vec![bias_f.clone()],
+            vec![int_attr("to", 1)],
+        ));
+        let out = self.name(&node.name, "bias");
+        nodes.push(op(
+            "Mul",
+            vec![bias_f, bias_scale],
+            vec![out.clone()],
+            vec![],
+        ));
+        out
+    }
+
+    /// QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, [B]) as
+    /// `DQ(x) → Conv(DQ(w) per output channel, B in float) → Q`, the op's definition. Our QDQ
+    /// fusion (`qdq.rs`) then runs 1x1 ones on integer kernels, and the depthwise ones run on
+    /// our float depthwise op instead of tract's per-channel im2col.
+    fn qlinear_conv(&mut self, node: &NodeProto) -> Vec<NodeProto> {
+        let mut nodes = vec![];
+        let x = self.dequantize(&mut nodes, node, 0, 1);
+        let w = self.dequantize(&mut nodes, node, 3, 0);
+        let mut conv_inputs = vec![x, w];
+        if !input(node, 8).is_empty() {
+            conv_inputs.push(self.float_bias(&mut nodes, node, [8, 1, 4]));
+        }
+        let y = self.name(&node.name, "conv");
+        nodes.push(op(
+            "Conv",
+            conv_inputs,
+            vec![y.clone()],
+            node.attribute.clone(),
+        ));
+        self.quantize(&mut nodes, node, y, 6);
+        nodes
+    }
+
+    /// QLinearMatMul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) as
+    /// `DQ(a) → MatMul(DQ(b) per column) → Q`, the op's definition.
+    fn qlinear_matmul(&mut self, node: &NodeProto) -> Vec<NodeProto> {
+        let mut nodes = vec![];
+        let a = self.dequantize(&mut nodes, node, 0, 1);
+        let b = self.dequantize(&mut nodes, node, 3, 1);
+        let y = self.name(&node.name, "matmul");
+        nodes.push(op("MatMul", vec![a, b], vec![y.clone()], vec![]));
+        self.quantize(&mut nodes, node, y, 6);
+        nodes
+    }
+
     /// QGemm(A, a_scale, a_zp, B, b_scale, b_zp, [C], [y_scale], [y_zp]):
     /// Y = alpha · A'B' + C, where C is int32 at scale a_scale · b_scale; quantized output
     /// when y_scale is given, float otherwise.
@@ -144,28 +232,7 @@ impl<'a> Editor<'a> {
         let b = self.dequantize(&mut nodes, node, 3, if trans_b != 0 { 0 } else { 1 });
         let mut gemm_inputs = vec![a, b];
         if !input(node, 6).is_empty() {
-            let bias_scale = self.name(&node.name, "bias_scale");
-            nodes.push(op(
-                "Mul",
-                vec![input(node, 1), input(node, 4)],
-                vec![bias_scale.clone()],
-                vec![],
-            ));
-            let bias_f = self.name(&node.name, "bias_f32");
-            nodes.push(op(
-                "Cast",
-                vec![input(node, 6)],
-                vec![bias_f.clone()],
-                vec![int_attr("to", 1)],
-            ));
-            let bias = self.name(&node.name, "bias");
-            nodes.push(op(
-                "Mul",
-                vec![bias_f, bias_scale],
-                vec![bias.clone()],
-                vec![],
-            ));
-            gemm_inputs.push(bias);
+            gemm_inputs.push(self.float_bias(&mut nodes, node, [6, 1, 4]));
         }
         let attrs = vec![
             int_attr("transA", trans_a),
