@@ -82,10 +82,8 @@ impl OurLayerNorm {
             .iter()
             .all(|f| f.rank() == 1 && f.datum_type == x.datum_type);
         let last = axis == -1 || axis == rank - 1;
-        Ok(
-            (x.datum_type == f32::datum_type() && rank >= 1 && last && params_ok)
-                .then(|| LayerNorm::new(rank as usize - 1, epsilon)),
-        )
+        Ok((x.datum_type.is_float() && rank >= 1 && last && params_ok)
+            .then(|| LayerNorm::new(rank as usize - 1, epsilon)))
     }
 }
 

@@ -11,6 +11,9 @@
 //!   tensor and its second pass. Skipped when the quantized tensor is a model output or has other
 //!   consumers.
 //!
+//! - **Constant casts**: a `Cast` of a constant becomes the cast constant (tract's own folding
+//!   stops at 4 MiB, and an f16 model run in f32 has a cast after every weight).
+//!
 //! - **Depthwise convolution**: a float `Conv` with one group per channel, stride and dilation
 //!   1, NCHW or NHWC (where tract has moved the channels last), f32, constant weights and bias, becomes our [`DepthwiseConv`] (see
 //!   `kernels::depthwise`): the same sum per output, in the same order. Padding of every kind
@@ -24,6 +27,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
+use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -33,7 +37,33 @@ use crate::kernels::Layout;
 
 /// Applies every pass; returns how many nodes they changed.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(fast_quantize(model)? + fuse_quantize_dequantize(model)? + depthwise(model)?)
+    Ok(fold_constant_casts(model)?
+        + fast_quantize(model)?
+        + fuse_quantize_dequantize(model)?
+        + depthwise(model)?)
+}
+
+/// Casts of constants computed once here. Converting an f16 model to f32 puts a Cast after
+/// every weight; tract folds constants only up to a size budget (4 MiB), so the large ones
+/// (ConvNeXt-T's MLP weights) were converted again at every inference.
+fn fold_constant_casts(model: &mut TypedModel) -> TractResult<usize> {
+    let mut folded = 0;
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        let Some(cast) = node.op_as::<Cast>() else {
+            continue;
+        };
+        let Some(konst) = model.outlet_fact(node.inputs[0])?.konst.clone() else {
+            continue;
+        };
+        let value = konst.cast_to_dt(cast.to)?.into_owned();
+        let mut patch = TypedModelPatch::default();
+        let wire = patch.add_const(format!("{}.folded", node.name), value)?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire)?;
+        patch.apply(model)?;
+        folded += 1;
+    }
+    Ok(folded)
 }
 
 /// Our depthwise op for `node` when it is a convolution the module docs describe.
