@@ -24,6 +24,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::axes::Axis;
 use tract_onnx::tract_core::internal::*;
 
+use tract_linalg::multithread::par_chunks_mut;
+
 use super::simd::multiversion;
 
 /// LayerNorm over `axis` of an f32 tensor; inputs `x`, `γ` and `β` (`[dim(axis)]` each).
@@ -162,7 +164,11 @@ impl EvalOp for LayerNorm {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             if inner == 1 {
-                rows(xs, ys, g, b, self.epsilon());
+                // Rows are independent: split across the plan's threads.
+                par_chunks_mut(ys, c, xs.len(), |first, chunk| {
+                    rows(&xs[first * c..][..chunk.len()], chunk, g, b, self.epsilon());
+                    Ok(())
+                })?;
             } else {
                 let (mut mean, mut rstd) = (vec![0f32; inner], vec![0f32; inner]);
                 for (xb, yb) in xs
