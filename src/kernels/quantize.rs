@@ -201,6 +201,63 @@ impl FakeQuantize {
     }
 }
 
+/// A quantize, a byte-to-byte lookup table and a dequantize in a row — what tract makes of
+/// `Q → DQ → (element-wise ops) → Q → DQ` in QDQ graphs — as one in-place f32 op:
+/// `y = table[quantize(x)]` with the table holding the dequantized lookup results.
+/// Bit-identical to the three ops.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QuantizeLookup {
+    quantize: FastQuantize,
+    /// f32 bits of `dequantize(lut[b])` for every byte `b` (an i8 code as its two's-complement
+    /// byte).
+    table: Vec<u32>,
+}
+
+impl QuantizeLookup {
+    /// `lut` maps quantized bytes to quantized bytes; the dequantize reads its output as i8
+    /// when `signed_out`.
+    pub fn new(
+        quantize: FastQuantize,
+        lut: &[u8],
+        signed_out: bool,
+        dq_scale: f32,
+        dq_zero_point: i32,
+    ) -> Option<QuantizeLookup> {
+        (lut.len() == 256).then(|| QuantizeLookup {
+            quantize,
+            table: lut
+                .iter()
+                .map(|&b| {
+                    let q = if signed_out { b as i8 as i32 } else { b as i32 };
+                    ((q - dq_zero_point) as f32 * dq_scale).to_bits()
+                })
+                .collect(),
+        })
+    }
+}
+
+multiversion! {
+    fn quantize_lookup(r: Rounder, table: &[u32], xs: &mut [f32]) {
+        let table: &[u32; 256] = table.try_into().expect("256 entries");
+        for x in xs.iter_mut() {
+            *x = f32::from_bits(table[(r.quantize(*x) as u8) as usize]);
+        }
+    }
+}
+
+impl ElementWiseMiniOp for QuantizeLookup {
+    fn name(&self) -> String {
+        "QuantizeLookup".into()
+    }
+
+    fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
+        let mut view = t.to_plain_array_view_mut::<f32>()?;
+        let xs = view.as_slice_mut().context("input is not contiguous")?;
+        quantize_lookup(self.quantize.rounder(), &self.table, xs);
+        Ok(())
+    }
+}
+
 impl ElementWiseMiniOp for FakeQuantize {
     fn name(&self) -> String {
         format!(
@@ -319,6 +376,45 @@ mod tests {
             q.run(&xs, &mut ints, |v| v);
             for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {
                 let expected = (i - dq_zp) as f32 * 0.137;
+                assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_lookup_equals_quantize_table_dequantize() {
+        let xs = samples();
+        // an arbitrary byte permutation as the table
+        let lut: Vec<u8> = (0..=255u8)
+            .map(|b| b.wrapping_mul(37).wrapping_add(11))
+            .collect();
+        for (signed_in, zp, signed_out, dq_zp) in [
+            (false, 128, false, 128),
+            (true, -3, true, 5),
+            (false, 7, true, -1),
+        ] {
+            let q = FastQuantize::new(3.7, zp, signed_in);
+            let mut t = tensor1(&xs);
+            QuantizeLookup::new(q.clone(), &lut, signed_out, 0.071, dq_zp)
+                .unwrap()
+                .eval_in_place(&mut t, None)
+                .unwrap();
+            let fused = t
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec();
+            let mut codes = vec![0i32; xs.len()];
+            q.run(&xs, &mut codes, |v| v);
+            for ((x, f), c) in xs.iter().zip(&fused).zip(&codes) {
+                let byte = lut[(*c as u8) as usize];
+                let v = if signed_out {
+                    byte as i8 as i32
+                } else {
+                    byte as i32
+                };
+                let expected = (v - dq_zp) as f32 * 0.071;
                 assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
             }
         }

@@ -11,6 +11,11 @@
 //!   tensor and its second pass. Skipped when the quantized tensor is a model output or has other
 //!   consumers.
 //!
+//! - **Quantize → lookup table → dequantize**: tract turns `DQ → element-wise → Q` stretches
+//!   of QDQ graphs into a byte lookup table between the quantize and the next dequantize; the
+//!   three become one in-place op, `y = table[quantize(x)]` with the dequantized table
+//!   precomputed ([`QuantizeLookup`]): the same values, one pass instead of three.
+//!
 //! - **Constant casts**: a `Cast` of a constant becomes the cast constant (tract's own folding
 //!   stops at 4 MiB, and an f16 model run in f32 has a cast after every weight).
 //!
@@ -25,20 +30,23 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
+use tract_onnx::tract_core::ops::quant::{
+    DequantizeLinearF32, LookupTable, QuantizeLinearI8, QuantizeLinearU8,
+};
 
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::kernels::depthwise::DepthwiseConv;
-use crate::kernels::quantize::{FakeQuantize, FastQuantize};
+use crate::kernels::quantize::{FakeQuantize, FastQuantize, QuantizeLookup};
 use crate::kernels::Layout;
 
 /// Applies every pass; returns how many nodes they changed.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
     Ok(fold_constant_casts(model)?
         + fast_quantize(model)?
+        + fuse_quantize_lookup_dequantize(model)?
         + fuse_quantize_dequantize(model)?
         + depthwise(model)?)
 }
@@ -177,6 +185,59 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, F
         }
     }
     Ok(None)
+}
+
+/// A FastQuantize → LookupTable → DequantizeLinearF32 chain (each the only reader of the
+/// previous) and its fused op.
+fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<([usize; 3], QuantizeLookup)>> {
+    let outputs = model.output_outlets()?;
+    let mini = |id: usize| model.nodes()[id].op_as::<ElementWiseOp>().map(|ew| &ew.0);
+    for id in model.eval_order()? {
+        let Some(q) = mini(id).and_then(|m| m.downcast_ref::<FastQuantize>()) else {
+            continue;
+        };
+        let Some(lut_node) = model.single_succ(id)? else {
+            continue;
+        };
+        let Some(lut) = mini(lut_node.id).and_then(|m| m.downcast_ref::<LookupTable>()) else {
+            continue;
+        };
+        let Some(dq) = model.single_succ(lut_node.id)? else {
+            continue;
+        };
+        let Some(dq_op) = dq.op_as::<DequantizeLinearF32>() else {
+            continue;
+        };
+        if [id, lut_node.id]
+            .iter()
+            .any(|&n| outputs.contains(&OutletId::new(n, 0)))
+        {
+            continue;
+        }
+        let signed =
+            model.outlet_fact(OutletId::new(lut_node.id, 0))?.datum_type == i8::datum_type();
+        let table = lut.table.table();
+        if let Some(op) =
+            QuantizeLookup::new(q.clone(), table, signed, dq_op.scale, dq_op.zero_point)
+        {
+            return Ok(Some(([id, lut_node.id, dq.id], op)));
+        }
+    }
+    Ok(None)
+}
+
+fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    while let Some(([q, _, dq], op)) = next_quantize_lookup(model)? {
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, model.nodes()[q].inputs[0])?;
+        let name = model.nodes()[dq].name.clone();
+        let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[input])?[0];
+        patch.shunt_outside(model, OutletId::new(dq, 0), out)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
 }
 
 fn fuse_quantize_dequantize(model: &mut TypedModel) -> TractResult<usize> {
