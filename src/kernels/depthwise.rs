@@ -122,37 +122,8 @@ impl DepthwiseConv {
     }
 }
 
-/// One channel: copies `input` (`h × w`) into `padded`, then writes `out` (`oh × ow`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn plane(
-    input: &[f32],
-    (h, w): (usize, usize),
-    pads: [usize; 4],
-    g: Geometry,
-    taps: &[f32],
-    bias: f32,
-    padded: &mut [f32],
-    out: &mut [f32],
-) {
-    let [t, _, l, _] = pads;
-    padded.fill(0.0);
-    for (y, row) in input.chunks(w).enumerate().take(h) {
-        let start = (y + t) * g.pw + l;
-        padded[start..start + w].copy_from_slice(row);
-    }
-    for (y, out_row) in out.chunks_mut(g.ow).enumerate() {
-        let rows = &padded[y * g.pw..(y + g.kh) * g.pw];
-        for x0 in (0..g.ow).step_by(LANES) {
-            let n = LANES.min(g.ow - x0);
-            let acc = chunk(rows, g.pw, x0, g.kh, g.kw, taps, bias);
-            out_row[x0..x0 + n].copy_from_slice(&acc[..n]);
-        }
-    }
-}
-
 multiversion! {
-    /// Runs [`plane`] compiled for the CPU's widest vectors.
+    /// One channel: copies `input` (`h × w`) into `padded`, then writes `out` (`oh × ow`).
     #[allow(clippy::too_many_arguments)]
     fn plane_simd(
         input: &[f32],
@@ -164,7 +135,20 @@ multiversion! {
         padded: &mut [f32],
         out: &mut [f32],
     ) {
-        plane(input, hw, pads, g, taps, bias, padded, out)
+        let ((h, w), [t, _, l, _]) = (hw, pads);
+        padded.fill(0.0);
+        for (y, row) in input.chunks(w).enumerate().take(h) {
+            let start = (y + t) * g.pw + l;
+            padded[start..start + w].copy_from_slice(row);
+        }
+        for (y, out_row) in out.chunks_mut(g.ow).enumerate() {
+            let rows = &padded[y * g.pw..(y + g.kh) * g.pw];
+            for x0 in (0..g.ow).step_by(LANES) {
+                let n = LANES.min(g.ow - x0);
+                let acc = chunk(rows, g.pw, x0, g.kh, g.kw, taps, bias);
+                out_row[x0..x0 + n].copy_from_slice(&acc[..n]);
+            }
+        }
     }
 }
 
@@ -193,40 +177,9 @@ fn chunk(
     acc
 }
 
-/// One output row of a channels-last image (`h × w × c`): every column, every channel, the
-/// taps that fall inside the image in row order (the padding contributes zeros).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row_c_last_body(
-    image: &[f32],
-    (h, w, c): (usize, usize, usize),
-    [t, _, l, _]: [usize; 4],
-    g: Geometry,
-    y: usize,
-    taps_c: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    let rows = y.saturating_sub(t)..(y + g.kh).saturating_sub(t).min(h);
-    for (x, out_px) in out.chunks_exact_mut(c).enumerate() {
-        out_px.copy_from_slice(bias);
-        let cols = x.saturating_sub(l)..(x + g.kw).saturating_sub(l).min(w);
-        for iy in rows.clone() {
-            let i = iy + t - y;
-            for ix in cols.clone() {
-                let j = ix + l - x;
-                let px = &image[(iy * w + ix) * c..][..c];
-                let k = &taps_c[(i * g.kw + j) * c..][..c];
-                for ((o, v), k) in out_px.iter_mut().zip(px).zip(k) {
-                    *o += k * v;
-                }
-            }
-        }
-    }
-}
-
 multiversion! {
-    /// [`row_c_last_body`] compiled for the CPU's widest vectors.
+    /// One output row of a channels-last image (`h × w × c`): every column, every channel,
+    /// the taps that fall inside the image in row order (the padding contributes zeros).
     #[allow(clippy::too_many_arguments)]
     fn row_c_last(
         image: &[f32],
@@ -238,7 +191,23 @@ multiversion! {
         bias: &[f32],
         out: &mut [f32],
     ) {
-        row_c_last_body(image, hwc, pads, g, y, taps_c, bias, out)
+        let ((h, w, c), [t, _, l, _]) = (hwc, pads);
+        let rows = y.saturating_sub(t)..(y + g.kh).saturating_sub(t).min(h);
+        for (x, out_px) in out.chunks_exact_mut(c).enumerate() {
+            out_px.copy_from_slice(bias);
+            let cols = x.saturating_sub(l)..(x + g.kw).saturating_sub(l).min(w);
+            for iy in rows.clone() {
+                let i = iy + t - y;
+                for ix in cols.clone() {
+                    let j = ix + l - x;
+                    let px = &image[(iy * w + ix) * c..][..c];
+                    let k = &taps_c[(i * g.kw + j) * c..][..c];
+                    for ((o, v), k) in out_px.iter_mut().zip(px).zip(k) {
+                        *o += k * v;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -284,6 +284,7 @@ impl QPointwiseConv {
         let layout = self.layout;
         par_chunks_mut(blob.as_bytes_mut(), panel_bytes, x.len(), |first, chunk| {
             let mut rows = vec![0i8; kp * r];
+            let mut tmp = vec![0i8; r];
             for (pi, panel) in chunk.chunks_mut(panel_bytes).enumerate() {
                 let m0 = (first + pi) * r;
                 let width = r.min(p - m0);
@@ -297,9 +298,9 @@ impl QPointwiseConv {
                         }
                     }
                     Layout::ChannelsFirst => {
-                        let mut tmp = vec![0i8; width];
+                        let tmp = &mut tmp[..width];
                         for kk in 0..cin {
-                            quantizer.quantize_i8(&x[kk * p + m0..][..width], &mut tmp);
+                            quantizer.quantize_i8(&x[kk * p + m0..][..width], tmp);
                             for (lm, v) in tmp.iter().enumerate() {
                                 rows[lm * kp + kk] = *v;
                             }

@@ -29,7 +29,7 @@
 //! (tract-core 0.23.9).
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
 use tract_onnx::tract_core::ops::quant::{
     DequantizeLinearF32, LookupTable, QuantizeLinearI8, QuantizeLinearU8,
 };
@@ -189,7 +189,7 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, F
 
 /// A FastQuantize → LookupTable → DequantizeLinearF32 chain (each the only reader of the
 /// previous) and its fused op.
-fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<([usize; 3], QuantizeLookup)>> {
+fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize, QuantizeLookup)>> {
     let outputs = model.output_outlets()?;
     let mini = |id: usize| model.nodes()[id].op_as::<ElementWiseOp>().map(|ew| &ew.0);
     for id in model.eval_order()? {
@@ -220,34 +220,33 @@ fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<([usize; 3], Q
         if let Some(op) =
             QuantizeLookup::new(q.clone(), table, signed, dq_op.scale, dq_op.zero_point)
         {
-            return Ok(Some(([id, lut_node.id, dq.id], op)));
+            return Ok(Some((id, dq.id, op)));
         }
     }
     Ok(None)
 }
 
 fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractResult<usize> {
-    let mut fused = 0;
-    while let Some(([q, _, dq], op)) = next_quantize_lookup(model)? {
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.nodes()[q].inputs[0])?;
-        let name = model.nodes()[dq].name.clone();
-        let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[input])?[0];
-        patch.shunt_outside(model, OutletId::new(dq, 0), out)?;
-        patch.apply(model)?;
-        fused += 1;
-    }
-    Ok(fused)
+    fuse_chains(model, next_quantize_lookup)
 }
 
 fn fuse_quantize_dequantize(model: &mut TypedModel) -> TractResult<usize> {
+    fuse_chains(model, next_fake_quantize)
+}
+
+/// Replaces, one at a time, each chain `next` finds (from its first node's input to its last
+/// node's output) by the element-wise op it gives.
+fn fuse_chains<O: ElementWiseMiniOp>(
+    model: &mut TypedModel,
+    next: impl Fn(&TypedModel) -> TractResult<Option<(usize, usize, O)>>,
+) -> TractResult<usize> {
     let mut fused = 0;
-    while let Some((q, dq, op)) = next_fake_quantize(model)? {
+    while let Some((first, last, op)) = next(model)? {
         let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.nodes()[q].inputs[0])?;
-        let name = model.nodes()[dq].name.clone();
+        let input = patch.tap_model(model, model.nodes()[first].inputs[0])?;
+        let name = model.nodes()[last].name.clone();
         let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[input])?[0];
-        patch.shunt_outside(model, OutletId::new(dq, 0), out)?;
+        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
         patch.apply(model)?;
         fused += 1;
     }
