@@ -44,6 +44,6 @@ pub mod profile;
 pub use classify::{Classifier, Prediction};
 pub use error::{Error, Result};
 pub use labels::Labels;
-pub use model::{LoadOptions, Model};
+pub use model::{IntegerPath, LoadOptions, Model};
 pub use precision::Precision;
 pub use preprocess::{Preprocess, Preset};

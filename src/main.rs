@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use convnext_edge::bench::{self, BenchSpec, Cpus, Stop};
 use convnext_edge::machine::Sysfs;
 use convnext_edge::model::inspect::Info;
-use convnext_edge::{npy, Classifier, Labels, LoadOptions, Model, Precision, Preset};
+use convnext_edge::{npy, Classifier, IntegerPath, Labels, LoadOptions, Model, Precision, Preset};
 
 #[derive(Parser)]
 #[command(
@@ -196,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
     let options = LoadOptions {
         threads: cli.threads.first().copied(),
         input_size: cli.input_size,
-        float_only: cli.float_only,
+        integer: IntegerPath::float_only(cli.float_only),
         ..Default::default()
     };
     match cli.command {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use convnext_edge::{npy, LoadOptions, Model};
+use convnext_edge::{npy, IntegerPath, LoadOptions, Model};
 
 #[test]
 fn fixture_files_match_their_sha256() {
@@ -22,9 +22,21 @@ fn fixture_files_match_their_sha256() {
 #[test]
 fn every_fixture_matches_onnxruntime() {
     let mut failures = vec![];
-    for f in fixtures() {
+    // Quantized models on both paths, whatever this CPU would pick by itself.
+    let runs = fixtures().into_iter().flat_map(|f| {
+        let paths = match f.precision.as_str() {
+            "int8" => vec![IntegerPath::Always, IntegerPath::Never],
+            _ => vec![IntegerPath::Auto],
+        };
+        paths.into_iter().map(move |p| (f.clone(), p))
+    });
+    for (f, integer) in runs {
         let dir = fixtures_dir();
-        let opts = LoadOptions::threads(1);
+        let opts = LoadOptions {
+            threads: Some(1),
+            integer,
+            ..Default::default()
+        };
         let result = Model::load(&dir.join(&f.model), &opts)
             .map_err(|e| e.to_string())
             .and_then(|model| {
@@ -49,12 +61,15 @@ fn every_fixture_matches_onnxruntime() {
             });
         match result {
             Ok(summary) => eprintln!(
-                "ok   {:<24} {:<5} {:<9} {summary}",
+                "ok   {:<24} {:<5} {:<9} {integer:<6?} {summary}",
                 f.name, f.precision, f.format
             ),
             Err(e) => {
-                eprintln!("FAIL {:<24} {:<5} {:<9} {e}", f.name, f.precision, f.format);
-                failures.push(f.name.clone());
+                eprintln!(
+                    "FAIL {:<24} {:<5} {:<9} {integer:<6?} {e}",
+                    f.name, f.precision, f.format
+                );
+                failures.push(format!("{} ({integer:?})", f.name));
             }
         }
     }

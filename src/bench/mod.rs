@@ -67,7 +67,7 @@ pub struct BenchSpec {
     pub cpus: Option<Cpus>,
     pub batch: usize,
     pub input_size: Option<usize>,
-    /// [`LoadOptions::float_only`] for every configuration.
+    /// [`IntegerPath::Never`](crate::IntegerPath::Never) for every configuration.
     pub float_only: bool,
     /// Measure decode → preprocess → infer → top-K on this image instead of inference alone.
     pub pipeline_image: Option<PathBuf>,
@@ -285,7 +285,7 @@ fn load(
     let options = LoadOptions {
         threads: Some(threads),
         input_size: spec.input_size,
-        float_only: spec.float_only,
+        integer: crate::IntegerPath::float_only(spec.float_only),
         precision,
         cpus,
         ..Default::default()

@@ -53,18 +53,26 @@ impl ActQuant {
         FastQuantize::new(1.0 / self.scale, self.zero_point - shift, true)
     }
 
+    /// Its own quantizer (u8 or i8 as the model says).
+    fn quantizer(self) -> FastQuantize {
+        FastQuantize::new(1.0 / self.scale, self.zero_point, self.signed)
+    }
+
+    /// The dequantization of the quantized value `q`, as the fake quantization computes it.
+    fn dequantize(self, q: i32) -> f32 {
+        (q - self.zero_point) as f32 * self.scale
+    }
+
     /// The in-place `Q → DQ` of this quantization.
     fn fake(self) -> FakeQuantize {
-        FakeQuantize::new(
-            FastQuantize::new(1.0 / self.scale, self.zero_point, self.signed),
-            self.scale,
-            self.zero_point,
-        )
+        FakeQuantize::new(self.quantizer(), self.scale, self.zero_point)
     }
 }
 
-/// The integer 1x1 convolution or channels-last matmul (see the module docs). Inputs: x f32 and
-/// the bias `[Cout]` f32; output f32 with `Cout` channels in place of `Cin`.
+/// The integer 1x1 convolution or channels-last matmul (see the module docs). Inputs: x (f32,
+/// or i8 already quantized with the input quantization — what an op built
+/// [`emitting_i8`](Self::emitting_i8) writes) and the bias `[Cout]` f32; output f32 (or i8)
+/// with `Cout` channels in place of `Cin`.
 ///
 /// `y` is the output's fake quantization. `mid`, when set, is a fake quantization applied
 /// before the bias: a QDQ `MatMul → Q → DQ → Add(bias) → Q → DQ` chain, fused whole.
@@ -77,7 +85,92 @@ pub struct QPointwiseConv {
     mid: Option<ActQuant>,
     y: Option<ActQuant>,
     gelu: Option<QdqGelu>,
+    emit: Option<ActQuant>,
+    lookup: Option<Arc<Lookup>>,
     kernel: Kernel,
+}
+
+/// What follows the output's quantization when it depends on the quantized value alone (the
+/// QDQ GELU, the quantization to the next product's input): its 256 results, indexed by the
+/// quantized byte. The table is made by the same code the element-wise path ran (tract's erf
+/// kernel included) on each of the 256 values, so a lookup is bit-identical to it — and
+/// replaces the erf and six fake quantizations per element of ConvNeXt's widest tensor.
+#[derive(Debug)]
+struct Lookup {
+    index: FastQuantize,
+    table: Table,
+}
+
+#[derive(Debug)]
+enum Table {
+    F32(Box<[f32; 256]>),
+    I8(Box<[i8; 256]>),
+}
+
+impl Lookup {
+    /// `out = table[quantize(v)]`; `idx` is scratch of the same length.
+    fn apply<T: Emit>(&self, v: &[f32], idx: &mut [u8], out: &mut [T]) -> TractResult<()> {
+        let table = T::table(&self.table).context("integer 1x1 conv: output type mismatch")?;
+        self.index.quantize_bytes(v, idx);
+        for (o, &i) in out.iter_mut().zip(idx.iter()) {
+            *o = table[i as usize];
+        }
+        Ok(())
+    }
+}
+
+/// An output element type: f32, or i8 for the next integer product.
+trait Emit: Datum + Copy {
+    fn table(t: &Table) -> Option<&[Self; 256]>;
+    /// The row itself when the epilogue can write f32 into it directly.
+    fn plain(row: &mut [Self]) -> Option<&mut [f32]>;
+}
+
+impl Emit for f32 {
+    fn table(t: &Table) -> Option<&[f32; 256]> {
+        match t {
+            Table::F32(t) => Some(t),
+            Table::I8(_) => None,
+        }
+    }
+    fn plain(row: &mut [f32]) -> Option<&mut [f32]> {
+        Some(row)
+    }
+}
+
+impl Emit for i8 {
+    fn table(t: &Table) -> Option<&[i8; 256]> {
+        match t {
+            Table::I8(t) => Some(t),
+            Table::F32(_) => None,
+        }
+    }
+    fn plain(_: &mut [i8]) -> Option<&mut [f32]> {
+        None
+    }
+}
+
+/// The input of the product: f32 to quantize, or i8 already quantized (`ActQuant::to_i8`).
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    F32(&'a [f32]),
+    I8(&'a [i8]),
+}
+
+impl<'a> Operand<'a> {
+    fn len(self) -> usize {
+        match self {
+            Operand::F32(x) => x.len(),
+            Operand::I8(x) => x.len(),
+        }
+    }
+
+    fn slice(self, start: usize, len: usize) -> Operand<'a> {
+        match self {
+            Operand::F32(x) => Operand::F32(&x[start..][..len]),
+            Operand::I8(x) => Operand::I8(&x[start..][..len]),
+        }
+    }
 }
 
 /// The exact GELU of a QDQ graph, `x · (erf(x / c1) + c2) · c3` with `c1 = √2`, `c2 = 1`,
@@ -162,6 +255,7 @@ impl PartialEq for QPointwiseConv {
             && self.x == other.x
             && self.mid == other.mid
             && self.gelu == other.gelu
+            && self.emit == other.emit
             && self.w_scales == other.w_scales
             && self.y == other.y
     }
@@ -217,6 +311,8 @@ impl QPointwiseConv {
             mid,
             y,
             gelu: None,
+            emit: None,
+            lookup: None,
             kernel: Kernel {
                 mmm,
                 packing,
@@ -249,28 +345,96 @@ impl QPointwiseConv {
         self.weights.shape()[0]
     }
 
-    /// The same op with a QDQ GELU applied to its output.
-    pub fn with_gelu(self, gelu: QdqGelu) -> QPointwiseConv {
+    /// The same op with a QDQ GELU applied to its (quantized) output.
+    pub fn with_gelu(self, gelu: QdqGelu) -> TractResult<QPointwiseConv> {
         QPointwiseConv {
             gelu: Some(gelu),
             ..self
         }
+        .with_lookup()
     }
 
-    fn epilogue(&self) -> Epilogue {
-        Epilogue {
-            mid: self.mid.map(|q| q.fake().parts()),
-            y: self.y.map(|q| q.fake().parts()),
+    /// The same op writing i8 for another integer product whose input quantization is `next`:
+    /// the values that product would compute from this op's f32 output, without the f32
+    /// tensor between them (a quarter of the memory traffic, no quantization pass).
+    pub fn emitting_i8(self, next: ActQuant) -> TractResult<QPointwiseConv> {
+        ensure!(
+            next.scale.is_finite() && next.scale > 0.0,
+            "integer 1x1 conv: scale {} is not positive and finite",
+            next.scale
+        );
+        QPointwiseConv {
+            emit: Some(next),
+            ..self
+        }
+        .with_lookup()
+    }
+
+    /// The datum type of the output.
+    fn output_type(&self) -> DatumType {
+        match self.emit {
+            Some(_) => i8::datum_type(),
+            None => f32::datum_type(),
         }
     }
 
-    /// `x` quantized straight into the VNNI kernels' packing (`PackedI8K4`: panels of `r`
-    /// positions, each `k` in groups of four consecutive values per position), one panel per
-    /// task across the plan's threads. Bit-identical to quantizing then `prepare_one`, without
-    /// the intermediate tensor and the byte-by-byte strided pack.
-    fn quantize_packed(
+    /// Builds the [`Lookup`] for what follows the output quantization.
+    fn with_lookup(self) -> TractResult<QPointwiseConv> {
+        if self.gelu.is_none() && self.emit.is_none() {
+            return Ok(QPointwiseConv {
+                lookup: None,
+                ..self
+            });
+        }
+        let y = self
+            .y
+            .context("integer 1x1 conv: a GELU or an i8 output needs the output's quantization")?;
+        let index = y.quantizer();
+        let mut v: Vec<f32> = (0..=255u8)
+            .map(|b| y.dequantize(index.value_of_byte(b)))
+            .collect();
+        if let Some(gelu) = &self.gelu {
+            let mut tmp = vec![0f32; v.len()];
+            gelu.apply(&mut v, &mut tmp, &*Func::Erf.ew_f32()?)?;
+        }
+        let table = match self.emit {
+            Some(next) => {
+                let mut t = Box::new([0i8; 256]);
+                next.to_i8().quantize_i8(&v, &mut t[..]);
+                Table::I8(t)
+            }
+            None => {
+                let mut t = Box::new([0f32; 256]);
+                t.copy_from_slice(&v);
+                Table::F32(t)
+            }
+        };
+        Ok(QPointwiseConv {
+            lookup: Some(Arc::new(Lookup { index, table })),
+            ..self
+        })
+    }
+
+    /// The arithmetic part of the epilogue; the output quantization only when no lookup
+    /// takes its place.
+    fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            mid: self.mid.map(|q| q.fake().parts()),
+            y: self
+                .y
+                .filter(|_| self.lookup.is_none())
+                .map(|q| q.fake().parts()),
+        }
+    }
+
+    /// `x` quantized (unless it is i8 already) straight into the VNNI kernels' packing
+    /// (`PackedI8K4`: panels of `r` positions, each `k` in groups of four consecutive values
+    /// per position), one panel per task across the plan's threads. Bit-identical to
+    /// quantizing then `prepare_one`, without the intermediate tensor and the byte-by-byte
+    /// strided pack.
+    fn pack_input(
         &self,
-        x: &[f32],
+        x: Operand,
         p: usize,
         format: &PackedI8K4,
     ) -> TractResult<EagerPackedInput> {
@@ -293,15 +457,22 @@ impl QPointwiseConv {
                 match layout {
                     Layout::ChannelsLast => {
                         for (lm, row) in rows.chunks_mut(kp).take(width).enumerate() {
-                            let src = &x[(m0 + lm) * cin..][..cin];
-                            quantizer.quantize_i8(src, &mut row[..cin]);
+                            match x.slice((m0 + lm) * cin, cin) {
+                                Operand::F32(src) => quantizer.quantize_i8(src, &mut row[..cin]),
+                                Operand::I8(src) => row[..cin].copy_from_slice(src),
+                            }
                         }
                     }
                     Layout::ChannelsFirst => {
-                        let tmp = &mut tmp[..width];
                         for kk in 0..cin {
-                            quantizer.quantize_i8(&x[kk * p + m0..][..width], tmp);
-                            for (lm, v) in tmp.iter().enumerate() {
+                            let src = match x.slice(kk * p + m0, width) {
+                                Operand::F32(src) => {
+                                    quantizer.quantize_i8(src, &mut tmp[..width]);
+                                    &tmp[..width]
+                                }
+                                Operand::I8(src) => src,
+                            };
+                            for (lm, v) in src.iter().enumerate() {
                                 rows[lm * kp + kk] = *v;
                             }
                         }
@@ -325,7 +496,7 @@ impl QPointwiseConv {
 
     /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
     /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
-    fn integer_product(&self, x: &[f32], p: usize) -> TractResult<Tensor> {
+    fn integer_product(&self, x: Operand, p: usize) -> TractResult<Tensor> {
         let k = &self.kernel;
         let (cin, cout) = (self.cin(), self.cout());
         let (x_shape, k_axis, acc_shape, m_axis) = match self.layout {
@@ -334,12 +505,18 @@ impl QPointwiseConv {
         };
         let (_, b_format) = &k.mmm.packings()[k.packing];
         let packed_x: Box<dyn MMMInputValue> = match b_format.downcast_ref::<PackedI8K4>() {
-            Some(format) => Box::new(self.quantize_packed(x, p, format)?),
+            Some(format) => Box::new(self.pack_input(x, p, format)?),
             None => {
-                let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
-                self.x
-                    .to_i8()
-                    .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+                let xq = match x {
+                    Operand::F32(x) => {
+                        let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
+                        self.x
+                            .to_i8()
+                            .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+                        xq
+                    }
+                    Operand::I8(x) => Tensor::from_shape(&x_shape, x)?,
+                };
                 b_format.prepare_one(&xq, k_axis, 1 - k_axis)?
             }
         };
@@ -366,7 +543,13 @@ impl QPointwiseConv {
     }
 
     /// One matrix of `p` positions (an image channels first, the whole tensor channels last).
-    fn run_matrix(&self, x: &[f32], bias: &[f32], p: usize, out: &mut [f32]) -> TractResult<()> {
+    fn run_matrix<T: Emit>(
+        &self,
+        x: Operand,
+        bias: &[f32],
+        p: usize,
+        out: &mut [T],
+    ) -> TractResult<()> {
         let acc = self.integer_product(x, p)?;
         let acc = acc.try_as_plain_ram()?;
         let acc = acc.as_slice::<i32>()?;
@@ -378,13 +561,14 @@ impl QPointwiseConv {
             Layout::ChannelsFirst => p,
             Layout::ChannelsLast => self.cout(),
         };
+        let scratch_len = if self.lookup.is_some() { row_len } else { 0 };
         par_chunks_mut(out, row_len, acc.len(), |first, chunk| {
-            let erf = self.gelu.map(|_| Func::Erf.ew_f32()).transpose()?;
-            let mut tmp = vec![0f32; if self.gelu.is_some() { row_len } else { 0 }];
+            let mut values = vec![0f32; scratch_len];
+            let mut idx = vec![0u8; scratch_len];
             let rows = chunk.chunks_mut(row_len).enumerate();
             for (i, o) in rows.map(|(i, o)| (first + i, o)) {
                 let a = &acc[i * row_len..][..row_len];
-                match self.layout {
+                let row = |o: &mut [f32]| match self.layout {
                     Layout::ChannelsFirst => {
                         let row = Row {
                             offset: k.row_offset[i],
@@ -396,13 +580,59 @@ impl QPointwiseConv {
                     Layout::ChannelsLast => {
                         position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
                     }
-                }
-                if let (Some(gelu), Some(erf)) = (&self.gelu, &erf) {
-                    gelu.apply(o, &mut tmp, &**erf)?;
+                };
+                match &self.lookup {
+                    Some(lookup) => {
+                        row(&mut values);
+                        lookup.apply(&values, &mut idx, o)?;
+                    }
+                    None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
                 }
             }
             Ok(())
         })
+    }
+
+    /// The whole product of `x` (shape `shape`) into a new tensor of `T`.
+    fn run<T: Emit>(&self, x: Operand, shape: &[usize], bias: &[f32]) -> TractResult<Tensor> {
+        let c_axis = self.channel_axis(shape.len())?;
+        let mut out_shape: TVec<usize> = shape.into();
+        out_shape[c_axis] = self.cout();
+        let mut out = unsafe { Tensor::uninitialized::<T>(&out_shape)? };
+        let mut out_view = out.try_as_plain_ram_mut()?;
+        let ys = out_view.as_slice_mut::<T>()?;
+        let positions = x.len() / self.cin();
+        if positions > 0 {
+            match self.layout {
+                Layout::ChannelsFirst => {
+                    let p = shape[2..].iter().product::<usize>();
+                    let (xn, yn) = (self.cin() * p, self.cout() * p);
+                    for (n, y1) in ys.chunks_mut(yn).enumerate() {
+                        self.run_matrix(x.slice(n * xn, xn), bias, p, y1)?;
+                    }
+                }
+                Layout::ChannelsLast => self.run_matrix(x, bias, positions, ys)?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether this CPU has int8 product kernels in tract-linalg that beat its f32 ones, so that
+/// quantized models gain from the integer path: VNNI on x86 (AVX-512 VNNI, AVX-VNNI), and
+/// arm64 (SMLAL, or SDOT with dotprod). Without VNNI tract's x86 kernel
+/// (`avx2_mmm_i32_8x8`) widens one byte at a time and measured 35x slower than the float path
+/// on an AVX2-only AMD EPYC (convnext_atto QDQ: 1055 ms against 27 ms), so there quantized
+/// models keep the float path.
+pub fn integer_kernels_pay() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
     }
 }
 
@@ -502,11 +732,13 @@ impl Op for QPointwiseConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{}x{} i8, {:?}, kernel {}",
+            "{}x{} i8, {:?}, kernel {}{}{}",
             self.cout(),
             self.cin(),
             self.layout,
-            self.kernel.mmm.name()
+            self.kernel.mmm.name(),
+            if self.gelu.is_some() { ", GELU" } else { "" },
+            if self.emit.is_some() { ", i8 out" } else { "" },
         )])
     }
 
@@ -532,28 +764,22 @@ impl EvalOp for QPointwiseConv {
             "integer 1x1 conv: bias length {}",
             bias.len()
         );
-        let mut out_shape: TVec<usize> = shape.into();
-        out_shape[c_axis] = self.cout();
-        let x = x.cast_to::<f32>()?;
-        let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        let mut out_view = out.try_as_plain_ram_mut()?;
-        let ys = out_view.as_slice_mut::<f32>()?;
-        let positions = xs.len() / self.cin();
-        if positions > 0 {
-            match self.layout {
-                Layout::ChannelsFirst => {
-                    let p = shape[2..].iter().product::<usize>();
-                    for (x1, y1) in xs
-                        .chunks(self.cin() * p)
-                        .zip(ys.chunks_mut(self.cout() * p))
-                    {
-                        self.run_matrix(x1, bias, p, y1)?;
-                    }
-                }
-                Layout::ChannelsLast => self.run_matrix(xs, bias, positions, ys)?,
-            }
-        }
+        let x_f32 = match x.datum_type() {
+            DatumType::I8 => None,
+            _ => Some(x.cast_to::<f32>()?),
+        };
+        let x_ram = match &x_f32 {
+            Some(x) => x.try_as_plain_ram()?,
+            None => x.try_as_plain_ram()?,
+        };
+        let operand = match x_f32 {
+            Some(_) => Operand::F32(x_ram.as_slice::<f32>()?),
+            None => Operand::I8(x_ram.as_slice::<i8>()?),
+        };
+        let out = match self.emit {
+            Some(_) => self.run::<i8>(operand, shape, bias)?,
+            None => self.run::<f32>(operand, shape, bias)?,
+        };
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -569,7 +795,7 @@ impl TypedOp for QPointwiseConv {
         );
         let mut shape = x.shape.to_tvec();
         shape[c_axis] = self.cout().to_dim();
-        Ok(tvec!(f32::fact(shape)))
+        Ok(tvec!(self.output_type().fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -756,7 +982,7 @@ mod tests {
         )
         .unwrap();
         if gelu {
-            op = op.with_gelu(g);
+            op = op.with_gelu(g).unwrap();
         }
         let input = Tensor::from_shape(&[1, positions, cin], &x).unwrap();
         let b = Tensor::from_shape(&[cout], &bias).unwrap();
@@ -808,6 +1034,95 @@ mod tests {
     fn fused_gelu_matches_the_unfused_chain() {
         check_channels_last(24, 96, 49, true, 5);
         check_channels_last(33, 72, 20, true, 6);
+    }
+
+    fn eval(op: &QPointwiseConv, x: Tensor, bias: &[f32]) -> Tensor {
+        let b = Tensor::from_shape(&[bias.len()], bias).unwrap();
+        let out = op.eval_out_of_plan(tvec!(x.into_tvalue(), b.into_tvalue()));
+        out.unwrap().unwrap().remove(0).into_tensor()
+    }
+
+    /// A product writing i8 for the next one gives the next one exactly the input it would
+    /// have quantized from the f32 output, in both layouts, with and without the GELU.
+    #[test]
+    fn an_i8_link_equals_the_f32_chain() {
+        let q = |scale: f32, zero_point: i32, signed: bool| ActQuant {
+            scale,
+            zero_point,
+            signed,
+        };
+        let gelu = QdqGelu {
+            c: [std::f32::consts::SQRT_2, 1.0, 0.5],
+            quant: [None, Some(q(0.008, 128, false)), None, None, None],
+        };
+        for (seed, layout, with_gelu) in [
+            (11, Layout::ChannelsLast, true),
+            (12, Layout::ChannelsLast, false),
+            (13, Layout::ChannelsFirst, true),
+            (14, Layout::ChannelsFirst, false),
+        ] {
+            let mut rng = Lcg(seed);
+            let (c0, c1, c2) = (19, 40, 7);
+            let mut weights = |cout: usize, cin: usize| {
+                let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+                Tensor::from_shape(&[cout, cin], &w).unwrap()
+            };
+            let (w1, w2) = (weights(c1, c0), weights(c2, c1));
+            let next_x = q(0.04, 200, false);
+            let first = QPointwiseConv::new(
+                w1,
+                layout,
+                q(0.05, -3, true),
+                vec![0.01],
+                (None, Some(q(0.07, 120, false))),
+                Some(30),
+            )
+            .unwrap();
+            let first = match with_gelu {
+                true => first.with_gelu(gelu).unwrap(),
+                false => first,
+            };
+            let linked = first.clone().emitting_i8(next_x).unwrap();
+            let second =
+                QPointwiseConv::new(w2, layout, next_x, vec![0.02], (None, None), Some(30))
+                    .unwrap();
+            let shape: &[usize] = match layout {
+                Layout::ChannelsLast => &[1, 30, c0],
+                Layout::ChannelsFirst => &[2, c0, 5, 6],
+            };
+            let n = shape.iter().product::<usize>();
+            let x: Vec<f32> = (0..n).map(|_| rng.f32(-5.0, 5.0)).collect();
+            let x = Tensor::from_shape(shape, &x).unwrap();
+            let (b1, b2) = (vec![0.25; c1], vec![-0.5; c2]);
+
+            let mid_f32 = eval(&first, x.clone(), &b1);
+            let mid_i8 = eval(&linked, x, &b1);
+            assert_eq!(mid_i8.datum_type(), i8::datum_type());
+            assert_eq!(mid_i8.shape(), mid_f32.shape());
+            let f = mid_f32.try_as_plain_ram().unwrap();
+            let mut expected = vec![0i8; f.len()];
+            next_x
+                .to_i8()
+                .quantize_i8(f.as_slice::<f32>().unwrap(), &mut expected);
+            let got = mid_i8.try_as_plain_ram().unwrap();
+            assert_eq!(got.as_slice::<i8>().unwrap(), &expected[..]);
+
+            let via_f32 = eval(&second, mid_f32, &b2);
+            let via_i8 = eval(&second, mid_i8, &b2);
+            assert_eq!(via_f32, via_i8, "{layout:?} gelu {with_gelu}");
+        }
+    }
+
+    #[test]
+    fn an_i8_output_or_a_gelu_needs_the_output_quantization() {
+        let w = Tensor::from_shape(&[2, 3], &[1i8, 2, 3, 4, 5, 6]).unwrap();
+        let x = ActQuant {
+            scale: 0.1,
+            zero_point: 0,
+            signed: false,
+        };
+        let op = QPointwiseConv::new(w, Layout::ChannelsLast, x, vec![1.0], (None, None), None);
+        assert!(op.unwrap().emitting_i8(x).is_err());
     }
 
     #[test]

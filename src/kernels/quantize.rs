@@ -57,6 +57,21 @@ impl FastQuantize {
         quantize_u8(self.rounder(), xs, ys)
     }
 
+    /// Quantizes `xs` into the bytes of the quantized values (two's complement for an i8
+    /// quantizer): an index into a 256-entry table of whatever follows the quantization.
+    pub(crate) fn quantize_bytes(&self, xs: &[f32], ys: &mut [u8]) {
+        quantize_u8(self.rounder(), xs, ys)
+    }
+
+    /// The value whose quantized byte is `b` (the inverse of [`Self::quantize_bytes`]).
+    pub(crate) fn value_of_byte(&self, b: u8) -> i32 {
+        if self.signed {
+            b as i8 as i32
+        } else {
+            b as i32
+        }
+    }
+
     fn rounder(&self) -> Rounder {
         let (lo, hi) = self.float_bounds();
         Rounder {

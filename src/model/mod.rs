@@ -44,9 +44,41 @@ pub struct LoadOptions {
     /// Largest tensor a model file may declare, in bytes; `None` = [`DEFAULT_MAX_TENSOR_BYTES`].
     /// Checked on the protobuf before anything is allocated for it.
     pub max_tensor_bytes: Option<u64>,
-    /// Keep quantized models on tract's float path instead of our integer kernels (see
-    /// [`qdq`]): for comparison, or as a fallback.
-    pub float_only: bool,
+    /// Whether quantized models run on our integer kernels (see [`qdq`]) or on tract's float
+    /// path; `Auto` picks the integer kernels where the CPU makes them pay.
+    pub integer: IntegerPath,
+}
+
+/// Where the 1x1 convolutions of a QDQ model run: our integer op or tract's float kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IntegerPath {
+    /// Integer kernels where they beat the float ones
+    /// ([`integer_kernels_pay`](crate::kernels::qconv::integer_kernels_pay)).
+    #[default]
+    Auto,
+    /// Integer kernels on every CPU (tests, comparisons).
+    Always,
+    /// tract's float path (`--float-only`): for comparison, or as a fallback.
+    Never,
+}
+
+impl IntegerPath {
+    /// `Never` when asked for the float path only (`--float-only`), else `Auto`.
+    pub fn float_only(float_only: bool) -> IntegerPath {
+        match float_only {
+            true => IntegerPath::Never,
+            false => IntegerPath::Auto,
+        }
+    }
+
+    /// Whether the integer kernels are used on this CPU.
+    pub fn enabled(self) -> bool {
+        match self {
+            IntegerPath::Auto => crate::kernels::qconv::integer_kernels_pay(),
+            IntegerPath::Always => true,
+            IntegerPath::Never => false,
+        }
+    }
 }
 
 /// Default [`LoadOptions::max_tensor_bytes`]: 1 GiB, 5x the largest weight of ConvNeXt-XL.
@@ -470,7 +502,7 @@ pub(crate) fn typed_model(
     let sig = Signature::of(path, &proto)?;
     let mut rewrites =
         rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
-    if !options.float_only {
+    if options.integer.enabled() {
         rewrites.fuse_pointwise(&mut proto);
     }
     let dir = path.parent().and_then(|d| d.to_str());

@@ -53,11 +53,87 @@ pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
     loop {
         let matches = non_overlapping(find_all(graph));
         if matches.is_empty() {
+            remove_dead_nodes(graph);
+            link_integer_chains(graph);
             return fused;
         }
         fused += matches.len();
         apply(graph, matches);
     }
+}
+
+/// Attribute of a fused node that writes i8 for the fused node reading it; its last two
+/// inputs are then that reader's input scale and zero point.
+const EMIT_ATTR: &str = "emit_i8";
+
+/// Makes each fused product whose output quantization is known and whose only reader is
+/// another fused product's input write i8 for it
+/// ([`QPointwiseConv::emitting_i8`]): ConvNeXt's `fc1 → GELU → fc2`, where the f32 tensor
+/// between them is the widest of the block. Safe because the reader would quantize that f32
+/// tensor with exactly the parameters handed over, and nothing else reads it.
+fn link_integer_chains(graph: &mut GraphProto) {
+    let ix = Index::new(graph);
+    let is_fused = |n: &NodeProto| n.op_type == FUSED_OP && n.domain == DOMAIN;
+    let links: Vec<(usize, [String; 2])> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| is_fused(n) && matches!(n.input.len(), 8 | 10) && emit_of(n).is_none())
+        .filter_map(|(i, n)| {
+            let out = n.output.first()?;
+            if graph.output.iter().any(|o| &o.name == out) {
+                return None;
+            }
+            let [r] = ix.consumers.get(out.as_str())?[..] else {
+                return None;
+            };
+            let reader = &graph.node[r];
+            (is_fused(reader) && arg(reader, 0) == out && !reader.input[1..].contains(out))
+                .then(|| (i, [arg(reader, 1).to_owned(), arg(reader, 2).to_owned()]))
+        })
+        .collect();
+    for (i, quant) in links {
+        let node = &mut graph.node[i];
+        node.input.extend(quant);
+        node.attribute.push(int_attr(EMIT_ATTR, 1));
+        // The exporter's shape inference recorded the tensor as f32.
+        let out = node.output[0].clone();
+        graph.value_info.retain(|v| v.name != out);
+    }
+}
+
+/// Removes the nodes none of whose outputs is read: the input pairs a fusion left behind
+/// (ONNX nodes have no side effects, and tract would drop them anyway), so that they do not
+/// count as readers.
+fn remove_dead_nodes(graph: &mut GraphProto) {
+    loop {
+        let read: std::collections::HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter())
+            .chain(graph.output.iter().map(|o| &o.name))
+            .map(|s| s.as_str())
+            .collect();
+        let dead: Vec<usize> = (0..graph.node.len())
+            .filter(|&i| {
+                graph.node[i]
+                    .output
+                    .iter()
+                    .all(|o| !read.contains(o.as_str()))
+            })
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for i in dead.into_iter().rev() {
+            graph.node.remove(i);
+        }
+    }
+}
+
+/// Whether a fused node writes i8 (see [`EMIT_ATTR`]).
+fn emit_of(node: &NodeProto) -> Option<i64> {
+    int_attr_of(node, EMIT_ATTR).filter(|&v| v != 0)
 }
 
 /// One match: the conv's index, the new node, the nodes it reads (the input pair, the weight
@@ -564,9 +640,11 @@ fn parse(
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let inputs = node.input.iter().filter(|s| !s.is_empty()).count();
+    let emit_i8 = emit_of(node).is_some();
+    let own = inputs - if emit_i8 { 2.min(inputs) } else { 0 };
     ensure!(
-        matches!(inputs, 6 | 8 | 10),
-        "{FUSED_OP} {}: {inputs} inputs, expected 6, 8 or 10",
+        matches!(own, 6 | 8 | 10) && (!emit_i8 || own > 6),
+        "{FUSED_OP} {}: {inputs} inputs, expected 6, 8 or 10 (8 or 10, plus 2 with {EMIT_ATTR})",
         node.name
     );
     let layout = match node.get_attr_opt::<i64>("channels_last")? {
@@ -576,7 +654,8 @@ fn parse(
     let gelu = gelu_of(node)?;
     Ok((
         expand(Fused {
-            inputs,
+            inputs: own,
+            emit_i8,
             layout,
             gelu,
         }),
@@ -585,9 +664,11 @@ fn parse(
 }
 
 /// The parsed [`FUSED_OP`] node, wired into a [`QPointwiseConv`] once its inputs are typed.
+/// `inputs` counts its own inputs, without the two [`EMIT_ATTR`] adds.
 #[derive(Debug, Clone, PartialEq)]
 struct Fused {
     inputs: usize,
+    emit_i8: bool,
     layout: Layout,
     gelu: Option<QdqGelu>,
 }
@@ -630,9 +711,14 @@ impl Expansion for Fused {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, self.inputs)?;
+        check_input_arity(inputs, self.inputs + if self.emit_i8 { 2 } else { 0 })?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        let out_type = if self.emit_i8 {
+            i8::datum_type()
+        } else {
+            f32::datum_type()
+        };
+        s.equals(&outputs[0].datum_type, out_type)?;
         s.equals(&outputs[0].rank, &inputs[0].rank)?;
         match self.layout {
             Layout::ChannelsFirst => {
@@ -695,8 +781,8 @@ impl Expansion for Fused {
         };
         let x_fact = model.outlet_fact(inputs[0])?;
         ensure!(
-            x_fact.datum_type == f32::datum_type(),
-            "{FUSED_OP}: input must be f32, got {:?}",
+            matches!(x_fact.datum_type, DatumType::F32 | DatumType::I8),
+            "{FUSED_OP}: input must be f32 (or i8 from a fused product), got {:?}",
             x_fact.datum_type
         );
         let positions = match self.layout {
@@ -716,8 +802,16 @@ impl Expansion for Fused {
             positions.to_usize().ok(),
         )?;
         let op = match self.gelu {
-            Some(g) => op.with_gelu(g),
+            Some(g) => op.with_gelu(g)?,
             None => op,
+        };
+        let op = match self.emit_i8 {
+            true => op.emitting_i8(act_quant(
+                model,
+                inputs[self.inputs],
+                inputs[self.inputs + 1],
+            )?)?,
+            false => op,
         };
         model.wire_node(prefix, op, &[inputs[0], inputs[5]])
     }
@@ -791,17 +885,10 @@ mod tests {
     fn fuses_conv_with_both_pairs() {
         let mut g = graph(0);
         assert_eq!(fuse_pointwise(&mut g), 1);
+        // The input pair and the weight's dequantize are read by nothing else: dropped.
         let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
-        assert_eq!(
-            ops,
-            [
-                "QuantizeLinear",
-                "DequantizeLinear",
-                "DequantizeLinear",
-                FUSED_OP
-            ]
-        );
-        let fused = &g.node[3];
+        assert_eq!(ops, [FUSED_OP]);
+        let fused = &g.node[0];
         assert_eq!(fused.input, ["x", "s", "z", "w", "ws", "b", "s", "z"]);
         assert_eq!(fused.output, ["y"]);
     }
@@ -893,7 +980,55 @@ mod tests {
         let present: Vec<bool> = gelu.quant.iter().map(|q| q.is_some()).collect();
         assert_eq!(present, [false, true, true, true, false]);
         let left: Vec<_> = g.node.iter().map(|n| n.output[0].as_str()).collect();
-        assert_eq!(left, ["xd_q", "xd", "wd", "m2", "y_q", "y"]);
+        assert_eq!(left, ["m2", "y_q", "y"]);
+    }
+
+    /// [`linear_gelu_graph`] followed by a second quantized MatMul reading its output.
+    fn two_linears_graph() -> GraphProto {
+        let mut g = linear_gelu_graph();
+        g.node.push(NodeProto {
+            attribute: vec![int_attr("axis", 1)],
+            ..node("DequantizeLinear", &["w2", "ws2", "wz"], "wd2")
+        });
+        g.node.push(node("MatMul", &["y", "wd2"], "out"));
+        g.initializer.extend([
+            init("w2", INT8, vec![2, 2], vec![1, 2, 3, 4]),
+            init(
+                "ws2",
+                FLOAT,
+                vec![2],
+                [0.3f32, 0.4].iter().flat_map(|f| f.to_le_bytes()).collect(),
+            ),
+        ]);
+        g.output[0].name = "out".into();
+        g
+    }
+
+    #[test]
+    fn a_product_read_only_by_another_writes_i8_for_it() {
+        let mut g = two_linears_graph();
+        assert_eq!(fuse_pointwise(&mut g), 2);
+        let fused: Vec<_> = g.node.iter().filter(|n| n.op_type == FUSED_OP).collect();
+        let [first, second] = fused[..] else {
+            panic!("{fused:?}")
+        };
+        assert_eq!(second.input[0], first.output[0]);
+        assert_eq!(emit_of(first), Some(1));
+        assert_eq!(&first.input[10..], ["s", "z"]);
+        assert_eq!(emit_of(second), None);
+        assert_eq!(second.input.len(), 6);
+    }
+
+    #[test]
+    fn a_product_with_another_reader_keeps_f32() {
+        let mut g = two_linears_graph();
+        g.node.push(node("Relu", &["m2"], "r"));
+        g.output.push(tract_onnx::pb::ValueInfoProto {
+            name: "r".into(),
+            ..Default::default()
+        });
+        assert_eq!(fuse_pointwise(&mut g), 1 + 1);
+        assert!(g.node.iter().all(|n| emit_of(n).is_none()));
     }
 
     #[test]
