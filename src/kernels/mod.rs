@@ -4,6 +4,8 @@
 
 pub mod depthwise;
 pub mod layer_norm;
+#[cfg(target_arch = "x86_64")]
+pub mod madd;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;

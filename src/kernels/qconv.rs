@@ -7,10 +7,13 @@
 //! 1. quantize the f32 input with the activation's scale and zero point (the same branch-free
 //!    arithmetic as [`FastQuantize`]), straight to i8 — a u8 activation is stored as `q − 128`
 //!    with its zero point shifted by 128, which is exact;
-//! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX2, AVX-512 VNNI on
-//!    x86, SMLAL or SDOT on arm64), weights packed once at load;
+//! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX-512 VNNI or
+//!    AVX-VNNI on x86, SMLAL or SDOT on arm64) or, on x86 with AVX2 but no VNNI, our
+//!    [`madd`](super::madd) product; weights packed once at load;
 //! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
-//!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place.
+//!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place;
+//!    what the graph computes from that quantized value alone — the QDQ GELU, or the next
+//!    product's input quantization when the op writes i8 for it — is one 256-entry table.
 //!
 //! Against the float graph it replaces, the only difference is where f32 rounding happens: the
 //! integer sum is exact where the float graph rounds after each product (and onnxruntime also
@@ -33,6 +36,8 @@ use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::madd;
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
 pub use super::Layout;
@@ -237,13 +242,68 @@ struct Epilogue {
 /// Everything derived from the weights, computed once when the op is built.
 #[derive(Debug, Clone)]
 struct Kernel {
-    mmm: Box<dyn MatMatMul>,
-    packing: usize,
-    packed: Box<dyn MMMInputValue>,
+    engine: Engine,
     /// `−zx_i8 · Σ_k w[co, k]`: the input zero point's share of each output channel's sum.
     row_offset: Vec<i32>,
     /// `sx · sw[co]`.
     row_scale: Vec<f32>,
+}
+
+/// The code computing the integer sums, with the weights packed for it.
+#[derive(Debug, Clone)]
+enum Engine {
+    /// A tract-linalg kernel (VNNI on x86, SMLAL / SDOT on arm64).
+    Tract {
+        mmm: Box<dyn MatMatMul>,
+        packing: usize,
+        packed: Box<dyn MMMInputValue>,
+    },
+    /// Our AVX2 product for x86 CPUs without VNNI ([`madd`]): weights as lanes of a
+    /// channels-last product (channels are the output's contiguous axis), as rows of a
+    /// channels-first one.
+    #[cfg(target_arch = "x86_64")]
+    Madd(MaddWeights),
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+enum MaddWeights {
+    Lanes(madd::LanePanels),
+    Rows(madd::Rows),
+}
+
+impl Engine {
+    /// The engine for `[cout, cin]` weights: ours where tract's would be slow, else the
+    /// tract-linalg kernel for the product's shape.
+    fn new(weights: &Tensor, layout: Layout, n: Option<usize>) -> TractResult<Engine> {
+        let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
+        #[cfg(target_arch = "x86_64")]
+        if !has_vnni() && madd::available() {
+            let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
+            return Ok(Engine::Madd(match layout {
+                Layout::ChannelsLast => {
+                    MaddWeights::Lanes(madd::LanePanels::pack(cout, cin, |l, k| w[l * cin + k]))
+                }
+                Layout::ChannelsFirst => MaddWeights::Rows(madd::Rows::pack(w, cout, cin)?),
+            }));
+        }
+        let _ = layout;
+        let (mmm, packing) = pick_kernel(cout, cin, n)?;
+        let packed = mmm.packings()[packing].0.prepare_one(weights, 1, 0)?;
+        Ok(Engine::Tract {
+            mmm,
+            packing,
+            packed,
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Engine::Tract { mmm, .. } => mmm.name().to_string(),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Madd(_) => format!("convnext_edge_avx2_madd_i32_6x{}", madd::LANES),
+        }
+    }
 }
 
 impl Eq for QPointwiseConv {}
@@ -294,8 +354,7 @@ impl QPointwiseConv {
                 "integer 1x1 conv: scale {s} is not positive and finite"
             );
         }
-        let (mmm, packing) = pick_kernel(cout, cin, n)?;
-        let packed = mmm.packings()[packing].0.prepare_one(&weights, 1, 0)?;
+        let engine = Engine::new(&weights, layout, n)?;
         let zx = x.to_i8().zero_point();
         let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
         let row_offset = w
@@ -314,18 +373,16 @@ impl QPointwiseConv {
             emit: None,
             lookup: None,
             kernel: Kernel {
-                mmm,
-                packing,
-                packed,
+                engine,
                 row_offset,
                 row_scale,
             },
         })
     }
 
-    /// The tract-linalg matmul kernel this op runs on.
-    pub fn kernel(&self) -> &dyn MatMatMul {
-        &*self.kernel.mmm
+    /// The name of the integer matmul kernel this op runs on.
+    pub fn kernel_name(&self) -> String {
+        self.kernel.engine.name()
     }
 
     /// The channel axis of a rank-`rank` input.
@@ -497,13 +554,63 @@ impl QPointwiseConv {
     /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
     /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
     fn integer_product(&self, x: Operand, p: usize) -> TractResult<Tensor> {
-        let k = &self.kernel;
+        match &self.kernel.engine {
+            Engine::Tract {
+                mmm,
+                packing,
+                packed,
+            } => self.tract_product(&**mmm, *packing, &**packed, x, p),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Madd(w) => self.madd_product(w, x, p),
+        }
+    }
+
+    /// [`Self::integer_product`] on our AVX2 product.
+    #[cfg(target_arch = "x86_64")]
+    fn madd_product(&self, w: &MaddWeights, x: Operand, p: usize) -> TractResult<Tensor> {
+        let (cin, cout) = (self.cin(), self.cout());
+        let quantized;
+        let xq = match x {
+            Operand::F32(x) => {
+                let mut q = vec![0i8; x.len()];
+                self.x.to_i8().quantize_i8(x, &mut q);
+                quantized = q;
+                &quantized[..]
+            }
+            Operand::I8(x) => x,
+        };
+        let (acc_shape, ld) = match self.layout {
+            Layout::ChannelsFirst => ([cout, p], p),
+            Layout::ChannelsLast => ([p, cout], cout),
+        };
+        let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
+        let mut view = acc.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<i32>()?;
+        match w {
+            MaddWeights::Lanes(w) => madd::product(w, &madd::Rows::pack(xq, p, cin)?, out, ld)?,
+            MaddWeights::Rows(w) => {
+                let x = madd::LanePanels::pack_transposed(xq, cin, p, p)?;
+                madd::product(&x, w, out, ld)?
+            }
+        }
+        Ok(acc)
+    }
+
+    /// [`Self::integer_product`] on a tract-linalg kernel.
+    fn tract_product(
+        &self,
+        mmm: &dyn MatMatMul,
+        packing: usize,
+        packed: &dyn MMMInputValue,
+        x: Operand,
+        p: usize,
+    ) -> TractResult<Tensor> {
         let (cin, cout) = (self.cin(), self.cout());
         let (x_shape, k_axis, acc_shape, m_axis) = match self.layout {
             Layout::ChannelsFirst => ([cin, p], 0, [cout, p], 0),
             Layout::ChannelsLast => ([p, cin], 1, [p, cout], 1),
         };
-        let (_, b_format) = &k.mmm.packings()[k.packing];
+        let (_, b_format) = &mmm.packings()[packing];
         let packed_x: Box<dyn MMMInputValue> = match b_format.downcast_ref::<PackedI8K4>() {
             Some(format) => Box::new(self.pack_input(x, p, format)?),
             None => {
@@ -522,18 +629,17 @@ impl QPointwiseConv {
         };
         let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
         unsafe {
-            let store = k
-                .mmm
+            let store = mmm
                 .c_view(Some(m_axis), Some(1 - m_axis))
                 .wrap(&acc.view_mut());
-            k.mmm.run(
+            mmm.run(
                 cout,
                 p,
                 &[
                     FusedSpec::AddMatMul {
-                        a: AsInputValue::Borrowed(&*k.packed),
+                        a: AsInputValue::Borrowed(packed),
                         b: AsInputValue::Borrowed(&*packed_x),
-                        packing: k.packing,
+                        packing,
                     },
                     FusedSpec::Store(store),
                 ],
@@ -618,22 +724,28 @@ impl QPointwiseConv {
     }
 }
 
-/// Whether this CPU has int8 product kernels in tract-linalg that beat its f32 ones, so that
-/// quantized models gain from the integer path: VNNI on x86 (AVX-512 VNNI, AVX-VNNI), and
-/// arm64 (SMLAL, or SDOT with dotprod). Without VNNI tract's x86 kernel
-/// (`avx2_mmm_i32_8x8`) widens one byte at a time and measured 35x slower than the float path
-/// on an AVX2-only AMD EPYC (convnext_atto QDQ: 1055 ms against 27 ms), so there quantized
+/// Whether this CPU has int8 product kernels that beat tract's f32 ones, so that quantized
+/// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
+/// AVX-VNNI) or, with AVX2 alone, our [`madd`] product — tract's own AVX2 int8 kernel widens
+/// one byte at a time and ran convnext_atto's products 35x slower than its f32 kernels on an
+/// AVX2-only AMD EPYC; on arm64, tract-linalg's SMLAL and SDOT kernels. Elsewhere quantized
 /// models keep the float path.
 pub fn integer_kernels_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            || std::arch::is_x86_feature_detected!("avxvnni")
+        has_vnni() || madd::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         cfg!(target_arch = "aarch64")
     }
+}
+
+/// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vnni")
+        || std::arch::is_x86_feature_detected!("avxvnni")
 }
 
 /// The i8×i8→i32 kernel for a `m × k` by `k × n` product. For a wide product (`n` ≥ 16, every
@@ -736,7 +848,7 @@ impl Op for QPointwiseConv {
             self.cout(),
             self.cin(),
             self.layout,
-            self.kernel.mmm.name(),
+            self.kernel.engine.name(),
             if self.gelu.is_some() { ", GELU" } else { "" },
             if self.emit.is_some() { ", i8 out" } else { "" },
         )])

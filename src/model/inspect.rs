@@ -363,9 +363,9 @@ pub fn kernels(model: &TypedModel) -> Vec<String> {
             let tract = n
                 .op_as::<OptMatMul>()
                 .into_iter()
-                .flat_map(|op| op.mmm.iter().map(|k| &**k));
-            let ours = n.op_as::<QPointwiseConv>().map(|op| op.kernel());
-            tract.chain(ours).map(|k| k.name().to_string())
+                .flat_map(|op| op.mmm.iter().map(|k| k.name().to_string()));
+            let ours = n.op_as::<QPointwiseConv>().map(|op| op.kernel_name());
+            tract.chain(ours)
         })
         .collect();
     names.sort();
