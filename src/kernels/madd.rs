@@ -24,16 +24,9 @@ pub const LANES: usize = 16;
 /// Rows per tile.
 const ROWS: usize = 6;
 
-/// Whether this CPU runs the product (AVX2, x86_64 only).
+/// Whether this CPU runs the product (AVX2).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::simd::has_avx2()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::simd::has_avx2()
 }
 
 /// The lane operand: `lanes` vectors of `k` values, in panels of [`LANES`] (zero-padded).
@@ -116,14 +109,26 @@ impl LanePanels {
 }
 
 impl Rows {
-    /// Widens `rows` rows of `k` i8 values (row-major in `src`), across the plan's threads.
+    /// Widens `rows` rows of `k` i8 values (row-major in `src`).
     pub fn pack(src: &[i8], rows: usize, k: usize) -> TractResult<Rows> {
+        Rows::pack_with(rows, k, |r, row| row.copy_from_slice(&src[r * k..][..k]))
+    }
+
+    /// `rows` rows of `k` values, row `r` written as i8 by `fill(r, row)` (a quantizer, say),
+    /// across the plan's threads.
+    pub fn pack_with(
+        rows: usize,
+        k: usize,
+        fill: impl Fn(usize, &mut [i8]) + Sync + Send,
+    ) -> TractResult<Rows> {
         let kpairs = k.div_ceil(2);
         let mut data = vec![0i16; rows * kpairs * 2];
         if k > 0 {
-            par_chunks_mut(&mut data, kpairs * 2, src.len(), |first, chunk| {
+            par_chunks_mut(&mut data, kpairs * 2, rows * k, |first, chunk| {
+                let mut bytes = vec![0i8; k];
                 for (i, row) in chunk.chunks_mut(kpairs * 2).enumerate() {
-                    for (d, v) in row.iter_mut().zip(&src[(first + i) * k..][..k]) {
+                    fill(first + i, &mut bytes);
+                    for (d, v) in row.iter_mut().zip(&bytes) {
                         *d = *v as i16;
                     }
                 }
@@ -160,7 +165,8 @@ pub fn product(lanes: &LanePanels, rows: &Rows, out: &mut [i32], ld: usize) -> T
     })
 }
 
-/// One tile of up to [`ROWS`] rows × [`LANES`] lanes, `width` of them stored.
+/// One tile of up to [`ROWS`] rows × [`LANES`] lanes, `width` of them stored: whole tiles
+/// straight into `out`, edges through a scratch tile.
 fn tile(
     panel: &[i16],
     rows: &[i16],
@@ -170,32 +176,28 @@ fn tile(
     ld: usize,
     width: usize,
 ) {
-    let mut acc = [[0i32; LANES]; ROWS];
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `product` checked AVX2; the slices cover `kpairs` pairs of the panel and of `n`
-    // rows (`tile_avx2` reads nothing else).
-    unsafe {
-        if n == ROWS {
-            tile_avx2::<ROWS>(panel, rows, kpairs, &mut acc);
-        } else {
-            for (r, acc) in acc.iter_mut().take(n).enumerate() {
-                let row = &rows[r * kpairs * 2..][..kpairs * 2];
-                tile_avx2::<1>(panel, row, kpairs, std::slice::from_mut(acc));
-            }
-        }
+    // SAFETY (both calls): `product` checked AVX2; the slices cover `kpairs` pairs of the
+    // panel and of the rows, and the output rows hold `LANES` values at stride `ld`
+    // (`tile_avx2` touches nothing else).
+    if n == ROWS && width == LANES && out.len() >= (ROWS - 1) * ld + LANES {
+        unsafe { tile_avx2::<ROWS>(panel, rows, kpairs, out, ld) };
+        return;
     }
-    for (r, acc) in acc.iter().take(n).enumerate() {
-        out[r * ld..][..width].copy_from_slice(&acc[..width]);
+    let mut scratch = [0i32; LANES];
+    for r in 0..n {
+        let row = &rows[r * kpairs * 2..][..kpairs * 2];
+        unsafe { tile_avx2::<1>(panel, row, kpairs, &mut scratch, LANES) };
+        out[r * ld..][..width].copy_from_slice(&scratch[..width]);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_avx2<const R: usize>(
     panel: &[i16],
     rows: &[i16],
     kpairs: usize,
-    out: &mut [[i32; LANES]],
+    out: &mut [i32],
+    ld: usize,
 ) {
     use std::arch::x86_64::*;
     debug_assert!(panel.len() >= kpairs * 2 * LANES && rows.len() >= R * kpairs * 2);
@@ -212,9 +214,11 @@ unsafe fn tile_avx2<const R: usize>(
             acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(v1, b));
         }
     }
-    for (o, acc) in out.iter_mut().zip(&acc) {
-        _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc[0]);
-        _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+    debug_assert!(out.len() >= (R - 1) * ld + LANES);
+    for (r, acc) in acc.iter().enumerate() {
+        let o = out.as_mut_ptr().add(r * ld);
+        _mm256_storeu_si256(o as *mut __m256i, acc[0]);
+        _mm256_storeu_si256(o.add(8) as *mut __m256i, acc[1]);
     }
 }
 

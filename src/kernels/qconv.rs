@@ -92,6 +92,7 @@ pub struct QPointwiseConv {
     gelu: Option<QdqGelu>,
     emit: Option<ActQuant>,
     lookup: Option<Arc<Lookup>>,
+    dynamic: bool,
     kernel: Kernel,
 }
 
@@ -243,10 +244,18 @@ struct Epilogue {
 #[derive(Debug, Clone)]
 struct Kernel {
     engine: Engine,
-    /// `−zx_i8 · Σ_k w[co, k]`: the input zero point's share of each output channel's sum.
-    row_offset: Vec<i32>,
+    /// `Σ_k w[co, k]`, for the input zero point's share of each output channel's sum.
+    w_sums: Vec<i32>,
+}
+
+/// The input's quantization for one evaluation and what the epilogue derives from it.
+struct InputQuant {
+    /// To i8 (a u8 activation shifted by −128, see [`ActQuant::to_i8`]).
+    quantizer: FastQuantize,
+    /// `−zx_i8 · Σ_k w[co, k]`.
+    offset: Vec<i32>,
     /// `sx · sw[co]`.
-    row_scale: Vec<f32>,
+    scale: Vec<f32>,
 }
 
 /// The code computing the integer sums, with the weights packed for it.
@@ -316,6 +325,7 @@ impl PartialEq for QPointwiseConv {
             && self.mid == other.mid
             && self.gelu == other.gelu
             && self.emit == other.emit
+            && self.dynamic == other.dynamic
             && self.w_scales == other.w_scales
             && self.y == other.y
     }
@@ -355,13 +365,11 @@ impl QPointwiseConv {
             );
         }
         let engine = Engine::new(&weights, layout, n)?;
-        let zx = x.to_i8().zero_point();
         let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
-        let row_offset = w
+        let w_sums = w
             .chunks(cin)
-            .map(|row| -zx * row.iter().map(|&v| v as i32).sum::<i32>())
+            .map(|row| row.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
-        let row_scale = w_scales.iter().map(|sw| x.scale * sw).collect();
         Ok(QPointwiseConv {
             weights: Arc::new(weights),
             layout,
@@ -372,11 +380,8 @@ impl QPointwiseConv {
             gelu: None,
             emit: None,
             lookup: None,
-            kernel: Kernel {
-                engine,
-                row_offset,
-                row_scale,
-            },
+            dynamic: false,
+            kernel: Kernel { engine, w_sums },
         })
     }
 
@@ -425,6 +430,36 @@ impl QPointwiseConv {
             ..self
         }
         .with_lookup()
+    }
+
+    /// The same op quantizing its input as `DynamicQuantizeLinear` does, with a scale and
+    /// zero point computed from each input (u8, the range of the values and zero): dynamic
+    /// quantization's `ConvInteger | MatMulInteger → Cast → Mul(scales)`. The static input
+    /// quantization given to [`Self::new`] is then unused.
+    pub fn with_dynamic_input(self) -> TractResult<QPointwiseConv> {
+        ensure!(
+            self.mid.is_none() && self.y.is_none() && self.gelu.is_none() && self.emit.is_none(),
+            "integer 1x1 conv: a dynamic input quantization has no output quantization"
+        );
+        Ok(QPointwiseConv {
+            dynamic: true,
+            ..self
+        })
+    }
+
+    /// The input quantization for `x`, and the epilogue's constants.
+    fn input_quant(&self, x: Operand) -> InputQuant {
+        let (q, sx) = match (self.dynamic, x) {
+            (true, Operand::F32(x)) => dynamic_quant(x),
+            _ => (self.x, self.x.scale),
+        };
+        let quantizer = q.to_i8();
+        let zx = quantizer.zero_point();
+        InputQuant {
+            quantizer,
+            offset: self.kernel.w_sums.iter().map(|s| -zx * s).collect(),
+            scale: self.w_scales.iter().map(|sw| sx * sw).collect(),
+        }
     }
 
     /// The datum type of the output.
@@ -492,6 +527,7 @@ impl QPointwiseConv {
     fn pack_input(
         &self,
         x: Operand,
+        quantizer: FastQuantize,
         p: usize,
         format: &PackedI8K4,
     ) -> TractResult<EagerPackedInput> {
@@ -501,7 +537,6 @@ impl QPointwiseConv {
         let panels = p.div_ceil(r);
         let mut blob =
             unsafe { Blob::new_for_size_and_align(panels * panel_bytes, format.alignment()) };
-        let quantizer = self.x.to_i8();
         let layout = self.layout;
         par_chunks_mut(blob.as_bytes_mut(), panel_bytes, x.len(), |first, chunk| {
             let mut rows = vec![0i8; kp * r];
@@ -553,32 +588,28 @@ impl QPointwiseConv {
 
     /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
     /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
-    fn integer_product(&self, x: Operand, p: usize) -> TractResult<Tensor> {
+    fn integer_product(&self, x: Operand, q: FastQuantize, p: usize) -> TractResult<Tensor> {
         match &self.kernel.engine {
             Engine::Tract {
                 mmm,
                 packing,
                 packed,
-            } => self.tract_product(&**mmm, *packing, &**packed, x, p),
+            } => self.tract_product(&**mmm, *packing, &**packed, x, q, p),
             #[cfg(target_arch = "x86_64")]
-            Engine::Madd(w) => self.madd_product(w, x, p),
+            Engine::Madd(w) => self.madd_product(w, x, q, p),
         }
     }
 
     /// [`Self::integer_product`] on our AVX2 product.
     #[cfg(target_arch = "x86_64")]
-    fn madd_product(&self, w: &MaddWeights, x: Operand, p: usize) -> TractResult<Tensor> {
+    fn madd_product(
+        &self,
+        w: &MaddWeights,
+        x: Operand,
+        quantizer: FastQuantize,
+        p: usize,
+    ) -> TractResult<Tensor> {
         let (cin, cout) = (self.cin(), self.cout());
-        let quantized;
-        let xq = match x {
-            Operand::F32(x) => {
-                let mut q = vec![0i8; x.len()];
-                self.x.to_i8().quantize_i8(x, &mut q);
-                quantized = q;
-                &quantized[..]
-            }
-            Operand::I8(x) => x,
-        };
         let (acc_shape, ld) = match self.layout {
             Layout::ChannelsFirst => ([cout, p], p),
             Layout::ChannelsLast => ([p, cout], cout),
@@ -587,8 +618,24 @@ impl QPointwiseConv {
         let mut view = acc.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<i32>()?;
         match w {
-            MaddWeights::Lanes(w) => madd::product(w, &madd::Rows::pack(xq, p, cin)?, out, ld)?,
+            MaddWeights::Lanes(w) => {
+                let rows = madd::Rows::pack_with(p, cin, |r, row| match x.slice(r * cin, cin) {
+                    Operand::F32(src) => quantizer.quantize_i8(src, row),
+                    Operand::I8(src) => row.copy_from_slice(src),
+                })?;
+                madd::product(w, &rows, out, ld)?
+            }
             MaddWeights::Rows(w) => {
+                let quantized;
+                let xq = match x {
+                    Operand::F32(x) => {
+                        let mut q = vec![0i8; x.len()];
+                        quantizer.quantize_i8(x, &mut q);
+                        quantized = q;
+                        &quantized[..]
+                    }
+                    Operand::I8(x) => x,
+                };
                 let x = madd::LanePanels::pack_transposed(xq, cin, p, p)?;
                 madd::product(&x, w, out, ld)?
             }
@@ -603,6 +650,7 @@ impl QPointwiseConv {
         packing: usize,
         packed: &dyn MMMInputValue,
         x: Operand,
+        quantizer: FastQuantize,
         p: usize,
     ) -> TractResult<Tensor> {
         let (cin, cout) = (self.cin(), self.cout());
@@ -612,14 +660,12 @@ impl QPointwiseConv {
         };
         let (_, b_format) = &mmm.packings()[packing];
         let packed_x: Box<dyn MMMInputValue> = match b_format.downcast_ref::<PackedI8K4>() {
-            Some(format) => Box::new(self.pack_input(x, p, format)?),
+            Some(format) => Box::new(self.pack_input(x, quantizer, p, format)?),
             None => {
                 let xq = match x {
                     Operand::F32(x) => {
                         let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
-                        self.x
-                            .to_i8()
-                            .quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+                        quantizer.quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
                         xq
                     }
                     Operand::I8(x) => Tensor::from_shape(&x_shape, x)?,
@@ -652,14 +698,14 @@ impl QPointwiseConv {
     fn run_matrix<T: Emit>(
         &self,
         x: Operand,
+        q: &InputQuant,
         bias: &[f32],
         p: usize,
         out: &mut [T],
     ) -> TractResult<()> {
-        let acc = self.integer_product(x, p)?;
+        let acc = self.integer_product(x, q.quantizer.clone(), p)?;
         let acc = acc.try_as_plain_ram()?;
         let acc = acc.as_slice::<i32>()?;
-        let k = &self.kernel;
         let e = self.epilogue();
         // Rows are output channels (channels first) or positions (channels last); either way
         // whole rows are split across the plan's threads.
@@ -677,14 +723,14 @@ impl QPointwiseConv {
                 let row = |o: &mut [f32]| match self.layout {
                     Layout::ChannelsFirst => {
                         let row = Row {
-                            offset: k.row_offset[i],
-                            scale: k.row_scale[i],
+                            offset: q.offset[i],
+                            scale: q.scale[i],
                             bias: bias[i],
                         };
                         channel_row(a, o, row, e);
                     }
                     Layout::ChannelsLast => {
-                        position_row(a, o, &k.row_offset, &k.row_scale, bias, e);
+                        position_row(a, o, &q.offset, &q.scale, bias, e);
                     }
                 };
                 match &self.lookup {
@@ -709,18 +755,68 @@ impl QPointwiseConv {
         let ys = out_view.as_slice_mut::<T>()?;
         let positions = x.len() / self.cin();
         if positions > 0 {
+            // One quantization for the whole tensor, as the graph's quantize computes it.
+            let q = self.input_quant(x);
             match self.layout {
                 Layout::ChannelsFirst => {
                     let p = shape[2..].iter().product::<usize>();
                     let (xn, yn) = (self.cin() * p, self.cout() * p);
                     for (n, y1) in ys.chunks_mut(yn).enumerate() {
-                        self.run_matrix(x.slice(n * xn, xn), bias, p, y1)?;
+                        self.run_matrix(x.slice(n * xn, xn), &q, bias, p, y1)?;
                     }
                 }
-                Layout::ChannelsLast => self.run_matrix(x, bias, positions, ys)?,
+                Layout::ChannelsLast => self.run_matrix(x, &q, bias, positions, ys)?,
             }
         }
         Ok(out)
+    }
+}
+
+/// `DynamicQuantizeLinear`'s parameters for `x`: u8 over the range of the values widened to
+/// include zero, `scale = (max − min) / 255`, `zero_point = round(−min / scale)`. Returns the
+/// quantization to apply and the scale the product is multiplied by — the same unless all
+/// values are zero (or not finite), where the graph's scale is 0 (or not finite) and any
+/// quantization gives the same zero sums.
+fn dynamic_quant(x: &[f32]) -> (ActQuant, f32) {
+    let mut range = [0f32; 2];
+    min_max(x, &mut range);
+    let [min, max] = range;
+    let scale = (max - min) / 255.0;
+    if !(scale.is_finite() && scale > 0.0) {
+        let zero = ActQuant {
+            scale: 1.0,
+            zero_point: 0,
+            signed: false,
+        };
+        return (zero, scale);
+    }
+    let zero_point = (-min / scale).round_ties_even().clamp(0.0, 255.0) as i32;
+    let q = ActQuant {
+        scale,
+        zero_point,
+        signed: false,
+    };
+    (q, scale)
+}
+
+multiversion! {
+    /// `[min(0, x…), max(0, x…)]` into `out`, ignoring NaN as tract's and onnxruntime's loops do.
+    fn min_max(xs: &[f32], out: &mut [f32; 2]) {
+        let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+        let chunks = xs.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for i in 0..16 {
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+            }
+        }
+        for (i, v) in tail.iter().enumerate() {
+            lo[i] = if *v < lo[i] { *v } else { lo[i] };
+            hi[i] = if *v > hi[i] { *v } else { hi[i] };
+        }
+        out[0] = lo.iter().fold(0f32, |a, &b| if b < a { b } else { a });
+        out[1] = hi.iter().fold(0f32, |a, &b| if b > a { b } else { a });
     }
 }
 
@@ -844,13 +940,14 @@ impl Op for QPointwiseConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{}x{} i8, {:?}, kernel {}{}{}",
+            "{}x{} i8, {:?}, kernel {}{}{}{}",
             self.cout(),
             self.cin(),
             self.layout,
             self.kernel.engine.name(),
             if self.gelu.is_some() { ", GELU" } else { "" },
             if self.emit.is_some() { ", i8 out" } else { "" },
+            if self.dynamic { ", dynamic input" } else { "" },
         )])
     }
 
@@ -1223,6 +1320,54 @@ mod tests {
             let via_i8 = eval(&second, mid_i8, &b2);
             assert_eq!(via_f32, via_i8, "{layout:?} gelu {with_gelu}");
         }
+    }
+
+    /// A dynamic input quantization is the static one with `DynamicQuantizeLinear`'s
+    /// parameters, computed over the whole tensor (both images of the batch).
+    #[test]
+    fn a_dynamic_input_is_quantized_with_its_own_range() {
+        let mut rng = Lcg(21);
+        let (cin, cout) = (13, 24);
+        let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+        let w = Tensor::from_shape(&[cout, cin], &w).unwrap();
+        let x: Vec<f32> = (0..2 * cin * 15).map(|_| rng.f32(-1.5, 6.0)).collect();
+        let (lo, hi) = x
+            .iter()
+            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let scale = (hi - lo) / 255.0;
+        let static_x = ActQuant {
+            scale,
+            zero_point: (-lo / scale).round_ties_even() as i32,
+            signed: false,
+        };
+        let ignored = ActQuant {
+            scale: 1.0,
+            zero_point: 0,
+            signed: false,
+        };
+        let op = |q: ActQuant| {
+            QPointwiseConv::new(
+                w.clone(),
+                Layout::ChannelsFirst,
+                q,
+                vec![0.02],
+                (None, None),
+                None,
+            )
+            .unwrap()
+        };
+        let dynamic = op(ignored).with_dynamic_input().unwrap();
+        let x = Tensor::from_shape(&[2, cin, 3, 5], &x).unwrap();
+        let bias = vec![0.5; cout];
+        assert_eq!(
+            eval(&dynamic, x.clone(), &bias),
+            eval(&op(static_x), x, &bias)
+        );
+        // All zeros: scale 0 in the graph, the bias alone here.
+        let zeros = Tensor::zero::<f32>(&[1, cin, 2, 2]).unwrap();
+        let out = eval(&dynamic, zeros, &bias);
+        let out = out.try_as_plain_ram().unwrap();
+        assert!(out.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.5));
     }
 
     #[test]

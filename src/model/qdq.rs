@@ -88,8 +88,12 @@ fn link_integer_chains(graph: &mut GraphProto) {
                 return None;
             };
             let reader = &graph.node[r];
-            (is_fused(reader) && arg(reader, 0) == out && !reader.input[1..].contains(out))
-                .then(|| (i, [arg(reader, 1).to_owned(), arg(reader, 2).to_owned()]))
+            let static_input = int_attr_of(reader, DYNAMIC_ATTR).is_none_or(|d| d == 0);
+            (is_fused(reader)
+                && static_input
+                && arg(reader, 0) == out
+                && !reader.input[1..].contains(out))
+            .then(|| (i, [arg(reader, 1).to_owned(), arg(reader, 2).to_owned()]))
         })
         .collect();
     for (i, quant) in links {
@@ -281,7 +285,7 @@ fn find_all(graph: &GraphProto) -> Vec<Match> {
         .iter()
         .enumerate()
         .filter(|(_, n)| is_onnx(n))
-        .filter_map(|(i, n)| match_node(&ix, i, n))
+        .filter_map(|(i, n)| match_node(&ix, i, n).or_else(|| match_dynamic(&ix, i, n)))
         .collect()
 }
 
@@ -399,25 +403,7 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
         node.output = vec![out];
         remove.extend(nodes);
     }
-    // Absent zero points and bias become explicit initializers: tract drops empty inputs, and
-    // the parser tells its inputs apart by position.
-    let mut initializers = vec![];
-    for (slot, dt) in [(2, UINT8), (5, FLOAT), (7, UINT8), (9, UINT8)] {
-        if node.input.get(slot).is_some_and(|s| s.is_empty()) {
-            let name = format!("{}::cxe_default_{slot}", op.name);
-            let dims = if slot == 5 { vec![cout] } else { vec![] };
-            let len = dims.iter().product::<i64>().max(1) as usize;
-            let elem = if dt == FLOAT { 4 } else { 1 };
-            initializers.push(TensorProto {
-                name: name.clone(),
-                data_type: dt,
-                dims,
-                raw_data: vec![0; len * elem],
-                ..Default::default()
-            });
-            node.input[slot] = name;
-        }
-    }
+    let initializers = fill_defaults(&mut node, cout);
     Some(Match {
         conv: node_ix,
         node,
@@ -426,6 +412,119 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
         initializers,
     })
 }
+
+/// Absent zero points and bias become explicit initializers (zeros), and a dynamic node's
+/// unused input scale a 1: tract drops empty inputs, and the parser tells its inputs apart by
+/// position. Returns the initializers to add.
+fn fill_defaults(node: &mut NodeProto, cout: i64) -> Vec<TensorProto> {
+    let mut initializers = vec![];
+    for (slot, dt) in [(1, FLOAT), (2, UINT8), (5, FLOAT), (7, UINT8), (9, UINT8)] {
+        if node.input.get(slot).is_some_and(|s| s.is_empty()) {
+            let name = format!("{}::cxe_default_{slot}", node.name);
+            let dims = if slot == 5 { vec![cout] } else { vec![] };
+            let len = dims.iter().product::<i64>().max(1) as usize;
+            let raw_data = match slot {
+                1 => 1f32.to_le_bytes().to_vec(),
+                _ if dt == FLOAT => vec![0; len * 4],
+                _ => vec![0; len],
+            };
+            initializers.push(TensorProto {
+                name: name.clone(),
+                data_type: dt,
+                dims,
+                raw_data,
+                ..Default::default()
+            });
+            node.input[slot] = name;
+        }
+    }
+    initializers
+}
+
+/// Dynamic quantization's 1x1 products (onnxruntime's `quantize_dynamic`):
+///
+/// ```text
+/// x ─ DynamicQuantizeLinear ─ ConvInteger(1x1) | MatMulInteger(W int8) ─ Cast(float)
+///       └─ scale ─ Mul(W scale) ──────────────────────────────────────────┴─ Mul ─ [Add(bias)]
+/// ```
+///
+/// becomes one [`FUSED_OP`] with the attribute [`DYNAMIC_ATTR`]: the input's scale and zero
+/// point are computed from each input, as `DynamicQuantizeLinear` does. Same conditions on the
+/// weights as the static pattern (int8, zero point 0, one scale or one per output channel).
+fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
+    let channels_last = match op.op_type.as_str() {
+        "ConvInteger" if is_pointwise(op) => false,
+        "MatMulInteger" => true,
+        _ => return None,
+    };
+    let (dql_ix, dql) = ix.producer(arg(op, 0), "DynamicQuantizeLinear")?;
+    if arg(op, 2) != dql.output.get(2)?.as_str() {
+        return None;
+    }
+    let w = ix.init(arg(op, 1)).filter(|t| t.data_type == INT8)?;
+    let cout = match (channels_last, &w.dims[..]) {
+        (false, &[cout, _, 1, 1]) | (true, &[_, cout]) => cout,
+        _ => return None,
+    };
+    if let Some(zp) = ix.init(arg(op, 3)) {
+        if !ints(zp)?.iter().all(|&z| z == 0) {
+            return None;
+        }
+    } else if !arg(op, 3).is_empty() {
+        return None;
+    }
+    let (cast_ix, cast) = ix.sole_consumer(&op.output[0], "Cast")?;
+    if int_attr_of(cast, "to") != Some(FLOAT as i64) {
+        return None;
+    }
+    let (mul_ix, mul) = ix.sole_consumer(&cast.output[0], "Mul")?;
+    let (scales_ix, scales) = ix.producer(other_input(mul, &cast.output[0])?, "Mul")?;
+    let w_scale_name = other_input(scales, dql.output.get(1)?)?;
+    let w_scale = ix.init(w_scale_name).filter(|t| t.data_type == FLOAT)?;
+    // Per channel only along the axis the product's output broadcasts it on.
+    match w_scale.dims[..] {
+        [] | [1] => {}
+        [c] if c == cout && channels_last => {}
+        _ => return None,
+    }
+    let mut node = NodeProto {
+        name: op.name.clone(),
+        op_type: FUSED_OP.into(),
+        domain: DOMAIN.into(),
+        input: [arg(dql, 0), "", "", arg(op, 1), w_scale_name, ""]
+            .map(String::from)
+            .to_vec(),
+        output: mul.output.clone(),
+        attribute: vec![
+            int_attr("channels_last", channels_last as i64),
+            int_attr(DYNAMIC_ATTR, 1),
+        ],
+        ..Default::default()
+    };
+    let mut remove = vec![cast_ix, mul_ix];
+    let add = ix
+        .sole_consumer(&mul.output[0], "Add")
+        .filter(|_| channels_last);
+    if let Some((add_ix, add)) = add {
+        let bias = other_input(add, &mul.output[0])?;
+        if ix.init(bias).is_some() && is_bias(ix, bias, cout) {
+            node.input[5] = bias.into();
+            node.output = add.output.clone();
+            remove.push(add_ix);
+        }
+    }
+    let initializers = fill_defaults(&mut node, cout);
+    Some(Match {
+        conv: node_ix,
+        node,
+        reads: [dql_ix, scales_ix, node_ix],
+        remove,
+        initializers,
+    })
+}
+
+/// Attribute of a fused node whose input quantization is computed per input.
+const DYNAMIC_ATTR: &str = "dynamic";
 
 /// The value of a scalar f32 initializer, or of the dequantization of a scalar one.
 fn scalar(ix: &Index, name: &str) -> Option<f32> {
@@ -656,6 +755,7 @@ fn parse(
         expand(Fused {
             inputs: own,
             emit_i8,
+            dynamic: int_attr_of(node, DYNAMIC_ATTR).is_some_and(|d| d != 0),
             layout,
             gelu,
         }),
@@ -669,6 +769,7 @@ fn parse(
 struct Fused {
     inputs: usize,
     emit_i8: bool,
+    dynamic: bool,
     layout: Layout,
     gelu: Option<QdqGelu>,
 }
@@ -804,6 +905,10 @@ impl Expansion for Fused {
         let op = match self.gelu {
             Some(g) => op.with_gelu(g)?,
             None => op,
+        };
+        let op = match self.dynamic {
+            true => op.with_dynamic_input()?,
+            false => op,
         };
         let op = match self.emit_i8 {
             true => op.emitting_i8(act_quant(
@@ -1029,6 +1134,54 @@ mod tests {
         });
         assert_eq!(fuse_pointwise(&mut g), 1 + 1);
         assert!(g.node.iter().all(|n| emit_of(n).is_none()));
+    }
+
+    /// x → DynamicQuantizeLinear → MatMulInteger(W) → Cast → Mul(x_scale · w_scale) → Add(b)
+    fn dynamic_graph() -> GraphProto {
+        let mut dql = node("DynamicQuantizeLinear", &["x"], "xq");
+        dql.output.extend(["xs".into(), "xz".into()]);
+        GraphProto {
+            node: vec![
+                dql,
+                node("MatMulInteger", &["xq", "w", "xz", "wz"], "acc"),
+                NodeProto {
+                    attribute: vec![int_attr("to", FLOAT as i64)],
+                    ..node("Cast", &["acc"], "accf")
+                },
+                node("Mul", &["xs", "ws"], "s"),
+                node("Mul", &["accf", "s"], "m"),
+                node("Add", &["b", "m"], "y"),
+            ],
+            initializer: vec![
+                init("w", INT8, vec![3, 2], vec![1, 2, 3, 4, 5, 6]),
+                init("wz", INT8, vec![], vec![0]),
+                scalar_init("ws", 0.1),
+                init("b", FLOAT, vec![2], vec![0; 8]),
+            ],
+            output: vec![tract_onnx::pb::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fuses_a_dynamic_matmul_with_its_scale_and_bias() {
+        let mut g = dynamic_graph();
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let [fused] = &g.node[..] else {
+            panic!("{:?}", g.node)
+        };
+        assert_eq!(fused.op_type, FUSED_OP);
+        assert_eq!(int_attr_of(fused, DYNAMIC_ATTR), Some(1));
+        assert_eq!(fused.output, ["y"]);
+        assert_eq!([&fused.input[0], &fused.input[3]], ["x", "w"]);
+        assert_eq!(&fused.input[4..6], ["ws", "b"]);
+        // Non-zero weight zero point: left alone.
+        let mut g = dynamic_graph();
+        g.initializer[1].raw_data = vec![3];
+        assert_eq!(fuse_pointwise(&mut g), 0);
     }
 
     #[test]
