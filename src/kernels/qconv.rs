@@ -837,6 +837,19 @@ pub fn integer_kernels_pay() -> bool {
     }
 }
 
+/// Whether tract-linalg's own int8 matmul kernel is much slower than its f32 ones here: x86
+/// without VNNI (see [`integer_kernels_pay`]).
+pub fn tract_int8_kernels_slow() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !has_vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.
 #[cfg(target_arch = "x86_64")]
 fn has_vnni() -> bool {

@@ -505,6 +505,7 @@ pub(crate) fn typed_model(
     if options.integer.enabled() {
         rewrites.fuse_pointwise(&mut proto);
     }
+    rewrites.integer_ops_to_float(&mut proto);
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = onnx()
         .parse(&proto, dir)

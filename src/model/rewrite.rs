@@ -42,6 +42,20 @@ impl Rewrites {
         }
     }
 
+    /// Integer products left after [`Self::fuse_pointwise`] run in f32 where tract's int8
+    /// kernel is slow ([`super::qdq::integer_ops_to_float`]).
+    pub fn integer_ops_to_float(&mut self, model: &mut pb::ModelProto) {
+        if !crate::kernels::qconv::tract_int8_kernels_slow() {
+            return;
+        }
+        if let Some(graph) = model.graph.as_mut() {
+            let n = super::qdq::integer_ops_to_float(graph);
+            if n > 0 {
+                self.0.push(("ConvInteger/MatMulInteger → f32".into(), n));
+            }
+        }
+    }
+
     fn add(&mut self, what: &str) {
         match self.0.iter_mut().find(|(k, _)| k == what) {
             Some((_, n)) => *n += 1,
