@@ -587,7 +587,8 @@ impl QPointwiseConv {
     }
 
     /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
-    /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels.
+    /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels (rows past the last
+    /// are padding).
     fn integer_product(&self, x: Operand, q: FastQuantize, p: usize) -> TractResult<Tensor> {
         match &self.kernel.engine {
             Engine::Tract {
@@ -610,20 +611,13 @@ impl QPointwiseConv {
         p: usize,
     ) -> TractResult<Tensor> {
         let (cin, cout) = (self.cin(), self.cout());
-        let (acc_shape, ld) = match self.layout {
-            Layout::ChannelsFirst => ([cout, p], p),
-            Layout::ChannelsLast => ([p, cout], cout),
-        };
-        let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
-        let mut view = acc.try_as_plain_ram_mut()?;
-        let out = view.as_slice_mut::<i32>()?;
         match w {
             MaddWeights::Lanes(w) => {
                 let rows = madd::Rows::pack_with(p, cin, |r, row| match x.slice(r * cin, cin) {
                     Operand::F32(src) => quantizer.quantize_i8(src, row),
                     Operand::I8(src) => row.copy_from_slice(src),
                 })?;
-                madd::product(w, &rows, out, ld)?
+                madd::product(w, &rows, cout)
             }
             MaddWeights::Rows(w) => {
                 let quantized;
@@ -637,10 +631,9 @@ impl QPointwiseConv {
                     Operand::I8(x) => x,
                 };
                 let x = madd::LanePanels::pack_transposed(xq, cin, p, p)?;
-                madd::product(&x, w, out, ld)?
+                madd::product(&x, w, p)
             }
         }
-        Ok(acc)
     }
 
     /// [`Self::integer_product`] on a tract-linalg kernel.
