@@ -78,9 +78,16 @@ pub fn integer_ops_to_float(graph: &mut GraphProto) -> usize {
             "MatMulInteger" => "MatMul",
             _ => continue,
         };
-        let Some((cast_ix, cast)) = ix.sole_consumer(&op.output[0], "Cast") else {
+        let Some((cast_ix, cast)) = op
+            .output
+            .first()
+            .and_then(|out| ix.sole_consumer(out, "Cast"))
+        else {
             continue;
         };
+        if cast.output.is_empty() {
+            continue;
+        }
         if int_attr_of(cast, "to") != Some(FLOAT as i64) {
             continue;
         }
@@ -588,12 +595,14 @@ fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
     } else if !arg(op, 3).is_empty() {
         return None;
     }
-    let (cast_ix, cast) = ix.sole_consumer(&op.output[0], "Cast")?;
+    let (cast_ix, cast) = ix.sole_consumer(op.output.first()?, "Cast")?;
     if int_attr_of(cast, "to") != Some(FLOAT as i64) {
         return None;
     }
-    let (mul_ix, mul) = ix.sole_consumer(&cast.output[0], "Mul")?;
-    let (scales_ix, scales) = ix.producer(other_input(mul, &cast.output[0])?, "Mul")?;
+    let cast_out = cast.output.first()?;
+    let (mul_ix, mul) = ix.sole_consumer(cast_out, "Mul")?;
+    let mul_out = mul.output.first()?;
+    let (scales_ix, scales) = ix.producer(other_input(mul, cast_out)?, "Mul")?;
     let w_scale_name = other_input(scales, dql.output.get(1)?)?;
     let w_scale = ix.init(w_scale_name).filter(|t| t.data_type == FLOAT)?;
     // Per channel only along the axis the product's output broadcasts it on.
@@ -617,11 +626,9 @@ fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
         ..Default::default()
     };
     let mut remove = vec![cast_ix, mul_ix];
-    let add = ix
-        .sole_consumer(&mul.output[0], "Add")
-        .filter(|_| channels_last);
+    let add = ix.sole_consumer(mul_out, "Add").filter(|_| channels_last);
     if let Some((add_ix, add)) = add {
-        let bias = other_input(add, &mul.output[0])?;
+        let bias = other_input(add, mul_out)?;
         if ix.init(bias).is_some() && is_bias(ix, bias, cout) {
             node.input[5] = bias.into();
             node.output = add.output.clone();
