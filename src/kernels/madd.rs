@@ -15,6 +15,24 @@
 //!   k-pair, 12 `vpmaddwd` — all in registers.
 //!
 //! The lane dimension is the output's contiguous one, so tiles are stored as whole vectors.
+//!
+//! ```
+//! use convnext_edge::kernels::madd::{available, product, LanePanels, Rows};
+//! # fn main() -> tract_onnx::prelude::TractResult<()> {
+//! if available() {
+//!     // Two lanes and three rows of k = 3 values.
+//!     let lanes = LanePanels::pack(2, 3, |l, k| [[1, 2, 3], [-1, 0, 127]][l][k]);
+//!     let rows = Rows::pack(&[1, 1, 1, 2, 0, 0, -128, 0, 1], 3, 3)?;
+//!     let out = product(&lanes, &rows, 2)?;
+//!     let out = out.try_as_plain_ram()?;
+//!     assert_eq!(&out.as_slice::<i32>()?[..6], &[6, 126, 2, -2, -125, 255]);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! tract internals used (tract-linalg 0.23.9): `multithread::{par_chunks_mut,
+//! current_tract_executor, Executor}`, to run on the plan's thread pool.
 
 use tract_linalg::multithread::{current_tract_executor, par_chunks_mut, Executor};
 use tract_onnx::prelude::{Tensor, TractResult};

@@ -50,6 +50,16 @@ pub struct LoadOptions {
 }
 
 /// Where the 1x1 convolutions of a QDQ model run: our integer op or tract's float kernels.
+///
+/// ```
+/// use convnext_edge::{IntegerPath, LoadOptions};
+/// let options = LoadOptions {
+///     integer: IntegerPath::float_only(true),
+///     ..LoadOptions::threads(1)
+/// };
+/// assert_eq!(options.integer, IntegerPath::Never);
+/// assert!(IntegerPath::Always.enabled() && !IntegerPath::Never.enabled());
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IntegerPath {
     /// Integer kernels where they beat the float ones
