@@ -9,7 +9,7 @@
 //!    with its zero point shifted by 128, which is exact;
 //! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX-512 VNNI or
 //!    AVX-VNNI on x86, SMLAL or SDOT on arm64) or, on x86 with AVX2 but no VNNI, our
-//!    [`madd`](super::madd) product; weights packed once at load;
+//!    [`madd`] product; weights packed once at load;
 //! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
 //!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place;
 //!    what the graph computes from that quantized value alone — the QDQ GELU, or the next
@@ -18,7 +18,9 @@
 //! Against the float graph it replaces, the only difference is where f32 rounding happens: the
 //! integer sum is exact where the float graph rounds after each product (and onnxruntime also
 //! accumulates in i32). Weights must be symmetric (zero point 0), which is what onnxruntime's
-//! quantizer writes for int8 weights; other models keep the float path.
+//! quantizer writes for int8 weights; other models keep the float path. For dynamic
+//! quantization ([`QPointwiseConv::with_dynamic_input`]) the input's scale and zero point are
+//! computed from each input, as `DynamicQuantizeLinear` does.
 //!
 //! tract internals used (tract-linalg 0.23.9): `MmmDispatch::native().pick` with
 //! `Query::plain(I32, …)`, `MatMatMul::{packings, c_view, run}`, `MMMInputFormat::prepare_one`,
