@@ -1091,19 +1091,11 @@ mod tests {
                 init("s", FLOAT, vec![], 0.5f32.to_le_bytes().to_vec()),
                 init("z", UINT8, vec![], vec![128]),
                 init("w", INT8, vec![2, 3, 1, 1], vec![1, 2, 3, 4, 5, 6]),
-                init(
-                    "ws",
-                    FLOAT,
-                    vec![2],
-                    [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect(),
-                ),
+                floats_init("ws", &[0.1f32, 0.2]),
                 init("wz", INT8, vec![2], vec![w_zero_point; 2]),
                 init("b", FLOAT, vec![2], vec![0; 8]),
             ],
-            output: vec![tract_onnx::pb::ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
+            output: vec![value("y")],
             ..Default::default()
         }
     }
@@ -1136,6 +1128,32 @@ mod tests {
 
     fn scalar_init(name: &str, v: f32) -> TensorProto {
         init(name, FLOAT, vec![], v.to_le_bytes().to_vec())
+    }
+
+    /// A 1-D f32 initializer.
+    fn floats_init(name: &str, v: &[f32]) -> TensorProto {
+        let raw = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+        init(name, FLOAT, vec![v.len() as i64], raw)
+    }
+
+    /// A graph input or output by name; `elem_type` when tract needs its type.
+    fn typed_value(name: &str, elem_type: Option<i32>) -> tract_onnx::pb::ValueInfoProto {
+        use tract_onnx::pb::type_proto::{Tensor as TensorType, Value};
+        tract_onnx::pb::ValueInfoProto {
+            name: name.into(),
+            r#type: elem_type.map(|elem_type| tract_onnx::pb::TypeProto {
+                value: Some(Value::TensorType(TensorType {
+                    elem_type,
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str) -> tract_onnx::pb::ValueInfoProto {
+        typed_value(name, None)
     }
 
     /// x → Q → DQ → MatMul(DQ(W)) → Q → DQ → Add(b) → Q → DQ → exact GELU with pairs → Q → DQ
@@ -1171,22 +1189,14 @@ mod tests {
                 scalar_init("s", 0.5),
                 init("z", UINT8, vec![], vec![128]),
                 init("w", INT8, vec![3, 2], vec![1, 2, 3, 4, 5, 6]),
-                init(
-                    "ws",
-                    FLOAT,
-                    vec![2],
-                    [0.1f32, 0.2].iter().flat_map(|f| f.to_le_bytes()).collect(),
-                ),
+                floats_init("ws", &[0.1f32, 0.2]),
                 init("wz", INT8, vec![2], vec![0; 2]),
                 init("b", FLOAT, vec![2], vec![0; 8]),
                 scalar_init("sqrt2", std::f32::consts::SQRT_2),
                 scalar_init("one", 1.0),
                 scalar_init("half", 0.5),
             ],
-            output: vec![tract_onnx::pb::ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
+            output: vec![value("y")],
             ..Default::default()
         }
     }
@@ -1220,12 +1230,7 @@ mod tests {
         g.node.push(node("MatMul", &["y", "wd2"], "out"));
         g.initializer.extend([
             init("w2", INT8, vec![2, 2], vec![1, 2, 3, 4]),
-            init(
-                "ws2",
-                FLOAT,
-                vec![2],
-                [0.3f32, 0.4].iter().flat_map(|f| f.to_le_bytes()).collect(),
-            ),
+            floats_init("ws2", &[0.3f32, 0.4]),
         ]);
         g.output[0].name = "out".into();
         g
@@ -1250,10 +1255,7 @@ mod tests {
     fn a_product_with_another_reader_keeps_f32() {
         let mut g = two_linears_graph();
         g.node.push(node("Relu", &["m2"], "r"));
-        g.output.push(tract_onnx::pb::ValueInfoProto {
-            name: "r".into(),
-            ..Default::default()
-        });
+        g.output.push(value("r"));
         assert_eq!(fuse_pointwise(&mut g), 1 + 1);
         assert!(g.node.iter().all(|n| emit_of(n).is_none()));
     }
@@ -1280,10 +1282,7 @@ mod tests {
                 scalar_init("ws", 0.1),
                 init("b", FLOAT, vec![2], vec![0; 8]),
             ],
-            output: vec![tract_onnx::pb::ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
+            output: vec![value("y")],
             ..Default::default()
         }
     }
@@ -1333,18 +1332,7 @@ mod tests {
         let mut dql = node("DynamicQuantizeLinear", &["x"], "xq");
         dql.output.extend(["xs".into(), "xz".into()]);
         let w: Vec<u8> = (0..3 * 2 * 2 * 2).map(|i| (i * 37 % 251) as u8).collect();
-        use tract_onnx::pb::type_proto::{Tensor as TensorType, Value};
-        let io = |name: &str| tract_onnx::pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(tract_onnx::pb::TypeProto {
-                value: Some(Value::TensorType(TensorType {
-                    elem_type: FLOAT,
-                    shape: None,
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let io = |name: &str| typed_value(name, Some(FLOAT));
         GraphProto {
             node: vec![
                 dql,
