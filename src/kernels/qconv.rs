@@ -698,7 +698,7 @@ impl QPointwiseConv {
         p: usize,
         out: &mut [T],
     ) -> TractResult<()> {
-        let acc = self.integer_product(x, q.quantizer.clone(), p)?;
+        let acc = self.integer_product(x, q.quantizer, p)?;
         let acc = acc.try_as_plain_ram()?;
         let acc = acc.as_slice::<i32>()?;
         let e = self.epilogue();

@@ -23,7 +23,7 @@ const ROUNDER: f32 = 12_582_912.0;
 const ROUNDER_BITS: i32 = 0x4B40_0000;
 
 /// Branch-free quantization of f32 activations (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FastQuantize {
     /// Bits of the f32 multiplier (1 / ONNX scale); bits, so the op can be `Eq`.
     inv_scale_bits: u32,
@@ -386,7 +386,7 @@ mod tests {
         ] {
             let q = FastQuantize::new(inv_scale, zp, signed);
             let mut fused = xs.clone();
-            FakeQuantize::new(q.clone(), 0.137, dq_zp).apply(&mut fused);
+            FakeQuantize::new(q, 0.137, dq_zp).apply(&mut fused);
             let mut ints = vec![0i32; xs.len()];
             q.run(&xs, &mut ints, |v| v);
             for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {
@@ -410,7 +410,7 @@ mod tests {
         ] {
             let q = FastQuantize::new(3.7, zp, signed_in);
             let mut t = tensor1(&xs);
-            QuantizeLookup::new(q.clone(), &lut, signed_out, 0.071, dq_zp)
+            QuantizeLookup::new(q, &lut, signed_out, 0.071, dq_zp)
                 .unwrap()
                 .eval_in_place(&mut t, None)
                 .unwrap();

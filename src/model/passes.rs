@@ -180,7 +180,7 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, F
             return Ok(Some((
                 id,
                 succ.id,
-                FakeQuantize::new(q.clone(), dq.scale, dq.zero_point),
+                FakeQuantize::new(*q, dq.scale, dq.zero_point),
             )));
         }
     }
@@ -217,9 +217,7 @@ fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize,
         let signed =
             model.outlet_fact(OutletId::new(lut_node.id, 0))?.datum_type == i8::datum_type();
         let table = lut.table.table();
-        if let Some(op) =
-            QuantizeLookup::new(q.clone(), table, signed, dq_op.scale, dq_op.zero_point)
-        {
+        if let Some(op) = QuantizeLookup::new(*q, table, signed, dq_op.scale, dq_op.zero_point) {
             return Ok(Some((id, dq.id, op)));
         }
     }

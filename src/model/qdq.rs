@@ -129,14 +129,6 @@ pub fn integer_ops_to_float(graph: &mut GraphProto) -> usize {
                 one
             }
         };
-        let dequantize = |input: &str, scale: &str, zp: &str, out: String, axis: i64| NodeProto {
-            name: out.clone(),
-            op_type: "DequantizeLinear".into(),
-            input: [input, scale, zp].map(String::from).to_vec(),
-            output: vec![out],
-            attribute: vec![int_attr("axis", axis)],
-            ..Default::default()
-        };
         // The input's zero point is computed at run time (tract's DequantizeLinear wants a
         // constant one): x − zp as two casts and a subtraction.
         let to_float = |input: &str, out: String| NodeProto {
@@ -165,7 +157,14 @@ pub fn integer_ops_to_float(graph: &mut GraphProto) -> usize {
             }
         };
         let w = format!("{name}::cxe_w");
-        let dq_w = dequantize(arg(&op, 1), &w_one, arg(&op, 3), w.clone(), w_axis);
+        let dq_w = NodeProto {
+            name: w.clone(),
+            op_type: "DequantizeLinear".into(),
+            input: vec![arg(&op, 1).into(), w_one, arg(&op, 3).into()],
+            output: vec![w.clone()],
+            attribute: vec![int_attr("axis", w_axis)],
+            ..Default::default()
+        };
         let float = NodeProto {
             op_type: float_op.into(),
             input: vec![x, w],
