@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
 # Builds the release binary for a board and packs it with the default model and a README:
-#   cross/build.sh BOARD [--musl|--gnu] [--tuned]
+#   cross/build.sh BOARD [--musl|--gnu] [--tuned] [--profile NAME]
 # Boards are listed in cross/boards.tsv. Jetsons default to a static musl binary (JetPack's
 # glibc is older than the 2.35 a Debian 12 gnu build needs); Raspberry Pi boards default to gnu
 # (Pi OS bookworm) — pass --musl for Pi OS bullseye or older. --tuned adds the board's
 # -C target-cpu (faster, but the binary then needs that core: an A76 build gets SIGILL on A72).
+# --profile picks a Cargo profile other than release (CI's armv7 smoke run uses `smoke`).
 # Output: target/cross/BOARD/convnext-edge-BOARD.tar.gz
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { echo "usage: cross/build.sh BOARD [--musl|--gnu] [--tuned]; boards: $(grep -v '^#' cross/boards.tsv | cut -f1 | tr '\n' ' ')" >&2; exit 2; }
+usage() { echo "usage: cross/build.sh BOARD [--musl|--gnu] [--tuned] [--profile NAME]; boards: $(grep -v '^#' cross/boards.tsv | cut -f1 | tr '\n' ' ')" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 board=$1; shift
 line=$(grep -v '^#' cross/boards.tsv | awk -F'\t' -v b="$board" '$1 == b') || true
 [ -n "$line" ] || { echo "cross/build.sh: unknown board '$board'" >&2; usage; }
 IFS=$'\t' read -r _ target libc _qemu _qemu_cpu tuned_cpu _tract <<<"$line"
 tuned=0
-for arg in "$@"; do
-  case $arg in
+profile=release
+while [ $# -gt 0 ]; do
+  case $1 in
     --musl) libc=musl ;;
     --gnu) libc=gnu ;;
     --tuned) tuned=1 ;;
+    --profile) [ $# -ge 2 ] || usage; profile=$2; shift ;;
     *) usage ;;
   esac
+  shift
 done
 if [ "$libc" = musl ]; then
   case $target in
@@ -32,12 +36,12 @@ fi
 rustup target list --installed | grep -qx "$target" || { echo "cross/build.sh: Rust target $target missing; run cross/setup.sh" >&2; exit 1; }
 flags=${RUSTFLAGS:-}
 [ $tuned = 1 ] && flags="$flags -C target-cpu=$tuned_cpu"
-RUSTFLAGS="$flags" cargo build --release --target "$target" --bin convnext-edge
+RUSTFLAGS="$flags" cargo build --profile "$profile" --target "$target" --bin convnext-edge
 
 out=target/cross/$board
 stage=$out/convnext-edge-$board
 rm -rf "$stage" && mkdir -p "$stage"
-cp "target/$target/release/convnext-edge" "$stage/"
+cp "target/$target/$profile/convnext-edge" "$stage/"
 cp models/digits/convnext_digits_int8.onnx models/digits/labels.txt "$stage/"
 cp -r models/digits/samples "$stage/"
 cat > "$stage/README.txt" <<TXT

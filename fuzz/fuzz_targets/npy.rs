@@ -1,8 +1,4 @@
-//! The `.npy` reader (`run --input`).
+//! Fuzz target `npy`: what it exercises is documented on `convnext_edge_fuzz::npy`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = convnext_edge::npy::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| convnext_edge_fuzz::npy(data));
