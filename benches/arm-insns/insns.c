@@ -1,11 +1,12 @@
 /*
  * A qemu-user TCG plugin that counts executed guest instructions and prints the total to
- * stderr at exit ("guest_insns N"). Debian ships qemu-user's plugin loader but not
+ * stderr at exit ("guest_insns N"). With the argument pcs=FILE it also writes, per translated
+ * block, "ADDRESS INSNS EXECUTIONS" lines to FILE, which run.py --symbols maps to functions. Debian ships qemu-user's plugin loader but not
  * qemu-plugin.h, so the few API v1 entry points used are declared here; the dynamic
  * qemu-aarch64 / qemu-arm of Debian 12 (qemu 7.2) resolve them at load time.
  *
  * Build: gcc -shared -fPIC -O2 -o libinsns.so insns.c
- * Use:   qemu-aarch64 -plugin ./libinsns.so -cpu cortex-a72 ./binary args
+ * Use:   qemu-aarch64 -plugin ./libinsns.so[,pcs=FILE] -cpu cortex-a72 ./binary args
  *
  * The count is of the emulated program only, deterministic for the same binary, input and
  * CPU model (repeat runs agree within 0.1%). With several guest threads the inline counter
@@ -14,6 +15,8 @@
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 typedef uint64_t qemu_plugin_id_t;
 struct qemu_plugin_tb;
@@ -23,6 +26,7 @@ typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
 
 extern size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+extern uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 extern void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
                                                      void *ptr, uint64_t imm);
 extern void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
@@ -32,23 +36,62 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
 static uint64_t insns;
 
+/* One per translation (a block translated twice gets two; run.py adds them up). Kept for the
+ * whole run: the inline counters point into them. */
+struct block {
+    uint64_t vaddr;
+    uint64_t n_insns;
+    uint64_t executions;
+    struct block *next;
+};
+static struct block *blocks;
+static const char *pcs_path;
+
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     (void)id;
-    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns, qemu_plugin_tb_n_insns(tb));
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns, n);
+    if (pcs_path) {
+        struct block *b = calloc(1, sizeof *b);
+        if (!b) {
+            return;
+        }
+        b->vaddr = qemu_plugin_tb_vaddr(tb);
+        b->n_insns = n;
+        b->next = blocks;
+        blocks = b;
+        qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->executions, 1);
+    }
 }
 
-static void on_exit(qemu_plugin_id_t id, void *userdata) {
+static void at_exit(qemu_plugin_id_t id, void *userdata) {
     (void)id;
     (void)userdata;
     fprintf(stderr, "guest_insns %" PRIu64 "\n", insns);
+    if (pcs_path) {
+        FILE *f = fopen(pcs_path, "w");
+        if (!f) {
+            fprintf(stderr, "insns plugin: cannot write %s\n", pcs_path);
+            return;
+        }
+        for (struct block *b = blocks; b; b = b->next) {
+            if (b->executions) {
+                fprintf(f, "%" PRIx64 " %" PRIu64 " %" PRIu64 "\n", b->vaddr, b->n_insns, b->executions);
+            }
+        }
+        fclose(f);
+    }
 }
 
 __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                                               int argc, char **argv) {
     (void)info;
-    (void)argc;
-    (void)argv;
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "pcs=", 4) == 0) {
+            pcs_path = argv[i] + 4;
+        }
+    }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
-    qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+    qemu_plugin_register_atexit_cb(id, at_exit, NULL);
     return 0;
 }

@@ -13,15 +13,22 @@ TRACT_* overrides from cross/boards.tsv (Debian 12's qemu 7.2 shows the guest th
 inference, with loading and optimisation cancelled out. This is a deterministic cost proxy for
 comparing builds and kernel families, not a time: it ignores caches, memory bandwidth and the
 pipeline. Compare counts only between runs that use the same kernels (printed beside them).
+
+--symbols N also prints, per model, the N functions that execute the most instructions per
+inference (the same N / N+1 difference, per function of the binary's symbol table; code outside
+the binary — libc, the loader — is one line): where the count goes, as a profile would show.
 Standard library only.
 """
 
 import argparse
+import bisect
+import collections
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -48,18 +55,69 @@ def plugin():
     return so
 
 
-def count(board, binary, so, model, precision, iters):
+def count(board, binary, so, model, precision, iters, pcs=None):
+    """Instructions of the run, its bench result, and with `pcs` (a directory) the per-block
+    counts and the guest address the binary was loaded at."""
     sysroot = "/usr/aarch64-linux-gnu" if board["qemu"] == "qemu-aarch64" else "/usr/arm-linux-gnueabihf"
-    cmd = [board["qemu"], "-L", sysroot, "-cpu", board["cpu"], "-plugin", so, binary, "bench",
-           "--model", model, "--precision", precision, "--threads", "1", "--warmup", "0",
-           "--iters", str(iters), "--json", "-"]
+    plugin_arg, log_args = so, []
+    if pcs:
+        plugin_arg += f",pcs={pcs}/blocks.txt"
+        log_args = ["-d", "page", "-D", f"{pcs}/page.log"]
+    cmd = [board["qemu"], "-L", sysroot, "-cpu", board["cpu"], "-plugin", plugin_arg, *log_args,
+           binary, "bench", "--model", model, "--precision", precision, "--threads", "1",
+           "--warmup", "0", "--iters", str(iters), "--json", "-"]
     env = dict(os.environ, **board["env"])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     m = re.search(r"guest_insns (\d+)", p.stderr)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr[-2000:]}")
     result = json.loads(p.stdout)["results"][0]
-    return int(m.group(1)), result
+    blocks = None
+    if pcs:
+        blocks = (load_base(f"{pcs}/page.log"), read_blocks(f"{pcs}/blocks.txt"))
+    return int(m.group(1)), result, blocks
+
+
+def load_base(page_log):
+    """qemu-user maps the program before its loader; -d page logs that first executable
+    mapping, whose start is where the (position-independent) binary's address 0 lands."""
+    with open(page_log) as f:
+        for line in f:
+            m = re.match(r"([0-9a-f]+)-[0-9a-f]+ [0-9a-f]+ r-x", line)
+            if m:
+                return int(m.group(1), 16)
+    raise RuntimeError(f"{page_log}: no executable mapping logged")
+
+
+def read_blocks(path):
+    with open(path) as f:
+        return [(int(a, 16), int(n) * int(e)) for a, n, e in (line.split() for line in f)]
+
+
+def symbol_table(binary):
+    nm = "aarch64-linux-gnu-nm" if "aarch64" in binary else "arm-linux-gnueabihf-nm"
+    out = subprocess.run([nm, "-C", "-n", "--defined-only", binary], capture_output=True,
+                         text=True, check=True).stdout
+    starts, names = [], []
+    for line in out.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[1] in "tTwW":
+            starts.append(int(parts[0], 16))
+            names.append(re.sub(r"::h[0-9a-f]{16}$", "", parts[2]))
+    return starts, names
+
+
+def by_symbol(blocks, table, size):
+    """Instructions per function; blocks outside the binary's `size` bytes are one entry."""
+    base, counted = blocks
+    starts, names = table
+    totals = collections.Counter()
+    for addr, n in counted:
+        offset = addr - base
+        i = bisect.bisect_right(starts, offset) - 1
+        inside = 0 <= offset < size and i >= 0
+        totals[names[i] if inside else "[outside the binary: libc, loader]"] += n
+    return totals
 
 
 def main():
@@ -68,6 +126,8 @@ def main():
     ap.add_argument("--boards", default="pi4,pi5")
     ap.add_argument("--iters", type=int, default=1, help="N: counts runs with N and N+1 inferences")
     ap.add_argument("--bin", help="ARM binary (default: target/<board's target>/release/convnext-edge)")
+    ap.add_argument("--symbols", type=int, default=0, metavar="N",
+                    help="also list the N functions with the most instructions per inference")
     a = ap.parse_args()
     known = boards()
     so = plugin()
@@ -78,13 +138,28 @@ def main():
             sys.exit(f"unknown board {name}; known: {', '.join(known)}")
         board = known[name]
         binary = a.bin or os.path.join(ROOT, "target", board["target"], "release", "convnext-edge")
+        profiles = []
         for spec in a.models:
             model, _, precision = spec.partition(":")
-            n0, _ = count(board, binary, so, model, precision or "auto", a.iters)
-            n1, r = count(board, binary, so, model, precision or "auto", a.iters + 1)
+            with tempfile.TemporaryDirectory() as d0, tempfile.TemporaryDirectory() as d1:
+                pcs = (d0, d1) if a.symbols else (None, None)
+                n0, _, b0 = count(board, binary, so, model, precision or "auto", a.iters, pcs[0])
+                n1, r, b1 = count(board, binary, so, model, precision or "auto", a.iters + 1, pcs[1])
             kernels = ", ".join(k for k in r["kernels"])
             print(f"| {name} | {board['cpu']} | {os.path.basename(model)} | {r['precision']} | "
                   f"{(n1 - n0) / 1e6:.1f} | {kernels} |", flush=True)
+            if a.symbols:
+                table = symbol_table(binary)
+                size = os.path.getsize(binary)
+                per = by_symbol(b1, table, size)
+                per.subtract(by_symbol(b0, table, size))
+                profiles.append((f"{name} {os.path.basename(model)} {r['precision']}", n1 - n0, per))
+        for title, total, per in profiles:
+            print(f"\n{title}: top {a.symbols} functions, M guest insns / inference\n")
+            print("| M insns | share | function |")
+            print("|---|---|---|")
+            for sym, n in per.most_common(a.symbols):
+                print(f"| {n / 1e6:.1f} | {100 * n / total:.1f}% | `{sym[:140]}` |")
 
 
 if __name__ == "__main__":

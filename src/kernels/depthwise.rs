@@ -153,6 +153,7 @@ multiversion! {
 }
 
 /// `LANES` outputs of one row starting at column `x0`: bias, then every tap in row order.
+#[cfg(not(target_arch = "aarch64"))]
 #[inline(always)]
 fn chunk(
     rows: &[f32],
@@ -175,6 +176,43 @@ fn chunk(
         }
     }
     acc
+}
+
+/// [`chunk`] in NEON registers. Written out because LLVM vectorises the portable loop across
+/// the taps on aarch64 (a vector multiply, then scalar adds): ~4x the instructions. Same
+/// arithmetic (a multiply and an add per tap, no fused multiply-add), so the same bits.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn chunk(
+    rows: &[f32],
+    stride: usize,
+    x0: usize,
+    kh: usize,
+    kw: usize,
+    taps: &[f32],
+    bias: f32,
+) -> [f32; LANES] {
+    use std::arch::aarch64::{vaddq_f32, vdupq_n_f32, vld1q_f32, vmulq_f32, vst1q_f32};
+    // SAFETY: NEON is in the baseline of every aarch64 target; every load and store is of four
+    // floats at v * 4 (v < LANES / 4) into a slice of LANES floats.
+    unsafe {
+        let mut acc = [vdupq_n_f32(bias); LANES / 4];
+        for (i, taps_row) in taps.chunks_exact(kw).take(kh).enumerate() {
+            let row = &rows[i * stride + x0..i * stride + x0 + kw - 1 + LANES];
+            // Zipped windows: no index to check per tap.
+            for (src, &k) in row.windows(LANES).zip(taps_row) {
+                let k = vdupq_n_f32(k);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = vaddq_f32(*a, vmulq_f32(k, vld1q_f32(src.as_ptr().add(v * 4))));
+                }
+            }
+        }
+        let mut out = [0.0; LANES];
+        for (v, a) in acc.iter().enumerate() {
+            vst1q_f32(out.as_mut_ptr().add(v * 4), *a);
+        }
+        out
+    }
 }
 
 multiversion! {

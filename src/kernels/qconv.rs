@@ -893,10 +893,15 @@ struct Row {
 fn interleave_k4(rows: &[i8], kp: usize, r: usize, panel: &mut [u8]) {
     for (m, row) in rows.chunks_exact(kp).enumerate() {
         for (kb, group) in row.chunks_exact(4).enumerate() {
+            // Four bytes moved as one word, not one by one.
+            let word = [
+                group[0] as u8,
+                group[1] as u8,
+                group[2] as u8,
+                group[3] as u8,
+            ];
             let at = kb * 4 * r + m * 4;
-            for (d, s) in panel[at..at + 4].iter_mut().zip(group) {
-                *d = *s as u8;
-            }
+            panel[at..at + 4].copy_from_slice(&word);
         }
     }
 }
