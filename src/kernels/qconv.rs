@@ -542,37 +542,44 @@ impl QPointwiseConv {
         let layout = self.layout;
         par_chunks_mut(blob.as_bytes_mut(), panel_bytes, x.len(), |first, chunk| {
             let mut rows = vec![0i8; kp * r];
-            let mut tmp = vec![0i8; r];
+            let mut block = vec![0i8; 4 * r];
             for (pi, panel) in chunk.chunks_mut(panel_bytes).enumerate() {
                 let m0 = (first + pi) * r;
                 let width = r.min(p - m0);
-                // `rows` holds the panel's values position-major, `kp` per position.
-                rows.fill(0);
                 match layout {
                     Layout::ChannelsLast => {
+                        // `rows` holds the panel's values position-major, `kp` per position.
+                        rows.fill(0);
                         for (lm, row) in rows.chunks_mut(kp).take(width).enumerate() {
                             match x.slice((m0 + lm) * cin, cin) {
                                 Operand::F32(src) => quantizer.quantize_i8(src, &mut row[..cin]),
                                 Operand::I8(src) => row[..cin].copy_from_slice(src),
                             }
                         }
+                        interleave_k4(&rows, kp, r, panel);
                     }
                     Layout::ChannelsFirst => {
-                        for kk in 0..cin {
-                            let src = match x.slice(kk * p + m0, width) {
-                                Operand::F32(src) => {
-                                    quantizer.quantize_i8(src, &mut tmp[..width]);
-                                    &tmp[..width]
+                        // Four channels at a time into `block` (channel-major, `r` positions
+                        // each), then written as the panel's four-byte words: no byte-wise
+                        // scatter and no second pass.
+                        for (kb, words) in panel.chunks_exact_mut(4 * r).enumerate() {
+                            block.fill(0);
+                            for (d, dst) in block.chunks_exact_mut(r).enumerate() {
+                                let kk = kb * 4 + d;
+                                if kk >= cin {
+                                    break;
                                 }
-                                Operand::I8(src) => src,
-                            };
-                            for (lm, v) in src.iter().enumerate() {
-                                rows[lm * kp + kk] = *v;
+                                match x.slice(kk * p + m0, width) {
+                                    Operand::F32(src) => {
+                                        quantizer.quantize_i8(src, &mut dst[..width])
+                                    }
+                                    Operand::I8(src) => dst[..width].copy_from_slice(src),
+                                }
                             }
+                            zip4(&block, words);
                         }
                     }
                 }
-                interleave_k4(&rows, kp, r, panel);
             }
             Ok(())
         })?;
@@ -902,6 +909,40 @@ fn interleave_k4(rows: &[i8], kp: usize, r: usize, panel: &mut [u8]) {
             ];
             let at = kb * 4 * r + m * 4;
             panel[at..at + 4].copy_from_slice(&word);
+        }
+    }
+}
+
+/// Four rows of `r` bytes (`block`, row-major) into `r` four-byte words, word `m` holding the
+/// rows' `m`-th bytes: `words[4m + d] = block[d · r + m]`.
+fn zip4(block: &[i8], words: &mut [u8]) {
+    let r = block.len() / 4;
+    #[cfg(target_arch = "aarch64")]
+    let done = {
+        use std::arch::aarch64::{uint8x8x4_t, vld1_u8, vst4_u8};
+        let ptr = block.as_ptr() as *const u8;
+        let mut done = 0;
+        while done + 8 <= r {
+            // SAFETY: NEON is in the aarch64 baseline; the four loads read block[d · r + done
+            // ..][..8] with done + 8 <= r, the store a checked 32-byte slice of `words`.
+            unsafe {
+                let rows = uint8x8x4_t(
+                    vld1_u8(ptr.add(done)),
+                    vld1_u8(ptr.add(r + done)),
+                    vld1_u8(ptr.add(2 * r + done)),
+                    vld1_u8(ptr.add(3 * r + done)),
+                );
+                vst4_u8(words[4 * done..4 * done + 32].as_mut_ptr(), rows);
+            }
+            done += 8;
+        }
+        done
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    for m in done..r {
+        for d in 0..4 {
+            words[4 * m + d] = block[d * r + m] as u8;
         }
     }
 }
@@ -1410,6 +1451,24 @@ mod tests {
         {
             for (signed, with_y) in [(false, true), (true, true), (false, false)] {
                 check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn zip4_interleaves_four_rows() {
+        for r in [1, 7, 8, 16, 19] {
+            let block: Vec<i8> = (0..4 * r).map(|i| (i * 37 % 251) as u8 as i8).collect();
+            let mut words = vec![0u8; 4 * r];
+            zip4(&block, &mut words);
+            for m in 0..r {
+                for d in 0..4 {
+                    assert_eq!(
+                        words[4 * m + d],
+                        block[d * r + m] as u8,
+                        "r {r} m {m} d {d}"
+                    );
+                }
             }
         }
     }
