@@ -139,6 +139,8 @@ def main():
         board = known[name]
         binary = a.bin or os.path.join(ROOT, "target", board["target"], "release", "convnext-edge")
         profiles = []
+        if a.symbols:
+            table, size = symbol_table(binary), os.path.getsize(binary)
         for spec in a.models:
             model, _, precision = spec.partition(":")
             with tempfile.TemporaryDirectory() as d0, tempfile.TemporaryDirectory() as d1:
@@ -149,8 +151,6 @@ def main():
             print(f"| {name} | {board['cpu']} | {os.path.basename(model)} | {r['precision']} | "
                   f"{(n1 - n0) / 1e6:.1f} | {kernels} |", flush=True)
             if a.symbols:
-                table = symbol_table(binary)
-                size = os.path.getsize(binary)
                 per = by_symbol(b1, table, size)
                 per.subtract(by_symbol(b0, table, size))
                 profiles.append((f"{name} {os.path.basename(model)} {r['precision']}", n1 - n0, per))

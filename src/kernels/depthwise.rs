@@ -153,7 +153,11 @@ multiversion! {
 }
 
 /// `LANES` outputs of one row starting at column `x0`: bias, then every tap in row order.
-#[cfg(not(target_arch = "aarch64"))]
+///
+/// On aarch64 the sums are kept in NEON registers, written out because LLVM vectorises the
+/// portable loop across the taps there (a vector multiply, then scalar adds: ~2.5x the
+/// instructions). Same arithmetic in both (a multiply and an add per tap, no fused
+/// multiply-add), so the same bits.
 #[inline(always)]
 fn chunk(
     rows: &[f32],
@@ -164,38 +168,26 @@ fn chunk(
     taps: &[f32],
     bias: f32,
 ) -> [f32; LANES] {
-    let mut acc = [bias; LANES];
-    for i in 0..kh {
-        let row = &rows[i * stride + x0..];
-        for j in 0..kw {
-            let k = taps[i * kw + j];
-            let src: &[f32; LANES] = row[j..j + LANES].try_into().expect("padded row");
-            for (a, s) in acc.iter_mut().zip(src) {
-                *a += k * s;
+    #[cfg(not(target_arch = "aarch64"))]
+    let acc = {
+        let mut acc = [bias; LANES];
+        for i in 0..kh {
+            let row = &rows[i * stride + x0..];
+            for j in 0..kw {
+                let k = taps[i * kw + j];
+                let src: &[f32; LANES] = row[j..j + LANES].try_into().expect("padded row");
+                for (a, s) in acc.iter_mut().zip(src) {
+                    *a += k * s;
+                }
             }
         }
-    }
-    acc
-}
-
-/// [`chunk`] in NEON registers. Written out because LLVM vectorises the portable loop across
-/// the taps on aarch64 (a vector multiply, then scalar adds): ~4x the instructions. Same
-/// arithmetic (a multiply and an add per tap, no fused multiply-add), so the same bits.
-#[cfg(target_arch = "aarch64")]
-#[inline(always)]
-fn chunk(
-    rows: &[f32],
-    stride: usize,
-    x0: usize,
-    kh: usize,
-    kw: usize,
-    taps: &[f32],
-    bias: f32,
-) -> [f32; LANES] {
-    use std::arch::aarch64::{vaddq_f32, vdupq_n_f32, vld1q_f32, vmulq_f32, vst1q_f32};
+        acc
+    };
+    #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is in the baseline of every aarch64 target; every load and store is of four
     // floats at v * 4 (v < LANES / 4) into a slice of LANES floats.
-    unsafe {
+    let acc = unsafe {
+        use std::arch::aarch64::{vaddq_f32, vdupq_n_f32, vld1q_f32, vmulq_f32, vst1q_f32};
         let mut acc = [vdupq_n_f32(bias); LANES / 4];
         for (i, taps_row) in taps.chunks_exact(kw).take(kh).enumerate() {
             let row = &rows[i * stride + x0..i * stride + x0 + kw - 1 + LANES];
@@ -212,7 +204,8 @@ fn chunk(
             vst1q_f32(out.as_mut_ptr().add(v * 4), *a);
         }
         out
-    }
+    };
+    acc
 }
 
 multiversion! {
