@@ -83,6 +83,9 @@ enum Command {
         /// How many of the slowest nodes to list.
         #[arg(long, default_value_t = 20)]
         top: usize,
+        /// Precision to run in: auto (as stored), f32, f16, int8.
+        #[arg(long, default_value = "auto")]
+        precision: Precision,
         #[arg(long)]
         json: bool,
     },
@@ -245,8 +248,13 @@ fn run(cli: Cli) -> Result<()> {
             model,
             runs,
             top,
+            precision,
             json,
         } => {
+            let options = LoadOptions {
+                precision,
+                ..options
+            };
             let model = Model::load(&model, &options)?;
             let (h, w) = model.input_hw();
             let x = tract_onnx::prelude::Tensor::zero::<f32>(&[1, 3, h, w])?;

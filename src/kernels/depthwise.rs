@@ -1,4 +1,5 @@
-//! Depthwise convolution (ConvNeXt's 7x7 `conv_dw`) over NCHW f32, stride 1.
+//! Depthwise convolution (ConvNeXt's 7x7 `conv_dw`) over NCHW or NHWC, stride 1, f32 — and f16,
+//! widened to f32 on the way in and rounded back on the way out.
 //!
 //! tract 0.23.9 runs it one output point at a time through its zone walker on x86 (its
 //! vectorised kernel covers the interior rows only, without FMA), ~4x slower than
@@ -11,6 +12,11 @@
 //! Summation order per output is the bias, then the taps row by row (the order of tract's
 //! scalar walk), with a multiply and an add per tap, so results match tract's to the bit
 //! where tract is not using FMA.
+//!
+//! f16 tensors are computed in f32: tract 0.23.9 has no f16 depthwise kernel (its generic loop
+//! calls `half`'s scalar multiply and add per tap: 1.3 G of the 1.6 G guest instructions of a
+//! convnext_atto inference on the Pi 5 profile), and f32 sums are what onnxruntime computes for
+//! f16 convolutions on CPUs without an f16 kernel. Weights and bias are held in f32.
 //!
 //! tract internals used (tract-core 0.23.9): `Conv` / `PoolSpec` / `PaddingSpec` fields (read
 //! by the pass in `model::passes`), `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
@@ -263,6 +269,8 @@ impl EvalOp for DepthwiseConv {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
+        let dt = x.datum_type();
+        let x = super::widen(&x)?;
         let shape = x.shape();
         let c = self.channels();
         let (ca, ha, wa) = self.axes();
@@ -322,7 +330,7 @@ impl EvalOp for DepthwiseConv {
                 }
             }
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(super::narrow(out, dt)?.into_tvalue()))
     }
 }
 
@@ -331,25 +339,28 @@ impl TypedOp for DepthwiseConv {
         let x = inputs[0];
         let (ca, ha, wa) = self.axes();
         ensure!(
-            x.datum_type == f32::datum_type()
-                && x.rank() == 4
-                && x.shape[ca] == self.channels().to_dim(),
-            "depthwise conv: input {x:?}, expected {} channels on axis {ca}, f32",
+            is_activation(x.datum_type) && x.rank() == 4 && x.shape[ca] == self.channels().to_dim(),
+            "depthwise conv: input {x:?}, expected {} channels on axis {ca}, f32 or f16",
             self.channels()
         );
         let (oh, ow) = self.output_hw(x.shape[ha].clone(), x.shape[wa].clone());
         let mut shape = x.shape.to_tvec();
         (shape[ha], shape[wa]) = (oh, ow);
-        Ok(tvec!(f32::fact(shape)))
+        Ok(tvec!(x.datum_type.fact(shape)))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let taps = self.weights.shape()[1] * self.weights.shape()[2];
         let points = inputs[0].shape.iter().product::<TDim>();
-        Ok(tvec!((Cost::FMA(f32::datum_type()), points * taps)))
+        Ok(tvec!((Cost::FMA(inputs[0].datum_type), points * taps)))
     }
 
     as_op!();
+}
+
+/// The tensor types the op takes.
+pub fn is_activation(dt: DatumType) -> bool {
+    dt == f32::datum_type() || dt == f16::datum_type()
 }
 
 #[cfg(test)]
@@ -463,6 +474,34 @@ mod tests {
         check(1, 17, 13, 33, 3, 3, [1, 1, 1, 1]);
         check(1, 2, 9, 17, 5, 3, [0, 2, 1, 0]);
         check(2, 1, 4, 4, 1, 1, [0, 0, 0, 0]);
+    }
+
+    /// An f16 input gives the f32 computation on the same values, rounded once at the end.
+    #[test]
+    fn f16_is_the_f32_computation_rounded() {
+        let (c, h, w) = (19, 11, 23);
+        let x: Vec<f16> = (0..c * h * w)
+            .map(|i| f16::from_f32(((i * 7919 % 2003) as f32 / 1001.5) - 1.0))
+            .collect();
+        let k: Vec<f32> = (0..c * 49).map(|i| (i % 13) as f32 / 6.5 - 1.0).collect();
+        let op = DepthwiseConv::new(
+            Tensor::from_shape(&[c, 7, 7], &k).unwrap(),
+            Tensor::from_shape(&[c], &vec![0.25f32; c]).unwrap(),
+            [3, 3, 3, 3],
+            Layout::ChannelsFirst,
+        )
+        .unwrap();
+        let run = |t: Tensor| {
+            op.eval_out_of_plan(tvec!(t.into_tvalue()))
+                .unwrap()
+                .unwrap()
+        };
+        let half = run(Tensor::from_shape(&[1, c, h, w], &x).unwrap());
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let full = run(Tensor::from_shape(&[1, c, h, w], &wide).unwrap());
+        assert_eq!(half[0].datum_type(), f16::datum_type());
+        let expected = full[0].cast_to::<f16>().unwrap();
+        assert_eq!(&*half[0], &*expected);
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl EvalOp for LayerNorm {
             b.len()
         );
         let dt = x.datum_type();
-        let x = x.cast_to::<f32>()?;
+        let x = super::widen(&x)?;
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<f32>()?;
         let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
@@ -179,12 +179,7 @@ impl EvalOp for LayerNorm {
                 }
             }
         }
-        let out = if dt == f32::datum_type() {
-            out
-        } else {
-            out.cast_to_dt(dt)?.into_owned()
-        };
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(super::narrow(out, dt)?.into_tvalue()))
     }
 }
 

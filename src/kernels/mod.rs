@@ -3,6 +3,8 @@
 //! definition it replaces.
 
 pub mod depthwise;
+pub mod gelu;
+mod half_float;
 pub mod layer_norm;
 #[cfg(target_arch = "x86_64")]
 pub mod madd;
@@ -10,10 +12,51 @@ pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;
 
+use std::borrow::Cow;
+
+use half::f16;
+use tract_onnx::prelude::*;
+
 /// Where the channels are: `[N, C, …]` (NCHW; a 1x1 conv) or `[…, C]` (NHWC; a MatMul by a
 /// constant, PyTorch's `Linear`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
     ChannelsFirst,
     ChannelsLast,
+}
+
+/// The f32 tensor a float kernel computes on: `x` itself when f32, otherwise widened.
+///
+/// f16 goes through [`half_float::widen_into`] (FCVTL on aarch64, F16C on x86): tract's `cast_to`
+/// converts one value per call.
+pub(crate) fn widen(x: &Tensor) -> TractResult<Cow<'_, Tensor>> {
+    if x.datum_type() != f16::datum_type() {
+        return x.cast_to::<f32>();
+    }
+    // SAFETY: f32 has no invalid bit patterns, and the conversion writes every element.
+    let mut out = unsafe { Tensor::uninitialized::<f32>(x.shape())? };
+    let src = x.try_as_plain_ram()?;
+    half_float::widen_into(
+        src.as_slice::<f16>()?,
+        out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+    );
+    Ok(Cow::Owned(out))
+}
+
+/// An f32 result as `dt`, the inverse of [`widen`] (round to nearest even for f16).
+pub(crate) fn narrow(x: Tensor, dt: DatumType) -> TractResult<Tensor> {
+    if dt == f32::datum_type() {
+        return Ok(x);
+    }
+    if dt != f16::datum_type() {
+        return Ok(x.cast_to_dt(dt)?.into_owned());
+    }
+    // SAFETY: as in `widen`.
+    let mut out = unsafe { Tensor::uninitialized::<f16>(x.shape())? };
+    let src = x.try_as_plain_ram()?;
+    half_float::narrow_into(
+        src.as_slice::<f32>()?,
+        out.try_as_plain_ram_mut()?.as_slice_mut::<f16>()?,
+    );
+    Ok(out)
 }

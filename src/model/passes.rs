@@ -20,13 +20,18 @@
 //!   stops at 4 MiB, and an f16 model run in f32 has a cast after every weight).
 //!
 //! - **Depthwise convolution**: a float `Conv` with one group per channel, stride and dilation
-//!   1, NCHW or NHWC (where tract has moved the channels last), f32, constant weights and bias, becomes our [`DepthwiseConv`] (see
-//!   `kernels::depthwise`): the same sum per output, in the same order. Padding of every kind
-//!   tract expresses is turned into explicit before/after amounts first.
+//!   1, NCHW or NHWC (where tract has moved the channels last), f32 or f16, constant weights and
+//!   bias, becomes our [`DepthwiseConv`] (see `kernels::depthwise`): the same sum per output, in
+//!   the same order (in f32 for f16 tensors). Padding of every kind tract expresses is turned
+//!   into explicit before/after amounts first.
+//!
+//! - **f16 GELU in f32**: tract's `GeluExact` on an f16 tensor becomes [`GeluF32`] (see
+//!   `kernels::gelu`): the same erf, computed in f32 and rounded once instead of three f16
+//!   roundings, vectorised instead of one value at a time.
 //!
 //! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
-//! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`
-//! (tract-core 0.23.9).
+//! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
+//! `GeluExact` (tract-core 0.23.9).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
@@ -36,9 +41,10 @@ use tract_onnx::tract_core::ops::quant::{
 
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
-use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::nn::{DataFormat, GeluExact};
 
-use crate::kernels::depthwise::DepthwiseConv;
+use crate::kernels::depthwise::{self, DepthwiseConv};
+use crate::kernels::gelu::GeluF32;
 use crate::kernels::quantize::{FakeQuantize, FastQuantize, QuantizeLookup};
 use crate::kernels::Layout;
 
@@ -48,7 +54,8 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         + fast_quantize(model)?
         + fuse_quantize_lookup_dequantize(model)?
         + fuse_quantize_dequantize(model)?
-        + depthwise(model)?)
+        + depthwise(model)?
+        + gelu_in_f32(model)?)
 }
 
 /// Casts of constants computed once here. Converting an f16 model to f32 puts a Cast after
@@ -91,7 +98,7 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         || !ones(&spec.strides)
         || !ones(&spec.dilations)
         || node.inputs.len() != 3
-        || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+        || !depthwise::is_activation(model.outlet_fact(node.inputs[0])?.datum_type)
     {
         return Ok(None);
     }
@@ -124,7 +131,7 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
     ) else {
         return Ok(None);
     };
-    if weights.datum_type() != f32::datum_type() || weights.shape() != [c, 1, kh, kw] {
+    if !depthwise::is_activation(weights.datum_type()) || weights.shape() != [c, 1, kh, kw] {
         return Ok(None);
     }
     let bias = match bias.len() {
@@ -132,7 +139,10 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         n if n == c => bias.cast_to::<f32>()?.into_owned(),
         _ => return Ok(None),
     };
-    let weights = weights.into_tensor().into_shape(&[c, kh, kw])?;
+    let weights = weights
+        .cast_to::<f32>()?
+        .into_owned()
+        .into_shape(&[c, kh, kw])?;
     let layout = match spec.data_format {
         DataFormat::NHWC => Layout::ChannelsLast,
         _ => Layout::ChannelsFirst,
@@ -269,6 +279,24 @@ fn fast_quantize(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let op = ElementWiseOp(Box::new(fast), ew.1);
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    Ok(swapped)
+}
+
+fn gelu_in_f32(model: &mut TypedModel) -> TractResult<usize> {
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        let is_gelu = node
+            .op_as::<ElementWiseOp>()
+            .is_some_and(|ew| ew.0.is::<GeluExact>());
+        if !is_gelu || model.outlet_fact(node.inputs[0])?.datum_type != f16::datum_type() {
+            continue;
+        }
+        let op = ElementWiseOp(Box::new(GeluF32), None);
         let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
         patch.apply(model)?;
         swapped += 1;

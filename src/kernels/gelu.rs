@@ -1,0 +1,201 @@
+//! Exact GELU, `y = x/2 · (1 + erf(x/√2))`, on f16 tensors, computed in f32.
+//!
+//! tract 0.23.9's `GeluExact` on f16 multiplies and adds one value at a time in f16 through
+//! `half` (rounding three intermediates to f16) around its f32 erf, which it calls on a scratch
+//! copy: on the Pi 5 profile that is ~200 M guest instructions of a 350 M convnext_atto f16
+//! inference. This op widens a block of values to f32, applies GELU in f32 and rounds once, as
+//! onnxruntime does for f16 models on CPUs without f16 kernels.
+//!
+//! The erf is the approximation tract uses for its f32 `Erf` (Abramowitz & Stegun 7.1.28,
+//! absolute error below 3·10⁻⁷) in the same operation order, written branch-free so that it
+//! vectorises ([`multiversion!`]): the same f32 numbers as tract's portable erf (its AVX2 and
+//! AVX-512 ones fuse the multiply-adds, a few ulp apart) before the final rounding.
+//!
+//! tract internals used (tract-core 0.23.9): `ElementWiseMiniOp` (the pass in `model::passes`
+//! swaps it in for `GeluExact`).
+
+use half::f16;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::bail;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
+
+use super::simd::multiversion;
+
+/// Values widened to f32 at a time: a block that stays in L1.
+const BLOCK: usize = 1024;
+
+/// Exact GELU on f16 (or f32) tensors with f32 arithmetic, in place.
+///
+/// ```
+/// use convnext_edge::kernels::gelu::GeluF32;
+/// use tract_onnx::prelude::*;
+/// use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
+/// let mut t = tensor1(&[f16::from_f32(-1.0), f16::from_f32(0.0), f16::from_f32(2.0)]);
+/// GeluF32.eval_in_place(&mut t, None).unwrap();
+/// let y: Vec<f32> = t.to_plain_array_view::<f16>().unwrap().iter().map(|v| v.to_f32()).collect();
+/// let expected = [-0.158_655_26f32, 0.0, 1.954_5];
+/// assert_eq!(y, expected.map(|v| f16::from_f32(v).to_f32()));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GeluF32;
+
+impl ElementWiseMiniOp for GeluF32 {
+    fn name(&self) -> String {
+        "GeluF32".into()
+    }
+
+    fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
+        let dt = t.datum_type();
+        let mut view = t.try_as_plain_ram_mut()?;
+        if dt == f32::datum_type() {
+            gelu(view.as_slice_mut::<f32>()?);
+        } else if dt == f16::datum_type() {
+            let mut wide = [0f32; BLOCK];
+            for block in view.as_slice_mut::<f16>()?.chunks_mut(BLOCK) {
+                let wide = &mut wide[..block.len()];
+                super::half_float::widen_into(block, wide);
+                gelu(wide);
+                super::half_float::narrow_into(wide, block);
+            }
+        } else {
+            bail!("GeluF32: {dt:?} input, expected f32 or f16");
+        }
+        Ok(())
+    }
+}
+
+multiversion! {
+    /// `x/2 · (1 + erf(x/√2))` in place, with tract's f32 operation order.
+    fn gelu(xs: &mut [f32]) {
+        // Spelt as tract spells it, so the same f32 constant.
+        let c = 2f32.sqrt().recip();
+        for x in xs.iter_mut() {
+            *x = (*x * 0.5) * (erf(*x * c) + 1.0);
+        }
+    }
+}
+
+/// Abramowitz & Stegun 7.1.28: `1 − 1 / (1 + a₁|x| + … + a₆|x|⁶)¹⁶`, with the sign of `x`.
+#[inline(always)]
+#[allow(clippy::excessive_precision)]
+fn erf(x: f32) -> f32 {
+    const A: [f32; 6] = [
+        0.0705230784,
+        0.0422820123,
+        0.0092705272,
+        0.0001520143,
+        0.0002765672,
+        0.0000430638,
+    ];
+    let a = x.abs();
+    let mut y = A[5] * a;
+    for k in A[..5].iter().rev() {
+        y = (k + y) * a;
+    }
+    let y2 = (y + 1.0) * (y + 1.0);
+    let y4 = y2 * y2;
+    let y8 = y4 * y4;
+    (1.0 - (y8 * y8).recip()).copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::nn::GeluExact;
+
+    fn floats<T: Datum + Copy>(t: &Tensor) -> Vec<T> {
+        t.to_plain_array_view::<T>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn values() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..3001).map(|i| (i as f32 - 1500.0) / 250.0).collect();
+        v.extend([0.0, -0.0, 1e-8, -1e-8, 30.0, -30.0, 1e4, -1e4]);
+        v
+    }
+
+    /// How far apart two f32 evaluations of the erf may be: A&S 7.1.28's 3e-7, plus f32
+    /// rounding of `1 + y`, which the 16th power magnifies 16-fold (so an FMA in the polynomial
+    /// moves the result by up to ~1e-6). A wrong coefficient is off by 1e-4 or more.
+    const ERF_TOL: f32 = 2e-6;
+
+    /// Against the definition with an f64 erf: within [`ERF_TOL`] on erf (times |x|/2) plus f32
+    /// rounding.
+    #[test]
+    fn matches_the_definition() {
+        let xs = values();
+        let mut ys = xs.clone();
+        gelu(&mut ys);
+        for (x, y) in xs.iter().zip(&ys) {
+            let e = reference_gelu(*x as f64);
+            let tol = ERF_TOL as f64 * x.abs() as f64 * 0.5 + 4.0 * f32::EPSILON as f64 * e.abs();
+            assert!((*y as f64 - e).abs() <= tol, "{x}: {y} vs {e}");
+        }
+    }
+
+    /// tract's f32 `GeluExact`, whose erf this one restates: bit-identical to its portable erf;
+    /// its x86 erfs fuse multiply-adds, hence [`ERF_TOL`].
+    #[test]
+    fn matches_tract_f32() {
+        let xs = values();
+        let mut ours = tensor1(&xs);
+        GeluF32.eval_in_place(&mut ours, None).unwrap();
+        let mut theirs = tensor1(&xs);
+        GeluExact {}.eval_in_place(&mut theirs, None).unwrap();
+        let (ours, theirs) = (floats::<f32>(&ours), floats::<f32>(&theirs));
+        for ((x, a), b) in xs.iter().zip(ours).zip(theirs) {
+            let tol = ERF_TOL * x.abs() * 0.5 + 4.0 * f32::EPSILON * b.abs();
+            assert!((a - b).abs() <= tol, "{x}: {a} vs {b}");
+        }
+    }
+
+    /// f16 values: the f32 result rounded once, over odd lengths across the block boundary.
+    #[test]
+    fn f16_is_the_f32_result_rounded() {
+        for len in [1, 7, BLOCK - 1, BLOCK + 3] {
+            let xs: Vec<f16> = values()
+                .iter()
+                .cycle()
+                .take(len)
+                .map(|v| f16::from_f32(*v))
+                .collect();
+            let mut t = tensor1(&xs);
+            GeluF32.eval_in_place(&mut t, None).unwrap();
+            for (x, y) in xs.iter().zip(floats::<f16>(&t)) {
+                let mut wide = [x.to_f32()];
+                gelu(&mut wide);
+                assert_eq!(y.to_bits(), f16::from_f32(wide[0]).to_bits(), "{x}");
+            }
+        }
+    }
+
+    /// erf by its Maclaurin series for |z| < 3, and beyond by erfc's asymptotic series summed
+    /// to its smallest term (relative error ~e^−z², ~1e-4 of an erfc below 2e-5).
+    fn reference_gelu(x: f64) -> f64 {
+        let z = x / std::f64::consts::SQRT_2;
+        let sqrt_pi = std::f64::consts::PI.sqrt();
+        let erf = if z.abs() < 3.0 {
+            let (mut term, mut sum) = (z, z);
+            for n in 1..200 {
+                term *= -z * z / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            sum * 2.0 / sqrt_pi
+        } else {
+            let (mut term, mut sum) = (1.0f64, 1.0f64);
+            for n in 1..200 {
+                let next = term * -((2 * n - 1) as f64) / (2.0 * z * z);
+                if next.abs() >= term.abs() {
+                    break;
+                }
+                term = next;
+                sum += term;
+            }
+            z.signum() * (1.0 - (-z * z).exp() / (z.abs() * sqrt_pi) * sum)
+        };
+        x * 0.5 * (1.0 + erf)
+    }
+}
