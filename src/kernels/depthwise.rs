@@ -474,6 +474,7 @@ mod tests {
         check(1, 17, 13, 33, 3, 3, [1, 1, 1, 1]);
         check(1, 2, 9, 17, 5, 3, [0, 2, 1, 0]);
         check(2, 1, 4, 4, 1, 1, [0, 0, 0, 0]);
+        check(1, 101, 9, 8, 7, 7, [3, 3, 3, 3]);
     }
 
     /// An f16 input gives the f32 computation on the same values, rounded once at the end.
