@@ -56,6 +56,16 @@ impl Rewrites {
         }
     }
 
+    /// Splits products by long constant weights along their depth ([`super::long_matmul`]).
+    pub fn split_long_matmuls(&mut self, model: &mut pb::ModelProto) {
+        if let Some(graph) = model.graph.as_mut() {
+            let n = super::long_matmul::split(graph);
+            if n > 0 {
+                self.0.push(("MatMul split along its depth".into(), n));
+            }
+        }
+    }
+
     fn add(&mut self, what: &str) {
         match self.0.iter_mut().find(|(k, _)| k == what) {
             Some((_, n)) => *n += 1,
@@ -339,11 +349,11 @@ impl<'a> Editor<'a> {
     }
 }
 
-fn input(node: &NodeProto, i: usize) -> String {
+pub(crate) fn input(node: &NodeProto, i: usize) -> String {
     node.input.get(i).cloned().unwrap_or_default()
 }
 
-fn op(
+pub(crate) fn op(
     op_type: &str,
     input: Vec<String>,
     output: Vec<String>,
