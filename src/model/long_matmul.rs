@@ -8,7 +8,9 @@
 //! blocking has no tile to reuse and each product ran at half the speed of the others (7.3 ms
 //! against 3.6 ms for the same 116 M multiply-adds on a 2-core AMD EPYC). Split in two, each
 //! part runs at full speed (2.2 + 2.2 ms), and tract fuses the sum of the parts into the
-//! second product's epilogue, with the bias and layer scale that follow.
+//! second product's epilogue, with the bias and layer scale that follow: the three products
+//! went from 26–27 ms to 14–16 ms of a single-thread inference. With 2 threads tract's
+//! per-thread chunks already fit and the split changes nothing (8.3 ms either way).
 //!
 //! Exact in real arithmetic; in f32 the sum is associated differently (two partial sums added
 //! instead of one running sum), a rounding-level difference like a change of kernel. The
