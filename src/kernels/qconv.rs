@@ -120,9 +120,7 @@ impl Lookup {
     fn apply<T: Emit>(&self, v: &[f32], idx: &mut [u8], out: &mut [T]) -> TractResult<()> {
         let table = T::table(&self.table).context("integer 1x1 conv: output type mismatch")?;
         self.index.quantize_bytes(v, idx);
-        for (o, &i) in out.iter_mut().zip(idx.iter()) {
-            *o = table[i as usize];
-        }
+        T::gather(table, idx, out);
         Ok(())
     }
 }
@@ -132,6 +130,12 @@ trait Emit: Datum + Copy {
     fn table(t: &Table) -> Option<&[Self; 256]>;
     /// The row itself when the epilogue can write f32 into it directly.
     fn plain(row: &mut [Self]) -> Option<&mut [f32]>;
+    /// `out[i] = table[idx[i]]`.
+    fn gather(table: &[Self; 256], idx: &[u8], out: &mut [Self]) {
+        for (o, &i) in out.iter_mut().zip(idx) {
+            *o = table[i as usize];
+        }
+    }
 }
 
 impl Emit for f32 {
@@ -155,6 +159,45 @@ impl Emit for i8 {
     }
     fn plain(_: &mut [i8]) -> Option<&mut [f32]> {
         None
+    }
+    fn gather(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
+        gather_i8(table, idx, out)
+    }
+}
+
+/// `out[i] = table[idx[i]]` for a 256-byte table. On aarch64 sixteen bytes a step: TBL on the
+/// table's first 64-byte quarter, then TBX on the other three with the index moved down by 64
+/// each time (TBX keeps the lanes whose index is out of its quarter's range), instead of a
+/// load, a dependent load and a store per byte.
+fn gather_i8(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
+    let n = idx.len().min(out.len());
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is in the aarch64 baseline; the table loads read its 256 bytes, each step
+    // reads idx[done..done + 16] and writes out[done..done + 16] with done + 16 <= n.
+    let done = unsafe {
+        use std::arch::aarch64::{
+            vdupq_n_u8, vld1q_u8, vld1q_u8_x4, vqtbl4q_u8, vqtbx4q_u8, vst1q_u8, vsubq_u8,
+        };
+        let t = table.as_ptr() as *const u8;
+        let quarters = [0, 64, 128, 192].map(|q| vld1q_u8_x4(t.add(q)));
+        let quarter = vdupq_n_u8(64);
+        let mut done = 0;
+        while done + 16 <= n {
+            let mut i = vld1q_u8(idx.as_ptr().add(done));
+            let mut r = vqtbl4q_u8(quarters[0], i);
+            for q in &quarters[1..] {
+                i = vsubq_u8(i, quarter);
+                r = vqtbx4q_u8(r, *q, i);
+            }
+            vst1q_u8(out.as_mut_ptr().add(done) as *mut u8, r);
+            done += 16;
+        }
+        done
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    for (o, &i) in out[done..n].iter_mut().zip(&idx[done..n]) {
+        *o = table[i as usize];
     }
 }
 
@@ -1452,6 +1495,19 @@ mod tests {
             for (signed, with_y) in [(false, true), (true, true), (false, false)] {
                 check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
             }
+        }
+    }
+
+    /// Every index, over lengths around the 16-byte step.
+    #[test]
+    fn gather_i8_looks_up_every_byte() {
+        let table: [i8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(167) as i8);
+        for n in [0, 1, 15, 16, 17, 256, 300] {
+            let idx: Vec<u8> = (0..n).map(|i| (i * 89 + 7) as u8).collect();
+            let mut out = vec![0i8; n];
+            gather_i8(&table, &idx, &mut out);
+            let expected: Vec<i8> = idx.iter().map(|&i| table[i as usize]).collect();
+            assert_eq!(out, expected, "n = {n}");
         }
     }
 
