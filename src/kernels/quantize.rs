@@ -140,7 +140,10 @@ impl Fq {
 
 multiversion! {
     fn quantize_i8(r: Rounder, xs: &[f32], ys: &mut [i8]) {
-        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        // SAFETY: i8 and u8 have the same size and alignment; the bytes are two's complement.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, ys.len()) };
+        let done = quantize_prefix(r, xs, bytes);
+        for (x, y) in xs[done..].iter().zip(ys[done..].iter_mut()) {
             *y = r.quantize(*x) as i8;
         }
     }
@@ -148,9 +151,48 @@ multiversion! {
 
 multiversion! {
     fn quantize_u8(r: Rounder, xs: &[f32], ys: &mut [u8]) {
-        for (x, y) in xs.iter().zip(ys.iter_mut()) {
+        let done = quantize_prefix(r, xs, ys);
+        for (x, y) in xs[done..].iter().zip(ys[done..].iter_mut()) {
             *y = r.quantize(*x) as u8;
         }
+    }
+}
+
+/// Quantizes the leading values of `xs` into `ys` (as bytes, two's complement for i8) sixteen
+/// at a time on aarch64 and returns how many; elsewhere none, the portable loop vectorises.
+///
+/// FCVTNS rounds half to even and gives 0 for NaN, as [`round_clamped`] does, and the bounds are
+/// integers, so clamping after rounding gives what clamping before does: the same bytes. The
+/// compiler's form of the portable loop takes ~4 instructions a value; this one ~1.5.
+#[inline(always)]
+fn quantize_prefix(r: Rounder, xs: &[f32], ys: &mut [u8]) -> usize {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is in the aarch64 baseline; each step reads xs[done..done + 16] and writes
+    // ys[done..done + 16] with done + 16 <= both lengths.
+    unsafe {
+        use std::arch::aarch64::*;
+        let n = xs.len().min(ys.len());
+        let inv = vdupq_n_f32(r.inv_scale);
+        let (lo, hi) = (vdupq_n_s32(r.lo as i32), vdupq_n_s32(r.hi as i32));
+        let zp = vdupq_n_s32(r.zero_point);
+        let q = |at: usize| {
+            let i = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(xs.as_ptr().add(at)), inv));
+            vaddq_s32(vminq_s32(vmaxq_s32(i, lo), hi), zp)
+        };
+        let mut done = 0;
+        while done + 16 <= n {
+            let ab = vcombine_s16(vmovn_s32(q(done)), vmovn_s32(q(done + 4)));
+            let cd = vcombine_s16(vmovn_s32(q(done + 8)), vmovn_s32(q(done + 12)));
+            let bytes = vcombine_s8(vmovn_s16(ab), vmovn_s16(cd));
+            vst1q_s8(ys.as_mut_ptr().add(done) as *mut i8, bytes);
+            done += 16;
+        }
+        done
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let _ = (r, xs, ys);
+        0
     }
 }
 
@@ -372,6 +414,27 @@ mod tests {
                     quantize_linear_f32_i8(*x, inv_scale, zp8),
                     "i8 x={x} s={inv_scale} zp={zp8}"
                 );
+            }
+        }
+    }
+
+    /// The slice quantizers (NEON on aarch64) against the scalar loop, over an odd length.
+    #[test]
+    fn slice_quantizers_match_the_scalar_loop() {
+        let xs = samples();
+        let xs = &xs[..xs.len() / 16 * 16 + 7];
+        for (inv_scale, zp, signed) in [(7.3f32, 128, false), (0.37, 3, false), (2.0, -64, true)] {
+            let q = FastQuantize::new(inv_scale, zp, signed);
+            let mut expected = vec![0u8; xs.len()];
+            q.run(xs, &mut expected, |v| v as u8);
+            let mut bytes = vec![0u8; xs.len()];
+            q.quantize_bytes(xs, &mut bytes);
+            assert_eq!(bytes, expected, "bytes s={inv_scale} zp={zp}");
+            if signed {
+                let mut i8s = vec![0i8; xs.len()];
+                q.quantize_i8(xs, &mut i8s);
+                let as_bytes: Vec<u8> = i8s.iter().map(|&v| v as u8).collect();
+                assert_eq!(as_bytes, expected, "i8 s={inv_scale} zp={zp}");
             }
         }
     }
