@@ -339,7 +339,9 @@ impl TypedOp for DepthwiseConv {
         let x = inputs[0];
         let (ca, ha, wa) = self.axes();
         ensure!(
-            is_activation(x.datum_type) && x.rank() == 4 && x.shape[ca] == self.channels().to_dim(),
+            is_supported_float(x.datum_type)
+                && x.rank() == 4
+                && x.shape[ca] == self.channels().to_dim(),
             "depthwise conv: input {x:?}, expected {} channels on axis {ca}, f32 or f16",
             self.channels()
         );
@@ -358,8 +360,8 @@ impl TypedOp for DepthwiseConv {
     as_op!();
 }
 
-/// The tensor types the op takes.
-pub fn is_activation(dt: DatumType) -> bool {
+/// The float types the op takes (activations) and reads its weights from: f32 and f16.
+pub fn is_supported_float(dt: DatumType) -> bool {
     dt == f32::datum_type() || dt == f16::datum_type()
 }
 

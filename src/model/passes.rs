@@ -98,7 +98,7 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         || !ones(&spec.strides)
         || !ones(&spec.dilations)
         || node.inputs.len() != 3
-        || !depthwise::is_activation(model.outlet_fact(node.inputs[0])?.datum_type)
+        || !depthwise::is_supported_float(model.outlet_fact(node.inputs[0])?.datum_type)
     {
         return Ok(None);
     }
@@ -131,7 +131,7 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
     ) else {
         return Ok(None);
     };
-    if !depthwise::is_activation(weights.datum_type()) || weights.shape() != [c, 1, kh, kw] {
+    if !depthwise::is_supported_float(weights.datum_type()) || weights.shape() != [c, 1, kh, kw] {
         return Ok(None);
     }
     let bias = match bias.len() {
