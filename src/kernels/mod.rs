@@ -8,6 +8,8 @@ mod half_float;
 pub mod layer_norm;
 #[cfg(target_arch = "x86_64")]
 pub mod madd;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;

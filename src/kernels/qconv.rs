@@ -165,30 +165,19 @@ impl Emit for i8 {
     }
 }
 
-/// `out[i] = table[idx[i]]` for a 256-byte table. On aarch64 sixteen bytes a step: TBL on the
-/// table's first 64-byte quarter, then TBX on the other three with the index moved down by 64
-/// each time (TBX keeps the lanes whose index is out of its quarter's range), instead of a
-/// load, a dependent load and a store per byte.
+/// `out[i] = table[idx[i]]` for a 256-byte table; sixteen a step on aarch64
+/// ([`super::neon::lookup16`]).
 fn gather_i8(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
     let n = idx.len().min(out.len());
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is in the aarch64 baseline; the table loads read its 256 bytes, each step
-    // reads idx[done..done + 16] and writes out[done..done + 16] with done + 16 <= n.
+    // SAFETY: NEON is in the aarch64 baseline; each step reads idx[done..done + 16] and writes
+    // out[done..done + 16] with done + 16 <= n; i8 and u8 share size and alignment.
     let done = unsafe {
-        use std::arch::aarch64::{
-            vdupq_n_u8, vld1q_u8, vld1q_u8_x4, vqtbl4q_u8, vqtbx4q_u8, vst1q_u8, vsubq_u8,
-        };
-        let t = table.as_ptr() as *const u8;
-        let quarters = [0, 64, 128, 192].map(|q| vld1q_u8_x4(t.add(q)));
-        let quarter = vdupq_n_u8(64);
+        use std::arch::aarch64::{vld1q_u8, vst1q_u8};
+        let bytes = &*(table as *const [i8; 256] as *const [u8; 256]);
         let mut done = 0;
         while done + 16 <= n {
-            let mut i = vld1q_u8(idx.as_ptr().add(done));
-            let mut r = vqtbl4q_u8(quarters[0], i);
-            for q in &quarters[1..] {
-                i = vsubq_u8(i, quarter);
-                r = vqtbx4q_u8(r, *q, i);
-            }
+            let r = super::neon::lookup16(bytes, vld1q_u8(idx.as_ptr().add(done)));
             vst1q_u8(out.as_mut_ptr().add(done) as *mut u8, r);
             done += 16;
         }
