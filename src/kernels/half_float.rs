@@ -10,72 +10,59 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-/// Values per assembly step.
+/// Runs the assembly `steps` (sixteen values from `{s}` to `{d}`, in v0–v5) over the whole
+/// blocks of the equal-length slices `src` and `dst`; evaluates to the tails left to convert.
 #[cfg(target_arch = "aarch64")]
-const STEP: usize = 16;
+macro_rules! neon_steps {
+    ($src:ident, $dst:ident, $($step:literal),+) => {{
+        let (s, d) = ($src.as_ptr(), $dst.as_mut_ptr());
+        // SAFETY: each step reads sixteen values at `s + at` and writes sixteen at `d + at`,
+        // inside the equal-length slices; the clobbered vector registers are declared.
+        let done = super::neon::blocks($src.len(), |at| unsafe {
+            std::arch::asm!(
+                $($step),+,
+                s = in(reg) s.add(at),
+                d = in(reg) d.add(at),
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+                options(nostack, preserves_flags),
+            );
+        });
+        (&$src[done..], &mut $dst[done..])
+    }};
+}
 
 /// `dst[i] = src[i]` as f32; the slices have the same length.
 pub(crate) fn widen_into(src: &[f16], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen_into: lengths differ");
     #[cfg(target_arch = "aarch64")]
-    let (src, dst) = {
-        let done = src.len() / STEP * STEP;
-        for (s, d) in src[..done]
-            .chunks_exact(STEP)
-            .zip(dst[..done].chunks_exact_mut(STEP))
-        {
-            // SAFETY: reads STEP f16 from `s` and writes STEP f32 to `d`, both of that length;
-            // the clobbered vector registers are declared.
-            unsafe {
-                std::arch::asm!(
-                    "ld1 {{v0.8h, v1.8h}}, [{s}]",
-                    "fcvtl v2.4s, v0.4h",
-                    "fcvtl2 v3.4s, v0.8h",
-                    "fcvtl v4.4s, v1.4h",
-                    "fcvtl2 v5.4s, v1.8h",
-                    "st1 {{v2.4s, v3.4s, v4.4s, v5.4s}}, [{d}]",
-                    s = in(reg) s.as_ptr(),
-                    d = in(reg) d.as_mut_ptr(),
-                    out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
-                    options(nostack, preserves_flags),
-                );
-            }
-        }
-        (&src[done..], &mut dst[done..])
-    };
+    let (src, dst) = neon_steps!(
+        src,
+        dst,
+        "ld1 {{v0.8h, v1.8h}}, [{s}]",
+        "fcvtl v2.4s, v0.4h",
+        "fcvtl2 v3.4s, v0.8h",
+        "fcvtl v4.4s, v1.4h",
+        "fcvtl2 v5.4s, v1.8h",
+        "st1 {{v2.4s, v3.4s, v4.4s, v5.4s}}, [{d}]"
+    );
     src.convert_to_f32_slice(dst);
 }
 
 /// `dst[i] = src[i]` rounded to f16 (nearest, ties to even); the slices have the same length.
 pub(crate) fn narrow_into(src: &[f32], dst: &mut [f16]) {
     assert_eq!(src.len(), dst.len(), "narrow_into: lengths differ");
+    // FCVTN rounds by FPCR, which Rust leaves at round-to-nearest-even.
     #[cfg(target_arch = "aarch64")]
-    let (src, dst) = {
-        let done = src.len() / STEP * STEP;
-        for (s, d) in src[..done]
-            .chunks_exact(STEP)
-            .zip(dst[..done].chunks_exact_mut(STEP))
-        {
-            // SAFETY: reads STEP f32 from `s` and writes STEP f16 to `d`, both of that length;
-            // the clobbered vector registers are declared. FCVTN rounds by FPCR, which Rust
-            // leaves at round-to-nearest-even.
-            unsafe {
-                std::arch::asm!(
-                    "ld1 {{v0.4s, v1.4s, v2.4s, v3.4s}}, [{s}]",
-                    "fcvtn v4.4h, v0.4s",
-                    "fcvtn2 v4.8h, v1.4s",
-                    "fcvtn v5.4h, v2.4s",
-                    "fcvtn2 v5.8h, v3.4s",
-                    "st1 {{v4.8h, v5.8h}}, [{d}]",
-                    s = in(reg) s.as_ptr(),
-                    d = in(reg) d.as_mut_ptr(),
-                    out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
-                    options(nostack, preserves_flags),
-                );
-            }
-        }
-        (&src[done..], &mut dst[done..])
-    };
+    let (src, dst) = neon_steps!(
+        src,
+        dst,
+        "ld1 {{v0.4s, v1.4s, v2.4s, v3.4s}}, [{s}]",
+        "fcvtn v4.4h, v0.4s",
+        "fcvtn2 v4.8h, v1.4s",
+        "fcvtn v5.4h, v2.4s",
+        "fcvtn2 v5.8h, v3.4s",
+        "st1 {{v4.8h, v5.8h}}, [{d}]"
+    );
     dst.convert_from_f32_slice(src);
 }
 

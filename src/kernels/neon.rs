@@ -23,3 +23,15 @@ pub(crate) unsafe fn lookup16(table: &[u8; 256], i: uint8x16_t) -> uint8x16_t {
         r
     }
 }
+
+/// Values per step of the NEON loops.
+pub(crate) const STEP: usize = 16;
+
+/// Calls `step(at)` for each whole block of [`STEP`] values in `0..n` and returns how many
+/// values that covered; the caller finishes the rest with its portable loop.
+#[inline(always)]
+pub(crate) fn blocks(n: usize, mut step: impl FnMut(usize)) -> usize {
+    let done = n / STEP * STEP;
+    (0..done).step_by(STEP).for_each(&mut step);
+    done
+}

@@ -170,18 +170,15 @@ impl Emit for i8 {
 fn gather_i8(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
     let n = idx.len().min(out.len());
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is in the aarch64 baseline; each step reads idx[done..done + 16] and writes
-    // out[done..done + 16] with done + 16 <= n; i8 and u8 share size and alignment.
+    // SAFETY: NEON is in the aarch64 baseline; each step reads idx[at..at + 16] and writes
+    // out[at..at + 16] with at + 16 <= n; i8 and u8 share size and alignment.
     let done = unsafe {
         use std::arch::aarch64::{vld1q_u8, vst1q_u8};
         let bytes = &*(table as *const [i8; 256] as *const [u8; 256]);
-        let mut done = 0;
-        while done + 16 <= n {
-            let r = super::neon::lookup16(bytes, vld1q_u8(idx.as_ptr().add(done)));
-            vst1q_u8(out.as_mut_ptr().add(done) as *mut u8, r);
-            done += 16;
-        }
-        done
+        super::neon::blocks(n, |at| {
+            let r = super::neon::lookup16(bytes, vld1q_u8(idx.as_ptr().add(at)));
+            vst1q_u8(out.as_mut_ptr().add(at) as *mut u8, r);
+        })
     };
     #[cfg(not(target_arch = "aarch64"))]
     let done = 0;

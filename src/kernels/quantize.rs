@@ -164,18 +164,14 @@ multiversion! {
 #[inline(always)]
 fn quantize_prefix(r: Rounder, xs: &[f32], ys: &mut [u8]) -> usize {
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is in the aarch64 baseline; each step reads xs[done..done + 16] and writes
-    // ys[done..done + 16] with done + 16 <= both lengths.
+    // SAFETY: NEON is in the aarch64 baseline; each step reads xs[at..at + 16] and writes
+    // ys[at..at + 16] with at + 16 <= both lengths.
     unsafe {
         let q = Quantize16::new(r);
-        let n = xs.len().min(ys.len());
-        let mut done = 0;
-        while done + 16 <= n {
-            let bytes = q.bytes(xs.as_ptr().add(done));
-            std::arch::aarch64::vst1q_u8(ys.as_mut_ptr().add(done), bytes);
-            done += 16;
-        }
-        done
+        super::neon::blocks(xs.len().min(ys.len()), |at| {
+            let bytes = q.bytes(xs.as_ptr().add(at));
+            std::arch::aarch64::vst1q_u8(ys.as_mut_ptr().add(at), bytes);
+        })
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
@@ -347,24 +343,22 @@ multiversion! {
 fn lookup_prefix(r: Rounder, table: &[u32; 256], xs: &mut [f32]) -> usize {
     #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is in the aarch64 baseline; each step reads and then writes
-    // xs[done..done + 16] with done + 16 <= xs.len().
+    // xs[at..at + 16] with at + 16 <= xs.len().
     unsafe {
         use std::arch::aarch64::{uint8x16x4_t, vst4q_u8};
-        if xs.len() < 16 {
+        if xs.len() < super::neon::STEP {
             return 0;
         }
         let planes: [[u8; 256]; 4] =
             std::array::from_fn(|b| std::array::from_fn(|i| table[i].to_le_bytes()[b]));
         let q = Quantize16::new(r);
-        let mut done = 0;
-        while done + 16 <= xs.len() {
-            let p = xs.as_mut_ptr().add(done);
+        let xp = xs.as_mut_ptr();
+        super::neon::blocks(xs.len(), |at| {
+            let p = xp.add(at);
             let i = q.bytes(p);
             let [b0, b1, b2, b3] = planes.each_ref().map(|t| super::neon::lookup16(t, i));
             vst4q_u8(p as *mut u8, uint8x16x4_t(b0, b1, b2, b3));
-            done += 16;
-        }
-        done
+        })
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
