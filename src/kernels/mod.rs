@@ -27,6 +27,26 @@ pub enum Layout {
     ChannelsLast,
 }
 
+/// A block of rows of integer sums, row `i` at `data[i · ld..][..width]`: what a product hands
+/// its epilogue.
+#[derive(Clone, Copy)]
+pub struct Sums<'a> {
+    data: &'a [i32],
+    ld: usize,
+    width: usize,
+}
+
+impl<'a> Sums<'a> {
+    pub(crate) fn new(data: &'a [i32], ld: usize, width: usize) -> Sums<'a> {
+        Sums { data, ld, width }
+    }
+
+    /// Row `i` of the block.
+    pub fn row(&self, i: usize) -> &'a [i32] {
+        &self.data[i * self.ld..][..self.width]
+    }
+}
+
 /// The f32 tensor a float kernel computes on: `x` itself when f32, otherwise widened.
 ///
 /// f16 goes through [`half_float::widen_into`] (FCVTL on aarch64, F16C on x86): tract's `cast_to`

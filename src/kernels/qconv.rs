@@ -43,6 +43,7 @@ use super::madd;
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
 pub use super::Layout;
+use super::Sums;
 
 /// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -324,7 +325,7 @@ impl Engine {
                 Layout::ChannelsLast => {
                     MaddWeights::Lanes(madd::LanePanels::pack(cout, cin, |l, k| w[l * cin + k]))
                 }
-                Layout::ChannelsFirst => MaddWeights::Rows(madd::Rows::pack(w, cout, cin)?),
+                Layout::ChannelsFirst => MaddWeights::Rows(madd::Rows::pack(w, cout, cin)),
             }));
         }
         let _ = layout;
@@ -624,38 +625,31 @@ impl QPointwiseConv {
         })
     }
 
-    /// The integer product of `x` (`p` positions of `Cin` values: `[Cin, p]` channels first,
-    /// `[p, Cin]` channels last), laid out like `x` with `Cout` channels (rows past the last
-    /// are padding).
-    fn integer_product(&self, x: Operand, q: FastQuantize, p: usize) -> TractResult<Tensor> {
-        match &self.kernel.engine {
-            Engine::Tract {
-                mmm,
-                packing,
-                packed,
-            } => self.tract_product(&**mmm, *packing, &**packed, x, q, p),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Madd(w) => self.madd_product(w, x, q, p),
-        }
-    }
-
-    /// [`Self::integer_product`] on our AVX2 product.
+    /// [`Self::run_matrix`] on our AVX2 product: the epilogue runs on each block of sums as
+    /// soon as it is computed.
     #[cfg(target_arch = "x86_64")]
-    fn madd_product(
+    fn madd_product<T: Emit>(
         &self,
         w: &MaddWeights,
         x: Operand,
         quantizer: FastQuantize,
         p: usize,
-    ) -> TractResult<Tensor> {
-        let (cin, cout) = (self.cin(), self.cout());
+        out: &mut [T],
+        finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
+    ) -> TractResult<()> {
         match w {
             MaddWeights::Lanes(w) => {
-                let rows = madd::Rows::pack_with(p, cin, |r, row| match x.slice(r * cin, cin) {
+                let cin = self.cin();
+                let fill = |r: usize, row: &mut [i8]| match x.slice(r * cin, cin) {
                     Operand::F32(src) => quantizer.quantize_i8(src, row),
                     Operand::I8(src) => row.copy_from_slice(src),
-                })?;
-                madd::product(w, &rows, cout)
+                };
+                let rows = madd::RowSource::Fill {
+                    rows: p,
+                    k: cin,
+                    fill: &fill,
+                };
+                madd::product_into(w, rows, out, finish)
             }
             MaddWeights::Rows(w) => {
                 let quantized;
@@ -668,13 +662,14 @@ impl QPointwiseConv {
                     }
                     Operand::I8(x) => x,
                 };
-                let x = madd::LanePanels::pack_transposed(xq, cin, p, p)?;
-                madd::product(&x, w, p)
+                let x = madd::LanePanels::pack_transposed(xq, self.cin(), p, p)?;
+                madd::product_into(&x, madd::RowSource::Packed(w), out, finish)
             }
         }
     }
 
-    /// [`Self::integer_product`] on a tract-linalg kernel.
+    /// The integer sums of `x` on a tract-linalg kernel, laid out like `x` with `Cout`
+    /// channels.
     fn tract_product(
         &self,
         mmm: &dyn MatMatMul,
@@ -734,46 +729,77 @@ impl QPointwiseConv {
         p: usize,
         out: &mut [T],
     ) -> TractResult<()> {
-        let acc = self.integer_product(x, q.quantizer, p)?;
-        let acc = acc.try_as_plain_ram()?;
-        let acc = acc.as_slice::<i32>()?;
-        let e = self.epilogue();
         // Rows are output channels (channels first) or positions (channels last); either way
         // whole rows are split across the plan's threads.
         let row_len = match self.layout {
             Layout::ChannelsFirst => p,
             Layout::ChannelsLast => self.cout(),
         };
-        let scratch_len = if self.lookup.is_some() { row_len } else { 0 };
-        par_chunks_mut(out, row_len, acc.len(), |first, chunk| {
-            let mut values = vec![0f32; scratch_len];
-            let mut idx = vec![0u8; scratch_len];
-            let rows = chunk.chunks_mut(row_len).enumerate();
-            for (i, o) in rows.map(|(i, o)| (first + i, o)) {
-                let a = &acc[i * row_len..][..row_len];
-                let row = |o: &mut [f32]| match self.layout {
-                    Layout::ChannelsFirst => {
-                        let row = Row {
-                            offset: q.offset[i],
-                            scale: q.scale[i],
-                            bias: bias[i],
-                        };
-                        channel_row(a, o, row, e);
-                    }
-                    Layout::ChannelsLast => {
-                        position_row(a, o, &q.offset, &q.scale, bias, e);
-                    }
-                };
-                match &self.lookup {
-                    Some(lookup) => {
-                        row(&mut values);
-                        lookup.apply(&values, &mut idx, o)?;
-                    }
-                    None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
-                }
+        let finish = |first: usize, sums: Sums, out: &mut [T]| {
+            self.finish_rows(q, bias, first, sums, row_len, out)
+        };
+        match &self.kernel.engine {
+            Engine::Tract {
+                mmm,
+                packing,
+                packed,
+            } => {
+                let acc = self.tract_product(&**mmm, *packing, &**packed, x, q.quantizer, p)?;
+                let acc = acc.try_as_plain_ram()?;
+                let acc = acc.as_slice::<i32>()?;
+                par_chunks_mut(out, row_len, acc.len(), |first, chunk| {
+                    finish(
+                        first,
+                        Sums::new(&acc[first * row_len..], row_len, row_len),
+                        chunk,
+                    )
+                })
             }
-            Ok(())
-        })
+            #[cfg(target_arch = "x86_64")]
+            Engine::Madd(w) => self.madd_product(w, x, q.quantizer, p, out, finish),
+        }
+    }
+
+    /// The epilogue of the output rows `first..` (`out`, `row_len` values each) from their
+    /// integer sums (row `i` of `sums` for row `first + i`).
+    fn finish_rows<T: Emit>(
+        &self,
+        q: &InputQuant,
+        bias: &[f32],
+        first: usize,
+        sums: Sums,
+        row_len: usize,
+        out: &mut [T],
+    ) -> TractResult<()> {
+        let e = self.epilogue();
+        let scratch_len = if self.lookup.is_some() { row_len } else { 0 };
+        let mut values = vec![0f32; scratch_len];
+        let mut idx = vec![0u8; scratch_len];
+        for (i, o) in out.chunks_mut(row_len).enumerate() {
+            let a = sums.row(i);
+            let r = first + i;
+            let row = |o: &mut [f32]| match self.layout {
+                Layout::ChannelsFirst => {
+                    let row = Row {
+                        offset: q.offset[r],
+                        scale: q.scale[r],
+                        bias: bias[r],
+                    };
+                    channel_row(a, o, row, e);
+                }
+                Layout::ChannelsLast => {
+                    position_row(a, o, &q.offset, &q.scale, bias, e);
+                }
+            };
+            match &self.lookup {
+                Some(lookup) => {
+                    row(&mut values);
+                    lookup.apply(&values, &mut idx, o)?;
+                }
+                None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
+            }
+        }
+        Ok(())
     }
 
     /// The whole product of `x` (shape `shape`) into a new tensor of `T`.
