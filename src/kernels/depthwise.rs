@@ -214,6 +214,13 @@ fn chunk(
     acc
 }
 
+/// Channels of a channels-last row computed together, their sums kept in registers across the
+/// taps (four AVX2 vectors). Sweeping a whole row one block of channels at a time keeps that
+/// block's taps (7 · 7 · 32 · 4 B = 6 KiB) and the input window it slides over in L1: one
+/// pixel at a time over all 96 channels of convnext_tiny's first stage touched 37 KiB per
+/// output pixel, more than the L1, and ran from L2 at a third of the speed.
+const C_BLOCK: usize = 32;
+
 multiversion! {
     /// One output row of a channels-last image (`h × w × c`): every column, every channel,
     /// the taps that fall inside the image in row order (the padding contributes zeros).
@@ -228,23 +235,53 @@ multiversion! {
         bias: &[f32],
         out: &mut [f32],
     ) {
-        let ((h, w, c), [t, _, l, _]) = (hwc, pads);
-        let rows = y.saturating_sub(t)..(y + g.kh).saturating_sub(t).min(h);
-        for (x, out_px) in out.chunks_exact_mut(c).enumerate() {
-            out_px.copy_from_slice(bias);
-            let cols = x.saturating_sub(l)..(x + g.kw).saturating_sub(l).min(w);
-            for iy in rows.clone() {
-                let i = iy + t - y;
-                for ix in cols.clone() {
-                    let j = ix + l - x;
-                    let px = &image[(iy * w + ix) * c..][..c];
-                    let k = &taps_c[(i * g.kw + j) * c..][..c];
-                    for ((o, v), k) in out_px.iter_mut().zip(px).zip(k) {
-                        *o += k * v;
-                    }
+        let c = hwc.2;
+        let mut c0 = 0;
+        while c0 + C_BLOCK <= c {
+            channel_block::<C_BLOCK>(image, hwc, pads, g, y, c0, taps_c, bias, out);
+            c0 += C_BLOCK;
+        }
+        while c0 + 8 <= c {
+            channel_block::<8>(image, hwc, pads, g, y, c0, taps_c, bias, out);
+            c0 += 8;
+        }
+        for c0 in c0..c {
+            channel_block::<1>(image, hwc, pads, g, y, c0, taps_c, bias, out);
+        }
+    }
+}
+
+/// Channels `c0..c0 + N` of [`row_c_last`]'s row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn channel_block<const N: usize>(
+    image: &[f32],
+    (h, w, c): (usize, usize, usize),
+    [t, _, l, _]: [usize; 4],
+    g: Geometry,
+    y: usize,
+    c0: usize,
+    taps_c: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let rows = y.saturating_sub(t)..(y + g.kh).saturating_sub(t).min(h);
+    let bias: &[f32; N] = bias[c0..c0 + N].try_into().unwrap();
+    for (x, out_px) in out.chunks_exact_mut(c).enumerate() {
+        let mut acc = *bias;
+        let cols = x.saturating_sub(l)..(x + g.kw).saturating_sub(l).min(w);
+        for iy in rows.clone() {
+            let i = iy + t - y;
+            for ix in cols.clone() {
+                let j = ix + l - x;
+                let px: &[f32; N] = image[(iy * w + ix) * c + c0..][..N].try_into().unwrap();
+                let k: &[f32; N] = taps_c[(i * g.kw + j) * c + c0..][..N].try_into().unwrap();
+                for ((a, v), k) in acc.iter_mut().zip(px).zip(k) {
+                    *a += k * v;
                 }
             }
         }
+        out_px[c0..c0 + N].copy_from_slice(&acc);
     }
 }
 
