@@ -1,10 +1,12 @@
-//! Exact GELU, `y = x/2 · (1 + erf(x/√2))`, on f16 tensors, computed in f32.
+//! Exact GELU, `y = x/2 · (1 + erf(x/√2))`, on f32 and f16 tensors, computed in f32.
 //!
 //! tract 0.23.9's `GeluExact` on f16 multiplies and adds one value at a time in f16 through
 //! `half` (rounding three intermediates to f16) around its f32 erf, which it calls on a scratch
 //! copy: on the Pi 5 profile that is ~200 M guest instructions of a 350 M convnext_atto f16
 //! inference. This op widens a block of values to f32, applies GELU in f32 and rounds once, as
-//! onnxruntime does for f16 models on CPUs without f16 kernels.
+//! onnxruntime does for f16 models on CPUs without f16 kernels. On f32 tensors it takes the
+//! place of tract's `GeluExact` too: one vectorised pass instead of tract's erf on a scratch
+//! copy followed by a second pass for the products.
 //!
 //! The erf is the approximation tract uses for its f32 `Erf` (Abramowitz & Stegun 7.1.28,
 //! absolute error below 3·10⁻⁷) in the same operation order, written branch-free so that it

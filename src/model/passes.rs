@@ -25,9 +25,10 @@
 //!   the same order (in f32 for f16 tensors). Padding of every kind tract expresses is turned
 //!   into explicit before/after amounts first.
 //!
-//! - **f16 GELU in f32**: tract's `GeluExact` on an f16 tensor becomes [`GeluF32`] (see
-//!   `kernels::gelu`): the same erf, computed in f32 and rounded once instead of three f16
-//!   roundings, vectorised instead of one value at a time.
+//! - **GELU in f32**: tract's `GeluExact` becomes [`GeluF32`] (see `kernels::gelu`): the same
+//!   erf, vectorised; on an f16 tensor computed in f32 and rounded once instead of three f16
+//!   roundings, one value at a time; on f32, a quarter faster than tract's (convnext_tiny's 21
+//!   GELUs 9.3–9.7 → 6.8–7.6 ms per-node at 1 thread, alternating binaries).
 //!
 //! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
@@ -293,7 +294,7 @@ fn gelu_in_f32(model: &mut TypedModel) -> TractResult<usize> {
         let is_gelu = node
             .op_as::<ElementWiseOp>()
             .is_some_and(|ew| ew.0.is::<GeluExact>());
-        if !is_gelu || model.outlet_fact(node.inputs[0])?.datum_type != f16::datum_type() {
+        if !is_gelu {
             continue;
         }
         let op = ElementWiseOp(Box::new(GeluF32), None);
