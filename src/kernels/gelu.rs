@@ -14,9 +14,10 @@
 //! AVX-512 ones fuse the multiply-adds, a few ulp apart) before the final rounding.
 //!
 //! tract internals used (tract-core 0.23.9): `ElementWiseMiniOp` (the pass in `model::passes`
-//! swaps it in for `GeluExact`).
+//! swaps it in for `GeluExact`); tract-linalg's `multithread::par_chunks_mut`.
 
 use half::f16;
+use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
@@ -49,20 +50,29 @@ impl ElementWiseMiniOp for GeluF32 {
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
         let dt = t.datum_type();
         let mut view = t.try_as_plain_ram_mut()?;
+        // Split across the plan's threads as tract splits its element-wise ops: at 2 threads
+        // convnext_tiny's GELUs took 6.0–7.0 ms on one thread against tract's 3.5–4.8 on two.
         if dt == f32::datum_type() {
-            gelu(view.as_slice_mut::<f32>()?);
+            let xs = view.as_slice_mut::<f32>()?;
+            par_chunks_mut(xs, 1, xs.len(), |_, chunk| {
+                gelu(chunk);
+                Ok(())
+            })
         } else if dt == f16::datum_type() {
-            let mut wide = [0f32; BLOCK];
-            for block in view.as_slice_mut::<f16>()?.chunks_mut(BLOCK) {
-                let wide = &mut wide[..block.len()];
-                super::half_float::widen_into(block, wide);
-                gelu(wide);
-                super::half_float::narrow_into(wide, block);
-            }
+            let xs = view.as_slice_mut::<f16>()?;
+            par_chunks_mut(xs, 1, xs.len(), |_, chunk| {
+                let mut wide = [0f32; BLOCK];
+                for block in chunk.chunks_mut(BLOCK) {
+                    let wide = &mut wide[..block.len()];
+                    super::half_float::widen_into(block, wide);
+                    gelu(wide);
+                    super::half_float::narrow_into(wide, block);
+                }
+                Ok(())
+            })
         } else {
             bail!("GeluF32: {dt:?} input, expected f32 or f16");
         }
-        Ok(())
     }
 }
 
