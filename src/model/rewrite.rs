@@ -13,11 +13,17 @@
 //!   documentation: tract's own quantized path runs every
 //!   conv through im2col (the 7x7 depthwise one channel at a time) and leaves per-channel
 //!   requantization unfused; in QDQ form our fusions and kernels take them over.
+//! - **Repeated dequantizations** that those rewrites create (each QLinear op dequantizes its
+//!   inputs afresh) are merged into the graph's earlier, identical `DequantizeLinear` of the same
+//!   tensor: the value is the same, and the graph then reads like its QDQ form — the exact GELU
+//!   reads one dequantized `fc1` output twice, which the QDQ fusion recognises.
 //! - **Gemm on f16 tensors** (onnxconverter-common's f16 models) becomes `MatMul` (+ `Add`):
 //!   tract's Gemm builds its alpha/beta constants as f32 and then fails the f16 graph's type
 //!   check. Only the plain case (alpha = beta = 1, no transposed A) is rewritten.
 //!
 //! Relies on nothing inside tract: only on `tract_onnx::pb`, the generated protobuf types.
+
+use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb::{self, AttributeProto, GraphProto, NodeProto, TensorProto};
 
@@ -113,7 +119,59 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
         }
     }
     ed.graph.node = out;
+    let merged = merge_repeated_dequantize(ed.graph);
+    if merged > 0 {
+        done.0
+            .push(("repeated DequantizeLinear merged".into(), merged));
+    }
     Ok(done)
+}
+
+/// Drops each `DequantizeLinear` this module created that repeats an earlier one (same inputs
+/// and attributes), its readers reading the earlier one's output; returns how many. The
+/// earlier node comes first in the (topologically sorted) node list, so it precedes every
+/// reader of the dropped one.
+fn merge_repeated_dequantize(graph: &mut GraphProto) -> usize {
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    // With one scale, `axis` changes nothing: ours carry it, the quantizer's do not.
+    let per_tensor: HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter(|t| t.dims.iter().product::<i64>() == 1)
+        .map(|t| t.name.clone())
+        .collect();
+    let mut first: HashMap<(Vec<String>, String), String> = HashMap::new();
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    graph.node.retain(|n| {
+        let is_dq = n.op_type == "DequantizeLinear" && matches!(n.domain.as_str(), "" | "ai.onnx");
+        if !is_dq || n.output.len() != 1 || n.input.len() < 2 {
+            return true;
+        }
+        let attributes = n
+            .attribute
+            .iter()
+            .filter(|a| !(a.name == "axis" && per_tensor.contains(&n.input[1])));
+        let key = (
+            n.input.clone(),
+            format!("{:?}", attributes.collect::<Vec<_>>()),
+        );
+        match first.get(&key) {
+            Some(earlier) if n.name.contains("::cxe_") && !outputs.contains(&n.output[0]) => {
+                renamed.insert(n.output[0].clone(), earlier.clone());
+                false
+            }
+            _ => {
+                first.entry(key).or_insert_with(|| n.output[0].clone());
+                true
+            }
+        }
+    });
+    for input in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
+        if let Some(earlier) = renamed.get(input) {
+            *input = earlier.clone();
+        }
+    }
+    renamed.len()
 }
 
 struct Editor<'a> {
@@ -408,4 +466,63 @@ pub(crate) fn ints_attr_of<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i
 
 fn float_attr_of(node: &NodeProto, name: &str) -> Option<f32> {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(name: &str, data_type: i32) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            data_type,
+            raw_data: vec![1, 0, 0, 0],
+            ..Default::default()
+        }
+    }
+
+    fn dq(name: &str, inputs: [&str; 3], output: &str, axis: Option<i64>) -> NodeProto {
+        let attributes = axis.map(|a| int_attr("axis", a)).into_iter().collect();
+        let mut n = op(
+            "DequantizeLinear",
+            inputs.map(String::from).to_vec(),
+            vec![output.into()],
+            attributes,
+        );
+        n.name = name.into();
+        n
+    }
+
+    /// Our repeat of the quantizer's dequantization is merged into it (its `axis` aside, with
+    /// one scale); one with another scale, or one of the quantizer's own, is kept.
+    #[test]
+    fn merges_only_our_repeats_of_an_identical_dequantization() {
+        let mut graph = GraphProto {
+            initializer: vec![scalar("s", 1), scalar("s2", 1), scalar("zp", 2)],
+            node: vec![
+                dq("orig", ["q", "s", "zp"], "y", None),
+                dq("mul::cxe_dq_1", ["q", "s", "zp"], "y1", Some(1)),
+                dq("mul::cxe_dq_2", ["q", "s2", "zp"], "y2", Some(1)),
+                dq("theirs", ["q", "s", "zp"], "y3", None),
+                op(
+                    "Mul",
+                    vec!["y1".into(), "y2".into()],
+                    vec!["m".into()],
+                    vec![],
+                ),
+                op(
+                    "Add",
+                    vec!["y3".into(), "y".into()],
+                    vec!["a".into()],
+                    vec![],
+                ),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(merge_repeated_dequantize(&mut graph), 1);
+        let names: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["orig", "mul::cxe_dq_2", "theirs", "", ""]);
+        assert_eq!(graph.node[3].input, ["y", "y2"]);
+        assert_eq!(graph.node[4].input, ["y3", "y"]);
+    }
 }
