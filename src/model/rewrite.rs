@@ -13,17 +13,16 @@
 //!   documentation: tract's own quantized path runs every
 //!   conv through im2col (the 7x7 depthwise one channel at a time) and leaves per-channel
 //!   requantization unfused; in QDQ form our fusions and kernels take them over.
-//! - **Repeated dequantizations** that those rewrites create (each QLinear op dequantizes its
-//!   inputs afresh) are merged into the graph's earlier, identical `DequantizeLinear` of the same
-//!   tensor: the value is the same, and the graph then reads like its QDQ form — the exact GELU
-//!   reads one dequantized `fc1` output twice, which the QDQ fusion recognises.
+//!   A tensor already dequantized the same way (by the graph or an earlier rewrite) is read
+//!   from that `DequantizeLinear` rather than dequantized again, so that the graph reads like
+//!   its QDQ form and gets the same fusions.
 //! - **Gemm on f16 tensors** (onnxconverter-common's f16 models) becomes `MatMul` (+ `Add`):
 //!   tract's Gemm builds its alpha/beta constants as f32 and then fails the f16 graph's type
 //!   check. Only the plain case (alpha = beta = 1, no transposed A) is rewritten.
 //!
 //! Relies on nothing inside tract: only on `tract_onnx::pb`, the generated protobuf types.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use tract_onnx::pb::{self, AttributeProto, GraphProto, NodeProto, TensorProto};
 
@@ -115,73 +114,56 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
                     out.push(n);
                 }
             }
-            None => out.push(node),
+            None => {
+                ed.note_dequantize(&node);
+                out.push(node);
+            }
         }
     }
     ed.graph.node = out;
-    let merged = merge_repeated_dequantize(ed.graph);
-    if merged > 0 {
-        done.0
-            .push(("repeated DequantizeLinear merged".into(), merged));
-    }
     Ok(done)
-}
-
-/// Drops each `DequantizeLinear` this module created that repeats an earlier one (same inputs
-/// and attributes), its readers reading the earlier one's output; returns how many. The
-/// earlier node comes first in the (topologically sorted) node list, so it precedes every
-/// reader of the dropped one.
-fn merge_repeated_dequantize(graph: &mut GraphProto) -> usize {
-    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    // With one scale, `axis` changes nothing: ours carry it, the quantizer's do not.
-    let per_tensor: HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter(|t| t.dims.iter().product::<i64>() == 1)
-        .map(|t| t.name.clone())
-        .collect();
-    let mut first: HashMap<(Vec<String>, String), String> = HashMap::new();
-    let mut renamed: HashMap<String, String> = HashMap::new();
-    graph.node.retain(|n| {
-        let is_dq = n.op_type == "DequantizeLinear" && matches!(n.domain.as_str(), "" | "ai.onnx");
-        if !is_dq || n.output.len() != 1 || n.input.len() < 2 {
-            return true;
-        }
-        let attributes = n
-            .attribute
-            .iter()
-            .filter(|a| !(a.name == "axis" && per_tensor.contains(&n.input[1])));
-        let key = (
-            n.input.clone(),
-            format!("{:?}", attributes.collect::<Vec<_>>()),
-        );
-        match first.get(&key) {
-            Some(earlier) if n.name.contains("::cxe_") && !outputs.contains(&n.output[0]) => {
-                renamed.insert(n.output[0].clone(), earlier.clone());
-                false
-            }
-            _ => {
-                first.entry(key).or_insert_with(|| n.output[0].clone());
-                true
-            }
-        }
-    });
-    for input in graph.node.iter_mut().flat_map(|n| n.input.iter_mut()) {
-        if let Some(earlier) = renamed.get(input) {
-            *input = earlier.clone();
-        }
-    }
-    renamed.len()
 }
 
 struct Editor<'a> {
     graph: &'a mut GraphProto,
     fresh: usize,
+    /// The output of each `DequantizeLinear` emitted so far (the graph's own and ours), by
+    /// what it computes ([`Editor::dequantize_key`]).
+    dequantized: HashMap<DequantizeKey, String>,
 }
+
+/// A dequantization's tensor, scale and zero point, and its axis where the scale has several
+/// values (with one, the axis changes nothing: ours carry one, the quantizer's do not).
+type DequantizeKey = (String, String, String, Option<i64>);
 
 impl<'a> Editor<'a> {
     fn new(graph: &'a mut GraphProto) -> Self {
-        Editor { graph, fresh: 0 }
+        Editor {
+            graph,
+            fresh: 0,
+            dequantized: HashMap::new(),
+        }
+    }
+
+    fn dequantize_key(&self, inputs: &[String], axis: i64) -> DequantizeKey {
+        let arg = |i: usize| inputs.get(i).cloned().unwrap_or_default();
+        let per_tensor = self
+            .initializer(&arg(1))
+            .is_some_and(|t| t.dims.iter().product::<i64>() == 1);
+        (arg(0), arg(1), arg(2), (!per_tensor).then_some(axis))
+    }
+
+    /// Records a `DequantizeLinear` of the graph's for [`Editor::dequantize`] to reuse.
+    fn note_dequantize(&mut self, node: &NodeProto) {
+        let onnx = matches!(node.domain.as_str(), "" | "ai.onnx");
+        if node.op_type != "DequantizeLinear" || !onnx || node.output.len() != 1 {
+            return;
+        }
+        let axis = int_attr_of(node, "axis").unwrap_or(1);
+        let key = self.dequantize_key(&node.input, axis);
+        self.dequantized
+            .entry(key)
+            .or_insert_with(|| node.output[0].clone());
     }
 
     fn name(&mut self, base: &str, what: &str) -> String {
@@ -194,7 +176,10 @@ impl<'a> Editor<'a> {
     }
 
     /// `DequantizeLinear(x, scale, zero_point)` with the zero point omitted when absent and a
-    /// per-axis scale applied along `axis`.
+    /// per-axis scale applied along `axis` — or the output of an earlier, identical one: each
+    /// QLinear op dequantizes its inputs, and reading one dequantized tensor twice keeps the
+    /// graph in its QDQ form (the exact GELU reads the dequantized `fc1` output twice, which
+    /// the QDQ fusion recognises).
     fn dequantize(
         &mut self,
         nodes: &mut Vec<NodeProto>,
@@ -202,11 +187,16 @@ impl<'a> Editor<'a> {
         x: usize,
         axis: i64,
     ) -> String {
-        let out = self.name(&node.name, "dq");
         let mut inputs = vec![input(node, x), input(node, x + 1)];
         if !input(node, x + 2).is_empty() {
             inputs.push(input(node, x + 2));
         }
+        let key = self.dequantize_key(&inputs, axis);
+        if let Some(earlier) = self.dequantized.get(&key) {
+            return earlier.clone();
+        }
+        let out = self.name(&node.name, "dq");
+        self.dequantized.insert(key, out.clone());
         nodes.push(op(
             "DequantizeLinear",
             inputs,
@@ -493,36 +483,55 @@ mod tests {
         n
     }
 
-    /// Our repeat of the quantizer's dequantization is merged into it (its `axis` aside, with
-    /// one scale); one with another scale, or one of the quantizer's own, is kept.
+    fn qlinear_mul(name: &str, a: [&str; 3], b: [&str; 3], y: &str) -> NodeProto {
+        let inputs = a
+            .iter()
+            .chain(&b)
+            .chain(&["ys", "zp"])
+            .map(|s| s.to_string());
+        let mut n = op("QLinearMul", inputs.collect(), vec![y.into()], vec![]);
+        n.domain = MS_DOMAIN.into();
+        n.name = name.into();
+        n
+    }
+
+    /// A QLinear input the graph (or an earlier rewrite) already dequantized the same way reads
+    /// that dequantization (its `axis` aside, with one scale); one with another scale gets its
+    /// own, and the graph's own nodes are left as they are.
     #[test]
-    fn merges_only_our_repeats_of_an_identical_dequantization() {
-        let mut graph = GraphProto {
-            initializer: vec![scalar("s", 1), scalar("s2", 1), scalar("zp", 2)],
-            node: vec![
-                dq("orig", ["q", "s", "zp"], "y", None),
-                dq("mul::cxe_dq_1", ["q", "s", "zp"], "y1", Some(1)),
-                dq("mul::cxe_dq_2", ["q", "s2", "zp"], "y2", Some(1)),
-                dq("theirs", ["q", "s", "zp"], "y3", None),
-                op(
-                    "Mul",
-                    vec!["y1".into(), "y2".into()],
-                    vec!["m".into()],
-                    vec![],
-                ),
-                op(
-                    "Add",
-                    vec!["y3".into(), "y".into()],
-                    vec!["a".into()],
-                    vec![],
-                ),
-            ],
+    fn reuses_an_identical_dequantization() {
+        let mut model = pb::ModelProto {
+            graph: Some(GraphProto {
+                initializer: ["s", "s2", "ys"]
+                    .map(|n| scalar(n, 1))
+                    .into_iter()
+                    .chain([scalar("zp", 2)])
+                    .collect(),
+                node: vec![
+                    dq("orig", ["q", "s", "zp"], "y", None),
+                    dq("theirs", ["q", "s", "zp"], "y3", None),
+                    qlinear_mul("m1", ["q", "s", "zp"], ["q", "s2", "zp"], "m"),
+                    qlinear_mul("m2", ["q", "s2", "zp"], ["q", "s", "zp"], "m3"),
+                ],
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert_eq!(merge_repeated_dequantize(&mut graph), 1);
-        let names: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["orig", "mul::cxe_dq_2", "theirs", "", ""]);
-        assert_eq!(graph.node[3].input, ["y", "y2"]);
-        assert_eq!(graph.node[4].input, ["y3", "y"]);
+        apply(&mut model).unwrap();
+        let graph = model.graph.unwrap();
+        let dqs: Vec<&NodeProto> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "DequantizeLinear")
+            .collect();
+        // The graph's two, and one for the other scale, shared by both products.
+        assert_eq!(dqs.len(), 3);
+        assert_eq!(dqs[0].name, "orig");
+        assert_eq!(dqs[1].name, "theirs");
+        assert_eq!(dqs[2].input, ["q", "s2", "zp"]);
+        let other = &dqs[2].output[0];
+        let products: Vec<&NodeProto> = graph.node.iter().filter(|n| n.op_type == "Mul").collect();
+        assert_eq!(products[0].input, ["y".to_string(), other.clone()]);
+        assert_eq!(products[1].input, [other.clone(), "y".to_string()]);
     }
 }
