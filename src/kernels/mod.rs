@@ -6,10 +6,10 @@ pub mod depthwise;
 pub mod gelu;
 mod half_float;
 pub mod layer_norm;
-#[cfg(target_arch = "x86_64")]
-pub mod madd;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub mod product;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;

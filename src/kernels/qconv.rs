@@ -8,8 +8,8 @@
 //!    arithmetic as [`FastQuantize`]), straight to i8 — a u8 activation is stored as `q − 128`
 //!    with its zero point shifted by 128, which is exact;
 //! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX-512 VNNI or
-//!    AVX-VNNI on x86, SMLAL or SDOT on arm64) or, on x86 with AVX2 but no VNNI, our
-//!    [`madd`] product; weights packed once at load;
+//!    AVX-VNNI on x86, SDOT on arm64) or, where those are missing (x86 with AVX2 alone, arm64
+//!    without the dot product), our own [`product`]; weights packed once at load;
 //! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
 //!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place;
 //!    what the graph computes from that quantized value alone — the QDQ GELU, or the next
@@ -38,8 +38,8 @@ use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::madd;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::product;
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
 pub use super::Layout;
@@ -299,18 +299,18 @@ enum Engine {
         packing: usize,
         packed: Box<dyn MMMInputValue>,
     },
-    /// Our AVX2 product for x86 CPUs without VNNI ([`madd`]): weights as lanes of a
-    /// channels-last product (channels are the output's contiguous axis), as rows of a
+    /// Our own product ([`product`]) where tract's int8 kernels are slow: weights as lanes of
+    /// a channels-last product (channels are the output's contiguous axis), as rows of a
     /// channels-first one.
-    #[cfg(target_arch = "x86_64")]
-    Madd(MaddWeights),
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Own(OwnWeights),
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[derive(Debug, Clone)]
-enum MaddWeights {
-    Lanes(madd::LanePanels),
-    Rows(madd::Rows),
+enum OwnWeights {
+    Lanes(product::LanePanels),
+    Rows(product::Rows),
 }
 
 impl Engine {
@@ -318,15 +318,19 @@ impl Engine {
     /// tract-linalg kernel for the product's shape.
     fn new(weights: &Tensor, layout: Layout, n: Option<usize>) -> TractResult<Engine> {
         let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
-        #[cfg(target_arch = "x86_64")]
-        if !has_vnni() && madd::available() {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
             let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
-            return Ok(Engine::Madd(match layout {
-                Layout::ChannelsLast => {
-                    MaddWeights::Lanes(madd::LanePanels::pack(cout, cin, |l, k| w[l * cin + k]))
-                }
-                Layout::ChannelsFirst => MaddWeights::Rows(madd::Rows::pack(w, cout, cin)),
-            }));
+            if own_product_pays() && product::exact_for(w) {
+                return Ok(Engine::Own(match layout {
+                    Layout::ChannelsLast => {
+                        OwnWeights::Lanes(product::LanePanels::pack(cout, cin, |l, k| {
+                            w[l * cin + k]
+                        }))
+                    }
+                    Layout::ChannelsFirst => OwnWeights::Rows(product::Rows::pack(w, cout, cin)),
+                }));
+            }
         }
         let _ = layout;
         let (mmm, packing) = pick_kernel(cout, cin, n)?;
@@ -341,8 +345,8 @@ impl Engine {
     fn name(&self) -> String {
         match self {
             Engine::Tract { mmm, .. } => mmm.name().to_string(),
-            #[cfg(target_arch = "x86_64")]
-            Engine::Madd(_) => format!("convnext_edge_avx2_madd_i32_6x{}", madd::LANES),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Engine::Own(_) => product::KERNEL.to_string(),
         }
     }
 }
@@ -625,12 +629,12 @@ impl QPointwiseConv {
         })
     }
 
-    /// [`Self::run_matrix`] on our AVX2 product: the epilogue runs on each block of sums as
+    /// [`Self::run_matrix`] on our own product: the epilogue runs on each block of sums as
     /// soon as it is computed.
-    #[cfg(target_arch = "x86_64")]
-    fn madd_product<T: Emit>(
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn own_product<T: Emit>(
         &self,
-        w: &MaddWeights,
+        w: &OwnWeights,
         x: Operand,
         quantizer: FastQuantize,
         p: usize,
@@ -638,20 +642,20 @@ impl QPointwiseConv {
         finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
     ) -> TractResult<()> {
         match w {
-            MaddWeights::Lanes(w) => {
+            OwnWeights::Lanes(w) => {
                 let cin = self.cin();
                 let fill = |r: usize, row: &mut [i8]| match x.slice(r * cin, cin) {
                     Operand::F32(src) => quantizer.quantize_i8(src, row),
                     Operand::I8(src) => row.copy_from_slice(src),
                 };
-                let rows = madd::RowSource::Fill {
+                let rows = product::RowSource::Fill {
                     rows: p,
                     k: cin,
                     fill: &fill,
                 };
-                madd::product_into(w, rows, out, finish)
+                product::product_into(w, rows, out, finish)
             }
-            MaddWeights::Rows(w) => {
+            OwnWeights::Rows(w) => {
                 let quantized;
                 let xq = match x {
                     Operand::F32(x) => {
@@ -662,8 +666,8 @@ impl QPointwiseConv {
                     }
                     Operand::I8(x) => x,
                 };
-                let x = madd::LanePanels::pack_transposed(xq, self.cin(), p, p)?;
-                madd::product_into(&x, madd::RowSource::Packed(w), out, finish)
+                let x = product::LanePanels::pack_transposed(xq, self.cin(), p, p)?;
+                product::product_into(&x, product::RowSource::Packed(w), out, finish)
             }
         }
     }
@@ -755,8 +759,8 @@ impl QPointwiseConv {
                     )
                 })
             }
-            #[cfg(target_arch = "x86_64")]
-            Engine::Madd(w) => self.madd_product(w, x, q.quantizer, p, out, finish),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Engine::Own(w) => self.own_product(w, x, q.quantizer, p, out, finish),
         }
     }
 
@@ -879,14 +883,14 @@ multiversion! {
 
 /// Whether this CPU has int8 product kernels that beat tract's f32 ones, so that quantized
 /// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
-/// AVX-VNNI) or, with AVX2 alone, our [`madd`] product — tract's own AVX2 int8 kernel widens
+/// AVX-VNNI) or, with AVX2 alone, our [`product`] — tract's own AVX2 int8 kernel widens
 /// one byte at a time and ran convnext_atto's products 35x slower than its f32 kernels on an
-/// AVX2-only AMD EPYC; on arm64, tract-linalg's SMLAL and SDOT kernels. Elsewhere quantized
+/// AVX2-only AMD EPYC; on arm64, our product or tract-linalg's SDOT kernel. Elsewhere quantized
 /// models keep the float path.
 pub fn integer_kernels_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        has_vnni() || madd::available()
+        has_vnni() || product::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -904,6 +908,22 @@ pub fn tract_int8_kernels_slow() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Whether our own product ([`product`]) beats tract-linalg's int8 kernels on this CPU: on
+/// x86 without VNNI (see [`integer_kernels_pay`]), and on arm64 without the dot product, where
+/// tract's SMLAL kernel spends more instructions on convnext_atto's products than its f32
+/// kernel (171 M against 153 M under qemu's cortex-a72); its SDOT kernel needs fewer.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn own_product_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !has_vnni() && product::available()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        !std::arch::is_aarch64_feature_detected!("dotprod")
     }
 }
 
@@ -1186,8 +1206,18 @@ mod tests {
 
     fn check(cin: usize, cout: usize, h: usize, w: usize, signed: bool, with_y: bool, seed: u64) {
         let mut rng = Lcg(seed);
-        let p = h * w;
         let weights: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+        check_weights(&weights, (cin, cout, h, w), signed, with_y, rng);
+    }
+
+    fn check_weights(
+        weights: &[i8],
+        (cin, cout, h, w): (usize, usize, usize, usize),
+        signed: bool,
+        with_y: bool,
+        mut rng: Lcg,
+    ) {
+        let p = h * w;
         let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
         let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
         let xq = ActQuant {
@@ -1202,7 +1232,7 @@ mod tests {
         });
         let x: Vec<f32> = (0..2 * cin * p).map(|_| rng.f32(-7.0, 7.0)).collect();
         let op = QPointwiseConv::new(
-            Tensor::from_shape(&[cout, cin], &weights).unwrap(),
+            Tensor::from_shape(&[cout, cin], weights).unwrap(),
             Layout::ChannelsFirst,
             xq,
             w_scales.clone(),
@@ -1222,7 +1252,7 @@ mod tests {
         for n in 0..2 {
             let expected = reference(
                 &x[n * cin * p..(n + 1) * cin * p],
-                &weights,
+                weights,
                 cin,
                 cout,
                 p,
@@ -1507,6 +1537,20 @@ mod tests {
             for (signed, with_y) in [(false, true), (true, true), (false, false)] {
                 check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
             }
+        }
+    }
+
+    /// −128 in the weights, which our arm64 product cannot take exactly (it falls back to
+    /// tract's kernel there), against both u8 and i8 activations holding their extremes.
+    #[test]
+    fn weights_of_minus_128_are_exact() {
+        let mut rng = Lcg(5);
+        let (cin, cout) = (37, 9);
+        let weights: Vec<i8> = (0..cout * cin)
+            .map(|i| if i % 3 == 0 { -128 } else { rng.i8() })
+            .collect();
+        for signed in [false, true] {
+            check_weights(&weights, (cin, cout, 3, 5), signed, true, Lcg(9));
         }
     }
 
