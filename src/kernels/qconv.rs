@@ -8,8 +8,8 @@
 //!    arithmetic as [`FastQuantize`]), straight to i8 — a u8 activation is stored as `q − 128`
 //!    with its zero point shifted by 128, which is exact;
 //! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX-512 VNNI or
-//!    AVX-VNNI on x86, SDOT on arm64) or, where those are missing (x86 with AVX2 alone, arm64
-//!    without the dot product), our own [`product`]; weights packed once at load;
+//!    AVX-VNNI on x86) or our own [`product`] (x86 with AVX2 alone; arm64, SMULL or SDOT);
+//!    weights packed once at load;
 //! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
 //!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place;
 //!    what the graph computes from that quantized value alone — the QDQ GELU, or the next
@@ -346,7 +346,7 @@ impl Engine {
         match self {
             Engine::Tract { mmm, .. } => mmm.name().to_string(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-            Engine::Own(_) => product::KERNEL.to_string(),
+            Engine::Own(_) => product::kernel().to_string(),
         }
     }
 }
@@ -885,8 +885,7 @@ multiversion! {
 /// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
 /// AVX-VNNI) or, with AVX2 alone, our [`product`] — tract's own AVX2 int8 kernel widens
 /// one byte at a time and ran convnext_atto's products 35x slower than its f32 kernels on an
-/// AVX2-only AMD EPYC; on arm64, our product or tract-linalg's SDOT kernel. Elsewhere quantized
-/// models keep the float path.
+/// AVX2-only AMD EPYC; on arm64, our product. Elsewhere quantized models keep the float path.
 pub fn integer_kernels_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -912,9 +911,10 @@ pub fn tract_int8_kernels_slow() -> bool {
 }
 
 /// Whether our own product ([`product`]) beats tract-linalg's int8 kernels on this CPU: on
-/// x86 without VNNI (see [`integer_kernels_pay`]), and on arm64 without the dot product, where
-/// tract's SMLAL kernel spends more instructions on convnext_atto's products than its f32
-/// kernel (171 M against 153 M under qemu's cortex-a72); its SDOT kernel needs fewer.
+/// x86 without VNNI (see [`integer_kernels_pay`]), and on arm64, where tract's SMLAL kernel
+/// spent more instructions on convnext_atto's products than its f32 kernel (171 M against
+/// 153 M under qemu's cortex-a72; ours 120 M) and, with SDOT, tract's kernel and its packing
+/// cost 69 M against our 60 M (cortex-a76).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn own_product_pays() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -923,7 +923,7 @@ fn own_product_pays() -> bool {
     }
     #[cfg(target_arch = "aarch64")]
     {
-        !std::arch::is_aarch64_feature_detected!("dotprod")
+        product::available()
     }
 }
 
