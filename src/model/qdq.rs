@@ -18,6 +18,11 @@
 //! and output quantization whose quantize and dequantize agree; int8 weights with zero point 0
 //! and one scale per output channel or one for all. Anything else keeps the float path.
 //!
+//! A convolution over non-overlapping `s × s` patches (kernel = stride = s, no padding:
+//! ConvNeXt's stem and downsampling layers) is a 1x1 product over the patches, and is fused
+//! the same way where that pays (`patches_pay`: our own integer product, on arm64), in graphs
+//! whose products are convolutions.
+//!
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
 
@@ -50,8 +55,11 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
 /// Replaces every quantized 1x1 convolution matching the module docs' pattern; returns how many.
 pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
     let mut fused = 0;
+    let patches = !find_all(graph, false)
+        .iter()
+        .any(|m| int_attr_of(&m.node, "channels_last") == Some(1));
     loop {
-        let matches = non_overlapping(find_all(graph));
+        let matches = non_overlapping(find_all(graph, patches));
         if matches.is_empty() {
             remove_dead_nodes(graph);
             link_integer_chains(graph);
@@ -399,14 +407,15 @@ impl<'g> Index<'g> {
     }
 }
 
-fn find_all(graph: &GraphProto) -> Vec<Match> {
+/// The fusions in `graph`; with `patches`, convolutions over patches too ([`patch_size`]).
+fn find_all(graph: &GraphProto, patches: bool) -> Vec<Match> {
     let ix = Index::new(graph);
     graph
         .node
         .iter()
         .enumerate()
         .filter(|(_, n)| is_onnx(n))
-        .filter_map(|(i, n)| match_node(&ix, i, n).or_else(|| match_dynamic(&ix, i, n)))
+        .filter_map(|(i, n)| match_node(&ix, i, n, patches).or_else(|| match_dynamic(&ix, i, n)))
         .collect()
 }
 
@@ -432,10 +441,11 @@ fn is_bias(ix: &Index, name: &str, cout: i64) -> bool {
     }
 }
 
-fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
-    let channels_last = match op.op_type.as_str() {
-        "Conv" if is_pointwise(op) => false,
-        "MatMul" => true,
+fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: bool) -> Option<Match> {
+    let (channels_last, patch) = match op.op_type.as_str() {
+        "Conv" if is_pointwise(op) => (false, 1),
+        "Conv" if patches => (false, patch_size(op)?),
+        "MatMul" => (true, 1),
         _ => return None,
     };
     let (x_dq_ix, x_dq) = ix.producer(arg(op, 0), "DequantizeLinear")?;
@@ -448,10 +458,17 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
     let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
     let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == INT8)?;
     let (cout, channel_axes) = match (channels_last, &w.dims[..]) {
-        (false, &[cout, _, 1, 1]) => (cout, [0, -4]),
+        (false, &[cout, _, kh, kw]) if kh == patch && kw == patch => (cout, [0, -4]),
         (true, &[_, cout]) => (cout, [1, -1]),
         _ => return None,
     };
+    // Patches run on our own product alone; weights it cannot take exactly keep the float path.
+    if patch > 1 {
+        let w = ints(w)?.into_iter().map(|v| v as i8).collect::<Vec<_>>();
+        if !crate::kernels::qconv::patches_pay(&w) {
+            return None;
+        }
+    }
     let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == FLOAT)?;
     let per_channel = match w_scale.dims[..] {
         [] | [1] => false,
@@ -489,6 +506,9 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
         attribute: vec![int_attr("channels_last", channels_last as i64)],
         ..Default::default()
     };
+    if patch > 1 {
+        node.attribute.push(int_attr(PATCH_ATTR, patch));
+    }
     let mut remove = vec![];
     if let Some((qi, q, dqi, dq)) = output_pair(ix, op.output.first()?) {
         node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
@@ -646,6 +666,8 @@ fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
 
 /// Attribute of a fused node whose input quantization is computed per input.
 const DYNAMIC_ATTR: &str = "dynamic";
+/// Attribute of a [`FUSED_OP`] over non-overlapping patches: their side.
+const PATCH_ATTR: &str = "patch";
 
 /// The value of a scalar f32 initializer, or of the dequantization of a scalar one.
 fn scalar(ix: &Index, name: &str) -> Option<f32> {
@@ -794,6 +816,33 @@ fn arg(n: &NodeProto, i: usize) -> &str {
     n.input.get(i).map(|s| s.as_str()).unwrap_or("")
 }
 
+/// The side `s` of a convolution over non-overlapping `s × s` patches (kernel = stride, no
+/// padding or dilation, one group: ConvNeXt's stem and downsampling layers), a 1x1 product
+/// over the patches. Fused only in graphs whose products are convolutions (channels first):
+/// in MatMul-form exports tract moves the network channels-last through its own f32
+/// convolutions, which our channels-first op would stop (convnext_tiny kept 32 transposes,
+/// between quantizations and lookups they had been fused with).
+fn patch_size(conv: &NodeProto) -> Option<i64> {
+    let [kh, kw] = ints_attr_of(conv, "kernel_shape")? else {
+        return None;
+    };
+    let square = kh == kw && *kh > 1;
+    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
+    let no_pads = ints_attr_of(conv, "pads").is_none_or(|v| v.iter().all(|&x| x == 0));
+    let explicit = conv
+        .attribute
+        .iter()
+        .find(|a| a.name == "auto_pad")
+        .is_none_or(|a| matches!(a.s.as_slice(), b"NOTSET" | b"VALID"));
+    (square
+        && ints_attr_of(conv, "strides") == Some(&[*kh, *kw][..])
+        && int_attr_of(conv, "group").unwrap_or(1) == 1
+        && ones("dilations")
+        && no_pads
+        && explicit)
+        .then_some(*kh)
+}
+
 fn is_pointwise(conv: &NodeProto) -> bool {
     let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
     let auto_pad = conv
@@ -872,6 +921,12 @@ fn parse(
         _ => Layout::ChannelsFirst,
     };
     let gelu = gelu_of(node)?;
+    let patch = int_attr_of(node, PATCH_ATTR).unwrap_or(1);
+    ensure!(
+        patch >= 1 && (patch == 1 || layout == Layout::ChannelsFirst),
+        "{FUSED_OP} {}: patch {patch}",
+        node.name
+    );
     Ok((
         expand(Fused {
             inputs: own,
@@ -879,6 +934,7 @@ fn parse(
             dynamic: int_attr_of(node, DYNAMIC_ATTR).is_some_and(|d| d != 0),
             layout,
             gelu,
+            patch: patch as usize,
         }),
         vec![],
     ))
@@ -893,6 +949,8 @@ struct Fused {
     dynamic: bool,
     layout: Layout,
     gelu: Option<QdqGelu>,
+    /// Side of the patches a convolution runs over (1: a 1x1 convolution).
+    patch: usize,
 }
 
 fn konst<'m>(model: &'m TypedModel, outlet: OutletId, what: &str) -> TractResult<&'m Arc<Tensor>> {
@@ -946,9 +1004,13 @@ impl Expansion for Fused {
             Layout::ChannelsFirst => {
                 s.equals(&inputs[3].rank, 4)?;
                 s.equals(&outputs[0].shape[1], &inputs[3].shape[0])?;
+                s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+                let patch = self.patch as u64;
                 s.given(&inputs[0].rank, move |s, rank| {
-                    for axis in (0..rank as usize).filter(|&a| a != 1) {
-                        s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+                    for axis in 2..rank as usize {
+                        s.given(&inputs[0].shape[axis], move |s, d| {
+                            s.equals(&outputs[0].shape[axis], d / patch)
+                        })?;
                     }
                     Ok(())
                 })
@@ -981,8 +1043,10 @@ impl Expansion for Fused {
         );
         // Canonical [Cout, Cin] whatever the layout.
         let w = match (self.layout, w.shape()) {
-            (Layout::ChannelsFirst, &[cout, cin, 1, 1]) => {
-                w.clone().into_tensor().into_shape(&[cout, cin])?
+            (Layout::ChannelsFirst, &[cout, cin, kh, kw])
+                if kh == self.patch && kw == self.patch =>
+            {
+                w.clone().into_tensor().into_shape(&[cout, cin * kh * kw])?
             }
             (Layout::ChannelsLast, &[_, _]) => w.clone().into_tensor().permute_axes(&[1, 0])?,
             (layout, shape) => bail!("{FUSED_OP}: {layout:?} weights of shape {shape:?}"),
@@ -1008,7 +1072,12 @@ impl Expansion for Fused {
             x_fact.datum_type
         );
         let positions = match self.layout {
-            Layout::ChannelsFirst => x_fact.shape.iter().skip(2).product::<TDim>(),
+            Layout::ChannelsFirst => x_fact
+                .shape
+                .iter()
+                .skip(2)
+                .map(|d| d.clone() / self.patch as u64)
+                .product::<TDim>(),
             Layout::ChannelsLast => {
                 let rank = x_fact.rank();
                 let per_image = x_fact.shape.iter().take(rank.saturating_sub(1)).skip(1);
@@ -1023,6 +1092,10 @@ impl Expansion for Fused {
             quants,
             positions.to_usize().ok(),
         )?;
+        let op = match self.patch {
+            1 => op,
+            s => op.over_patches(s)?,
+        };
         let op = match self.gelu {
             Some(g) => op.with_gelu(g)?,
             None => op,
@@ -1109,6 +1182,28 @@ mod tests {
         let fused = &g.node[0];
         assert_eq!(fused.input, ["x", "s", "z", "w", "ws", "b", "s", "z"]);
         assert_eq!(fused.output, ["y"]);
+    }
+
+    /// A 2x2 stride-2 convolution is a product over patches: fused where that pays (arm64),
+    /// with the patch side for the op; elsewhere left to tract.
+    #[test]
+    fn fuses_a_convolution_over_patches_where_it_pays() {
+        let ints = |name: &str, ints: &[i64]| tract_onnx::pb::AttributeProto {
+            name: name.into(),
+            r#type: 7,
+            ints: ints.to_vec(),
+            ..Default::default()
+        };
+        let mut g = graph(0);
+        g.initializer[2] = init("w", INT8, vec![2, 3, 2, 2], (1..=24).collect());
+        g.node[3]
+            .attribute
+            .extend([ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]);
+        let pays = crate::kernels::qconv::patches_pay(&[1]);
+        assert_eq!(fuse_pointwise(&mut g), pays as usize);
+        if pays {
+            assert_eq!(int_attr_of(&g.node[0], PATCH_ATTR), Some(2));
+        }
     }
 
     #[test]

@@ -37,12 +37,14 @@ const ATTR_INTS: i32 = 7;
 pub struct Rewrites(pub Vec<(String, usize)>);
 
 impl Rewrites {
-    /// Hands QDQ models' 1x1 convolutions to the integer kernels ([`super::qdq`]).
+    /// Hands QDQ models' 1x1 convolutions (and convolutions over patches) to the integer
+    /// kernels ([`super::qdq`]).
     pub fn fuse_pointwise(&mut self, model: &mut pb::ModelProto) {
         if let Some(graph) = model.graph.as_mut() {
             let n = super::qdq::fuse_pointwise(graph);
             if n > 0 {
-                self.0.push(("QDQ 1x1 Conv/MatMul → integer".into(), n));
+                self.0
+                    .push(("QDQ 1x1 (or patch) Conv/MatMul → integer".into(), n));
             }
         }
     }
