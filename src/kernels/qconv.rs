@@ -986,8 +986,8 @@ fn own_product_pays() -> bool {
 
 /// Whether a convolution over patches with weights `w` (i8) gains from running on our own
 /// product here: on arm64 ([`own_product_pays`], and [`product::exact_for`] the weights).
-/// convnext_atto's stem and downsampling under qemu: cortex-a76 132.5 → 126.7 M instructions
-/// per inference, cortex-a72 196.0 → 194.6 M. On x86 (AVX2, no VNNI) they ran no faster than
+/// convnext_atto's stem and downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions
+/// per inference, cortex-a72 196.0 → 193.7 M. On x86 (AVX2, no VNNI) they ran no faster than
 /// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
 /// 6–10 M multiply-adds, where quantizing and packing the input cost as much as they save.
 pub(crate) fn patches_pay(w: &[i8]) -> bool {
@@ -1115,9 +1115,10 @@ fn deinterleave(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize) {
             done += 16;
         }
     }
-    for i in done..len {
-        for dx in 0..s {
-            group[dx * n + at + i] = src[i * s + dx];
+    for dx in 0..s {
+        let dst = &mut group[dx * n + at + done..][..len - done];
+        for (d, v) in dst.iter_mut().zip(src[done * s + dx..].iter().step_by(s)) {
+            *d = *v;
         }
     }
 }
