@@ -15,7 +15,7 @@
 //! - [`live`]: the camera loop tying sources, a classifier and sinks together.
 //! - [`profile`]: time per node and per op type of one inference.
 //! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
-//! - [`bench`]: latency benchmarking (round-robin configurations, statistics, reports).
+//! - [`bench`](mod@bench): latency benchmarking (round-robin configurations, statistics, reports).
 //! - [`machine`]: what the machine is (cores, ...), from sysfs.
 //!
 //! ```

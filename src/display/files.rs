@@ -85,8 +85,8 @@ impl Sink for ImageDirSink {
     }
 }
 
-/// One JSON object per classified frame ([`FrameReport`]), flushed line by line so another
-/// program can follow it live.
+/// One JSON object per classified frame ([`FrameReport`](crate::live::FrameReport)), flushed
+/// line by line so another program can follow it live.
 pub struct JsonlSink {
     name: String,
     out: Box<dyn Write + Send>,

@@ -7,7 +7,7 @@
 //! output row is a border-free sum of `kh · kw` shifted input rows, and keeps 16 outputs of a
 //! row in registers across all taps: per tap one broadcast weight, one unaligned load, one
 //! multiply and one add per vector, compiled for AVX-512, AVX2 or the baseline at run time
-//! ([`multiversion!`]). Channels are split across the plan's threads.
+//! (`multiversion!` in `kernels::simd`). Channels are split across the plan's threads.
 //!
 //! On aarch64 a 7x7 kernel computes four output rows at once, so that each input vector loaded
 //! serves every output row it feeds, with the taps in registers and a fused multiply-add per

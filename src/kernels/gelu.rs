@@ -10,8 +10,9 @@
 //!
 //! The erf is the approximation tract uses for its f32 `Erf` (Abramowitz & Stegun 7.1.28,
 //! absolute error below 3·10⁻⁷) in the same operation order, written branch-free so that it
-//! vectorises ([`multiversion!`]): the same f32 numbers as tract's portable erf (its AVX2 and
-//! AVX-512 ones fuse the multiply-adds, a few ulp apart) before the final rounding.
+//! vectorises (`multiversion!` in `kernels::simd`): the same f32 numbers as tract's portable
+//! erf (its AVX2 and AVX-512 ones fuse the multiply-adds, a few ulp apart) before the final
+//! rounding.
 //!
 //! tract internals used (tract-core 0.23.9): `ElementWiseMiniOp` (the pass in `model::passes`
 //! swaps it in for `GeluExact`); tract-linalg's `multithread::par_chunks_mut`.

@@ -12,7 +12,7 @@
 //! along the axis when it is the innermost one, otherwise across it, vectorising over the
 //! positions that share a channel (for NCHW: sum the C planes into one mean plane, then the
 //! squared deviations into one variance plane, then write every plane). The loops are compiled
-//! for AVX-512, AVX2 or the baseline at run time ([`multiversion!`]).
+//! for AVX-512, AVX2 or the baseline at run time (`multiversion!` in `kernels::simd`).
 //!
 //! It implements `axes_mapping` / `change_axes`, so tract's axis-change passes move transposes
 //! through it as they do through their own normalisation ops.

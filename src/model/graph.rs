@@ -1,5 +1,5 @@
 //! Any ONNX graph through the classifier load pipeline minus the classifier contract:
-//! protobuf size checks → [`rewrite`](super::rewrite) → tract parse and typing → precision
+//! protobuf size checks → [`rewrite`] → tract parse and typing → precision
 //! handling → our [`passes`](super::passes) → optimisation. This is how the ONNX backend node
 //! tests (a suite no one here wrote) check that our rewrites and passes keep each op's meaning;
 //! [`Graph::load_plain`] gives plain tract on the same file, to tell tract's own failures from

@@ -1,4 +1,4 @@
-//! ONNX `LayerNormalization` onto our [`LayerNorm`](crate::kernels::layer_norm::LayerNorm) op.
+//! ONNX `LayerNormalization` onto our [`LayerNorm`] op.
 //!
 //! Our parser replaces tract's for this op type and keeps tract's as the fallback: the node
 //! becomes our single op when it is the common case — f32 or f16 input, normalised over the last axis

@@ -1,5 +1,5 @@
 //! QDQ models: the quantized 1x1 convolutions found at the ONNX level and handed to our integer
-//! op, [`QPointwiseConv`](crate::kernels::qconv::QPointwiseConv).
+//! op, [`QPointwiseConv`].
 //!
 //! tract folds a weight `DequantizeLinear` into f32 constants while typing the graph, so after
 //! parsing nothing says any more that a convolution's weights were int8. The pattern is
