@@ -967,39 +967,30 @@ pub fn tract_int8_kernels_slow() -> bool {
     }
 }
 
-/// Whether our own product ([`product`]) beats tract-linalg's int8 kernels on this CPU: on
-/// x86 without VNNI (see [`integer_kernels_pay`]), and on arm64, where tract's SMLAL kernel
-/// spent more instructions on convnext_atto's products than its f32 kernel (171 M against
-/// 153 M under qemu's cortex-a72; ours 120 M) and, with SDOT, tract's kernel and its packing
-/// cost 69 M against our 60 M (cortex-a76).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn own_product_pays() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        !has_vnni() && product::available()
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        product::available()
-    }
-}
-
 /// Whether a convolution over patches with weights `w` (i8) gains from running on our own
-/// product here: on arm64 ([`own_product_pays`], and [`product::exact_for`] the weights).
-/// convnext_atto's stem and downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions
-/// per inference, cortex-a72 196.0 → 193.7 M. On x86 (AVX2, no VNNI) they ran no faster than
-/// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
-/// 6–10 M multiply-adds, where quantizing and packing the input cost as much as they save.
+/// product here: on arm64, where [`own_product_takes`] the weights. convnext_atto's stem and
+/// downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions per inference, cortex-a72
+/// 196.0 → 193.7 M. On x86 (AVX2, no VNNI) they ran no faster than tract's f32 im2col and GEMM
+/// (2.7 against 2.5 ms in alternating profiles): products of 6–10 M multiply-adds, where
+/// quantizing and packing the input cost as much as they save.
 pub(crate) fn patches_pay(w: &[i8]) -> bool {
     cfg!(target_arch = "aarch64") && own_product_takes(w)
 }
 
-/// Whether weights `w` (`[Cout, Cin]` i8) run on our own product here ([`own_product_pays`]
-/// and [`product::exact_for`]).
+/// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
+/// tract-linalg's int8 kernels, and computes these weights exactly ([`product::exact_for`]).
+/// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on arm64, where
+/// tract's SMLAL kernel spent more instructions on convnext_atto's products than its f32
+/// kernel (171 M against 153 M under qemu's cortex-a72; ours 120 M) and, with SDOT, tract's
+/// kernel and its packing cost 69 M against our 60 M (cortex-a76).
 fn own_product_takes(w: &[i8]) -> bool {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
     {
-        own_product_pays() && product::exact_for(w)
+        !has_vnni() && product::available() && product::exact_for(w)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        product::exact_for(w)
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
