@@ -278,6 +278,8 @@ struct Epilogue {
 #[derive(Debug, Clone)]
 struct Kernel {
     engine: Engine,
+    /// The product width (positions per image) the engine was chosen for, if known.
+    n: Option<usize>,
     /// `Σ_k w[co, k]`, for the input zero point's share of each output channel's sum.
     w_sums: Vec<i32>,
 }
@@ -421,33 +423,93 @@ impl QPointwiseConv {
             lookup: None,
             dynamic: false,
             patch: 1,
-            kernel: Kernel { engine, w_sums },
+            kernel: Kernel { engine, n, w_sums },
         })
     }
 
     /// The convolution over non-overlapping `side × side` patches (kernel = stride = `side`, no
     /// padding) whose `[Cout, Cin · side²]` weights this op holds, `(ci, kh, kw)` along the
-    /// second axis: a 1x1 product over the patches, channels first, on our own product.
+    /// second axis (ONNX's order): a 1x1 product over the patches, on our own product. Built
+    /// channels first, as ONNX lays convolutions out (tract's axis changes may move it channels last).
     pub fn over_patches(mut self, side: usize) -> TractResult<QPointwiseConv> {
         ensure!(
             side >= 1 && self.layout == Layout::ChannelsFirst,
-            "integer conv over {side}x{side} patches: channels first only"
+            "integer conv over {side}x{side} patches: built channels first"
         );
         ensure!(
             self.cin().is_multiple_of(side * side),
             "integer conv over {side}x{side} patches: {} weights per output channel",
             self.cin()
         );
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        let own = matches!(self.kernel.engine, Engine::Own(_));
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let own = false;
-        ensure!(
-            own || side == 1,
-            "integer conv over {side}x{side} patches needs our own product on this CPU"
-        );
         self.patch = side;
+        self.check_engine()?;
         Ok(self)
+    }
+
+    /// Patches are gathered by our own product only.
+    fn check_engine(&self) -> TractResult<()> {
+        let s = self.patch;
+        ensure!(
+            s == 1 || self.runs_on_own_product(),
+            "integer conv over {s}x{s} patches needs our own product on this CPU"
+        );
+        Ok(())
+    }
+
+    /// The same op channels last: what tract's axis changes ask for when they move the
+    /// channels of a stretch of the network last. Over patches, the weights' second axis is
+    /// reordered from `(ci, kh, kw)` to `(kh, kw, ci)`: a patch is then `side` runs of
+    /// `side · Cin` contiguous values.
+    fn channels_last(&self) -> TractResult<QPointwiseConv> {
+        if self.layout == Layout::ChannelsLast {
+            return Ok(self.clone());
+        }
+        let (cout, k, s, c) = (self.cout(), self.cin(), self.patch, self.in_channels());
+        let w = self.weights.try_as_plain_ram()?;
+        let mut reordered = vec![0i8; cout * k];
+        for (src, dst) in w
+            .as_slice::<i8>()?
+            .chunks_exact(k)
+            .zip(reordered.chunks_exact_mut(k))
+        {
+            for (ci, pixels) in src.chunks_exact(s * s).enumerate() {
+                for (pixel, &v) in pixels.iter().enumerate() {
+                    dst[pixel * c + ci] = v;
+                }
+            }
+        }
+        let weights = Tensor::from_shape(&[cout, k], &reordered)?;
+        let engine = Engine::new(&weights, Layout::ChannelsLast, self.kernel.n)?;
+        let op = QPointwiseConv {
+            weights: Arc::new(weights),
+            layout: Layout::ChannelsLast,
+            kernel: Kernel {
+                engine,
+                ..self.kernel.clone()
+            },
+            ..self.clone()
+        };
+        op.check_engine()?;
+        Ok(op)
+    }
+
+    fn runs_on_own_product(&self) -> bool {
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            matches!(self.kernel.engine, Engine::Own(_))
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    }
+
+    /// The axes of a rank-`rank` input a convolution over patches divides by their side.
+    fn spatial_axes(&self, rank: usize) -> std::ops::Range<usize> {
+        match self.layout {
+            Layout::ChannelsFirst => 2..rank,
+            Layout::ChannelsLast => 1..rank.saturating_sub(1),
+        }
     }
 
     /// Channels of the input: `Cin`, or `Cin / side²` over patches.
@@ -462,6 +524,10 @@ impl QPointwiseConv {
 
     /// The channel axis of a rank-`rank` input.
     fn channel_axis(&self, rank: usize) -> TractResult<usize> {
+        ensure!(
+            self.patch == 1 || rank == 4,
+            "integer conv over patches: rank {rank} input"
+        );
         match self.layout {
             Layout::ChannelsFirst if rank >= 3 => Ok(1),
             Layout::ChannelsLast if rank >= 1 => Ok(rank - 1),
@@ -680,9 +746,18 @@ impl QPointwiseConv {
         match w {
             OwnWeights::Lanes(w) => {
                 let cin = self.cin();
-                let fill = |r: usize, row: &mut [i8]| match x.slice(r * cin, cin) {
+                let put = |start: usize, row: &mut [i8]| match x.slice(start, row.len()) {
                     Operand::F32(src) => quantizer.quantize_i8(src, row),
                     Operand::I8(src) => row.copy_from_slice(src),
+                };
+                let fill = |r: usize, row: &mut [i8]| match patches {
+                    None => put(r * cin, row),
+                    Some(g) => {
+                        let run = g.side * self.in_channels();
+                        for (dy, part) in row.chunks_exact_mut(run).enumerate() {
+                            put(g.run_start(r, dy, self.in_channels()), part);
+                        }
+                    }
                 };
                 let rows = product::RowSource::Fill {
                     rows: p,
@@ -859,13 +934,13 @@ impl QPointwiseConv {
         let c_axis = self.channel_axis(shape.len())?;
         let mut out_shape: TVec<usize> = shape.into();
         out_shape[c_axis] = self.cout();
-        for d in &mut out_shape[c_axis + 1..] {
-            *d /= self.patch;
+        for axis in self.spatial_axes(shape.len()) {
+            out_shape[axis] /= self.patch;
         }
         let mut out = unsafe { Tensor::uninitialized::<T>(&out_shape)? };
         let mut out_view = out.try_as_plain_ram_mut()?;
         let ys = out_view.as_slice_mut::<T>()?;
-        let positions = x.len() / self.cin();
+        let positions = out_shape.iter().product::<usize>() / self.cout();
         if positions > 0 {
             // One quantization for the whole tensor, as the graph's quantize computes it.
             let q = self.input_quant(x);
@@ -883,7 +958,14 @@ impl QPointwiseConv {
                         self.run_matrix(x.slice(n * xn, xn), &q, bias, p, patches, y1)?;
                     }
                 }
-                Layout::ChannelsLast => self.run_matrix(x, &q, bias, positions, None, ys)?,
+                Layout::ChannelsLast => {
+                    let patches = (self.patch > 1).then(|| Patches {
+                        side: self.patch,
+                        h: shape[1],
+                        w: shape[2],
+                    });
+                    self.run_matrix(x, &q, bias, positions, patches, ys)?
+                }
             }
         }
         Ok(out)
@@ -968,13 +1050,17 @@ pub fn tract_int8_kernels_slow() -> bool {
 }
 
 /// Whether a convolution over patches with weights `w` (i8) gains from running on our own
-/// product here: on arm64, where [`own_product_takes`] the weights. convnext_atto's stem and
-/// downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions per inference, cortex-a72
-/// 196.0 → 193.7 M. On x86 (AVX2, no VNNI) they ran no faster than tract's f32 im2col and GEMM
-/// (2.7 against 2.5 ms in alternating profiles): products of 6–10 M multiply-adds, where
-/// quantizing and packing the input cost as much as they save.
-pub(crate) fn patches_pay(w: &[i8]) -> bool {
-    cfg!(target_arch = "aarch64") && own_product_takes(w)
+/// product here, in a graph whose products are MatMuls (`matmul_form`: tract moves such graphs
+/// channels last, and [`QPointwiseConv::change_axes`] this op with them) or convolutions: where
+/// [`own_product_takes`] the weights, on arm64 and in MatMul-form graphs. convnext_atto's stem
+/// and downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions per inference,
+/// cortex-a72 196.0 → 193.7 M. Channels first on x86 (AVX2, no VNNI) they ran no faster than
+/// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
+/// 6–10 M multiply-adds, where quantizing, gathering and packing the input cost as much as
+/// they save; channels last a patch is `side` contiguous runs, quantized straight into the
+/// product's rows.
+pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
+    (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w)
 }
 
 /// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
@@ -1054,7 +1140,15 @@ impl Patches {
         oh * ow
     }
 
-    /// `x` (`c` planes of `h × w`) as the `c · side²` rows of a 1x1 product over the patches:
+    /// Channels last (`x` is `[n, h, w, c]`): where patch `r`'s input row `dy` starts, a run of
+    /// `side · c` contiguous values (the weights' `(kh, kw, ci)` order).
+    fn run_start(self, r: usize, dy: usize, c: usize) -> usize {
+        let (s, (oh, ow)) = (self.side, self.out_hw());
+        let (image, at) = (r / (oh * ow), r % (oh * ow));
+        ((image * self.h + at / ow * s + dy) * self.w + at % ow * s) * c
+    }
+
+    /// Channels first: `x` (`c` planes of `h × w`) as the `c · side²` rows of a 1x1 product over the patches:
     /// row `(ci · side + dy) · side + dx` holds pixel `(dy, dx)` of every patch of plane `ci`,
     /// the order of the weights' `(ci, kh, kw)`.
     fn gather(self, x: &[i8], c: usize, rows: &mut [i8]) {
@@ -1289,10 +1383,40 @@ impl TypedOp for QPointwiseConv {
         );
         let mut shape = x.shape.to_tvec();
         shape[c_axis] = self.cout().to_dim();
-        for d in &mut shape[c_axis + 1..] {
-            *d = d.clone() / self.patch as u64;
+        for axis in self.spatial_axes(x.rank()) {
+            shape[axis] = shape[axis].clone() / self.patch as u64;
         }
         Ok(tvec!(self.output_type().fact(shape)))
+    }
+
+    /// Moving the channels of the input (or output) from axis 1 to the last axis switches the
+    /// op channels last, the other wire moving the same way: how tract's `ChangeAxes` carries
+    /// the channels-last layout it suggests for its depthwise convolutions through the network
+    /// instead of stopping at this op with transposes around it. Not the other way: tract
+    /// then pushed convnext_tiny's one transpose (after the stem) through every block instead,
+    /// and the whole network ran channels first, slower.
+    fn change_axes(
+        &self,
+        _model: &TypedModel,
+        node: &TypedNode,
+        io: InOut,
+        change: &AxisOp,
+    ) -> TractResult<Option<AxisChangeConsequence>> {
+        let rank = node.outputs[0].fact.rank();
+        if !matches!(io, InOut::In(0) | InOut::Out(0)) || rank < 3 {
+            return Ok(None);
+        }
+        let to_last = AxisOp::Move(1, rank - 1);
+        if self.layout != Layout::ChannelsFirst || *change != to_last {
+            return Ok(None);
+        }
+        Ok(Some(AxisChangeConsequence {
+            substitute_op: Some(Box::new(self.channels_last()?)),
+            wire_changes: tvec!(
+                (InOut::In(0), change.clone()),
+                (InOut::Out(0), change.clone())
+            ),
+        }))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -1511,7 +1635,102 @@ mod tests {
                 );
                 assert_close(got, &expected, yq, &format!("{c}x{h}x{w} over {s}x{s}"));
             }
+            // Channels last, on the same input: the same values, bit for bit.
+            let last = op.channels_last().unwrap();
+            let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
+                .unwrap()
+                .permute_axes(&[0, 2, 3, 1])
+                .unwrap();
+            let got = eval(&last, nhwc, &bias)
+                .permute_axes(&[0, 3, 1, 2])
+                .unwrap();
+            assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
         }
+    }
+
+    /// A channels-first op between transposes to and from channels last (convnext_tiny's
+    /// downsampling once tract has moved its blocks channels last): decluttering switches the
+    /// op channels last and drops both transposes. A channels-last op between the reverse
+    /// transposes stays as it is, transposes included.
+    #[test]
+    fn axis_changes_move_the_op_channels_last_only() {
+        let (c, cout, h, w, s) = (8, 16, 6, 4, 2);
+        let mut rng = Lcg(77);
+        let weights: Vec<i8> = (0..cout * c * s * s).map(|_| rng.i8()).collect();
+        if !own_product_takes(&weights) {
+            return;
+        }
+        let xq = ActQuant {
+            scale: 0.05,
+            zero_point: 3,
+            signed: true,
+        };
+        let new_op = |patch: usize| {
+            let op = QPointwiseConv::new(
+                Tensor::from_shape(
+                    &[cout, c * patch * patch],
+                    &weights[..cout * c * patch * patch],
+                )
+                .unwrap(),
+                Layout::ChannelsFirst,
+                xq,
+                vec![0.01],
+                (None, None),
+                None,
+            )
+            .unwrap();
+            op.over_patches(patch).unwrap()
+        };
+        let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
+        let x: Vec<f32> = (0..c * h * w).map(|_| rng.f32(-4.0, 4.0)).collect();
+        let build = |input: [usize; 4], moves: [AxisOp; 2], op: QPointwiseConv| {
+            let mut model = TypedModel::default();
+            let src = model.add_source("x", f32::fact(input)).unwrap();
+            let b = model
+                .add_const("bias", Tensor::from_shape(&[cout], &bias).unwrap())
+                .unwrap();
+            let t = model.wire_node("in", moves[0].clone(), &[src]).unwrap();
+            let y = model.wire_node("op", op, &[t[0], b]).unwrap();
+            let y = model.wire_node("out", moves[1].clone(), &y).unwrap();
+            model.select_output_outlets(&y).unwrap();
+            model
+        };
+        let count =
+            |m: &TypedModel, name: &str| m.nodes().iter().filter(|n| n.op().name() == name).count();
+        let layouts = |m: &TypedModel| {
+            m.nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<QPointwiseConv>().map(|op| op.layout))
+                .collect::<Vec<_>>()
+        };
+        let run = |m: TypedModel, input: Tensor| {
+            let out = m
+                .into_runnable()
+                .unwrap()
+                .run(tvec!(input.into_tvalue()))
+                .unwrap();
+            out[0].clone().into_tensor()
+        };
+        let nhwc = Tensor::from_shape(&[1, c, h, w], &x)
+            .unwrap()
+            .permute_axes(&[0, 2, 3, 1])
+            .unwrap();
+        let model = build(
+            [1, h, w, c],
+            [AxisOp::Move(3, 1), AxisOp::Move(1, 3)],
+            new_op(s),
+        );
+        let expected = run(model.clone(), nhwc.clone());
+        let decluttered = model.into_decluttered().unwrap();
+        assert_eq!(layouts(&decluttered), [Layout::ChannelsLast]);
+        assert_eq!(count(&decluttered, "MoveAxis"), 0);
+        assert_eq!(run(decluttered, nhwc), expected);
+
+        let last = new_op(1).channels_last().unwrap();
+        let model = build([1, c, h, w], [AxisOp::Move(1, 3), AxisOp::Move(3, 1)], last);
+        let decluttered = model.into_decluttered().unwrap();
+        assert_eq!(layouts(&decluttered), [Layout::ChannelsLast]);
+        assert_eq!(count(&decluttered, "MoveAxis"), 2);
     }
 
     /// `Q → DQ` in f64 arithmetic after the f32 division, as the graph computes it.

@@ -20,8 +20,8 @@
 //!
 //! A convolution over non-overlapping `s × s` patches (kernel = stride = s, no padding:
 //! ConvNeXt's stem and downsampling layers) is a 1x1 product over the patches, and is fused
-//! the same way where that pays (`patches_pay`: our own integer product, on arm64), in graphs
-//! whose products are convolutions.
+//! the same way where that pays (`patches_pay`: our own integer product, on arm64 and in
+//! graphs whose products are MatMuls, which tract moves channels last).
 //!
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
@@ -55,11 +55,11 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
 /// Replaces every quantized 1x1 convolution matching the module docs' pattern; returns how many.
 pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
     let mut fused = 0;
-    let patches = !find_all(graph, false)
+    let matmul_form = find_all(graph, None)
         .iter()
         .any(|m| int_attr_of(&m.node, "channels_last") == Some(1));
     loop {
-        let matches = non_overlapping(find_all(graph, patches));
+        let matches = non_overlapping(find_all(graph, Some(matmul_form)));
         if matches.is_empty() {
             remove_dead_nodes(graph);
             link_integer_chains(graph);
@@ -407,8 +407,9 @@ impl<'g> Index<'g> {
     }
 }
 
-/// The fusions in `graph`; with `patches`, convolutions over patches too ([`patch_size`]).
-fn find_all(graph: &GraphProto, patches: bool) -> Vec<Match> {
+/// The fusions in `graph`; convolutions over patches ([`patch_size`]) too when `patches` says
+/// whether the graph's products are MatMuls (channels last) or, if `None`, not.
+fn find_all(graph: &GraphProto, patches: Option<bool>) -> Vec<Match> {
     let ix = Index::new(graph);
     graph
         .node
@@ -441,10 +442,10 @@ fn is_bias(ix: &Index, name: &str, cout: i64) -> bool {
     }
 }
 
-fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: bool) -> Option<Match> {
+fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: Option<bool>) -> Option<Match> {
     let (channels_last, patch) = match op.op_type.as_str() {
         "Conv" if is_pointwise(op) => (false, 1),
-        "Conv" if patches => (false, patch_size(op)?),
+        "Conv" if patches.is_some() => (false, patch_size(op)?),
         "MatMul" => (true, 1),
         _ => return None,
     };
@@ -465,7 +466,7 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: bool) -> Opti
     // Patches run on our own product alone; weights it cannot take exactly keep the float path.
     if patch > 1 {
         let w = ints(w)?.into_iter().map(|v| v as i8).collect::<Vec<_>>();
-        if !crate::kernels::qconv::patches_pay(&w) {
+        if !crate::kernels::qconv::patches_pay(&w, patches == Some(true)) {
             return None;
         }
     }
@@ -818,10 +819,7 @@ fn arg(n: &NodeProto, i: usize) -> &str {
 
 /// The side `s` of a convolution over non-overlapping `s × s` patches (kernel = stride, no
 /// padding or dilation, one group: ConvNeXt's stem and downsampling layers), a 1x1 product
-/// over the patches. Fused only in graphs whose products are convolutions (channels first):
-/// in MatMul-form exports tract moves the network channels-last through its own f32
-/// convolutions, which our channels-first op would stop (convnext_tiny kept 32 transposes,
-/// between quantizations and lookups they had been fused with).
+/// over the patches.
 fn patch_size(conv: &NodeProto) -> Option<i64> {
     let [kh, kw] = ints_attr_of(conv, "kernel_shape")? else {
         return None;
@@ -1184,8 +1182,8 @@ mod tests {
         assert_eq!(fused.output, ["y"]);
     }
 
-    /// A 2x2 stride-2 convolution is a product over patches: fused where that pays (arm64),
-    /// with the patch side for the op; elsewhere left to tract.
+    /// A 2x2 stride-2 convolution is a product over patches: fused where that pays (in a
+    /// graph of convolutions: arm64), with the patch side for the op; elsewhere left to tract.
     #[test]
     fn fuses_a_convolution_over_patches_where_it_pays() {
         let ints = |name: &str, ints: &[i64]| tract_onnx::pb::AttributeProto {
@@ -1199,11 +1197,38 @@ mod tests {
         g.node[3]
             .attribute
             .extend([ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]);
-        let pays = crate::kernels::qconv::patches_pay(&[1]);
+        let pays = crate::kernels::qconv::patches_pay(&[1], false);
         assert_eq!(fuse_pointwise(&mut g), pays as usize);
         if pays {
             assert_eq!(int_attr_of(&g.node[0], PATCH_ATTR), Some(2));
         }
+    }
+
+    /// timm's ConvNeXt (MatMul form), where our product takes its weights: the stem and the
+    /// downsampling run over patches, the downsampling channels last with the blocks — tract's
+    /// layout change carried through them, one transpose left (after the stem, whose input is
+    /// the model's).
+    #[test]
+    fn downsampling_of_a_matmul_form_graph_runs_channels_last_over_patches() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/fixtures/timm_v1_qdq_pc_u8.onnx");
+        let model = crate::Model::load(&path, &crate::LoadOptions::threads(1)).unwrap();
+        if !crate::kernels::qconv::patches_pay(&[1], true) || !crate::IntegerPath::Auto.enabled() {
+            return;
+        }
+        let typed = model.typed_model();
+        let infos = |name: &str| -> Vec<String> {
+            let nodes = typed.nodes().iter().filter(|n| n.op().name() == name);
+            nodes.map(|n| n.op().info().unwrap().join(" ")).collect()
+        };
+        let patches: Vec<_> = infos("QPointwiseConv")
+            .into_iter()
+            .filter(|i| i.contains("patches"))
+            .collect();
+        assert_eq!(patches.len(), 4, "{patches:?}");
+        let last = patches.iter().filter(|i| i.contains("ChannelsLast"));
+        assert_eq!(last.count(), 3, "{patches:?}");
+        assert_eq!(infos("MoveAxis").len(), 1);
     }
 
     #[test]
