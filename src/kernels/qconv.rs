@@ -1200,7 +1200,9 @@ fn deinterleave(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize) {
             done += 16;
         }
     }
-    for dx in 0..s {
+    // The rest (none when the NEON blocks took every patch: `src[done · s + dx..]` would start
+    // past the end).
+    for dx in (0..s).filter(|_| done < len) {
         let dst = &mut group[dx * n + at + done..][..len - done];
         for (d, v) in dst.iter_mut().zip(src[done * s + dx..].iter().step_by(s)) {
             *d = *v;
@@ -1561,7 +1563,8 @@ mod tests {
     }
 
     /// A convolution over `s × s` patches (stem- and downsampling-like, with a partial last
-    /// row and column dropped, rows of more than 16 patches for the NEON split) against the
+    /// row and column dropped, rows of more than 16 patches for the NEON split and rows of
+    /// exactly 16 or 32, which it takes whole) against the
     /// 1x1 reference on the patches gathered in f32.
     #[test]
     fn patches_match_the_product_of_the_gathered_input() {
@@ -1571,6 +1574,8 @@ mod tests {
             (16, 33, 7, 5, 2),
             (2, 5, 6, 38, 2),
             (3, 4, 8, 70, 4),
+            (3, 5, 8, 64, 4),
+            (4, 6, 4, 64, 2),
         ]
         .iter()
         .enumerate()
