@@ -58,21 +58,7 @@ pub struct Profile {
 pub fn profile(model: &Model, input: Tensor, runs: usize) -> Result<Profile> {
     let runs = runs.max(1);
     let (plan, input) = model.prepare(input)?;
-    let mut state = plan.spawn().map_err(|e| model.run_error(e))?;
-    let mut times: BTreeMap<usize, Duration> = BTreeMap::new();
-    for run in 0..=runs {
-        let out = state
-            .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
-                let t = Instant::now();
-                let out = eval(ctx, op_state, node, inputs);
-                if run > 0 {
-                    *times.entry(node.id).or_default() += t.elapsed();
-                }
-                out
-            })
-            .map_err(|e| model.run_error(e))?;
-        model.logits(&out[0])?;
-    }
+    let times = model.on_pool(|| time_nodes(model, &plan, input, runs))?;
     let graph = plan.model();
     let mut nodes: Vec<NodeTime> = times
         .into_iter()
@@ -141,6 +127,31 @@ impl Profile {
         }
         s
     }
+}
+
+/// Total time per node over `runs` runs of `plan` on `input`, after one untimed run.
+fn time_nodes(
+    model: &Model,
+    plan: &Arc<TypedRunnableModel>,
+    input: TValue,
+    runs: usize,
+) -> Result<BTreeMap<usize, Duration>> {
+    let mut state = plan.spawn().map_err(|e| model.run_error(e))?;
+    let mut times: BTreeMap<usize, Duration> = BTreeMap::new();
+    for run in 0..=runs {
+        let out = state
+            .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
+                let t = Instant::now();
+                let out = eval(ctx, op_state, node, inputs);
+                if run > 0 {
+                    *times.entry(node.id).or_default() += t.elapsed();
+                }
+                out
+            })
+            .map_err(|e| model.run_error(e))?;
+        model.logits(&out[0])?;
+    }
+    Ok(times)
 }
 
 #[cfg(test)]

@@ -373,10 +373,11 @@ impl ElementWiseMiniOp for QuantizeLookup {
     }
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
+        let row = t.shape().last().copied().unwrap_or(1);
         let mut view = t.to_plain_array_view_mut::<f32>()?;
         let xs = view.as_slice_mut().context("input is not contiguous")?;
-        quantize_lookup(self.quantize.rounder(), &self.table, xs);
-        Ok(())
+        let rounder = self.quantize.rounder();
+        super::par_rows(xs, row, |xs| quantize_lookup(rounder, &self.table, xs))
     }
 }
 
@@ -389,9 +390,10 @@ impl ElementWiseMiniOp for FakeQuantize {
     }
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
+        let row = t.shape().last().copied().unwrap_or(1);
         let mut view = t.to_plain_array_view_mut::<f32>()?;
-        self.apply(view.as_slice_mut().context("input is not contiguous")?);
-        Ok(())
+        let xs = view.as_slice_mut().context("input is not contiguous")?;
+        super::par_rows(xs, row, |xs| self.apply(xs))
     }
 }
 
@@ -560,6 +562,32 @@ mod tests {
                 let expected = (v - dq_zp) as f32 * 0.071;
                 assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
             }
+        }
+    }
+
+    /// On a plan's two threads (rows of 97 values split between them) the in-place ops give
+    /// the values of the one-thread loop.
+    #[test]
+    fn threads_split_rows_to_the_same_values() {
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        let (rows, row) = (700, 97);
+        let xs: Vec<f32> = (0..rows * row)
+            .map(|i| (i % 1013) as f32 * 0.37 - 150.0)
+            .collect();
+        let q = FastQuantize::new(0.5, 120, false);
+        let lut: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(5)).collect();
+        let fake = FakeQuantize::new(q, 0.25, 120);
+        let lookup = QuantizeLookup::new(q, &lut, false, 0.25, 3).unwrap();
+        let ops: [&dyn ElementWiseMiniOp; 2] = [&fake, &lookup];
+        for op in ops {
+            let mut one = Tensor::from_shape(&[rows, row], &xs).unwrap();
+            op.eval_in_place(&mut one, None).unwrap();
+            let mut two = Tensor::from_shape(&[rows, row], &xs).unwrap();
+            multithread_tract_scope(Executor::multithread(2), || {
+                op.eval_in_place(&mut two, None)
+            })
+            .unwrap();
+            assert_eq!(one, two, "{}", op.name());
         }
     }
 

@@ -137,6 +137,8 @@ pub struct Model {
     /// a plan over a symbolic batch runs several times slower.
     dynamic: Option<Arc<DynamicBatch>>,
     io: Io,
+    /// The plan's worker threads, when it has more than one: inference runs on one of them.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 #[derive(Debug)]
@@ -229,6 +231,10 @@ impl Model {
             return Err(Error::Config("thread count must be at least 1".into()));
         }
         let executor = executor(threads, options.cpus.as_deref()).map_err(Error::Config)?;
+        let pool = match &executor {
+            Executor::MultiThread(pool) => Some(pool.clone()),
+            _ => None,
+        };
         let run_options = RunOptions {
             executor: Some(executor),
             ..Default::default()
@@ -252,16 +258,29 @@ impl Model {
             plan,
             dynamic,
             io,
+            pool,
         })
     }
 
     /// Runs a batch `[N, 3, H, W]` (f32 or f16) and returns f32 logits `[N, classes]`.
     pub fn run(&self, input: Tensor) -> Result<Tensor> {
         let (plan, input) = self.prepare(input)?;
-        let out = crate::error::catch_panic(|| plan.run(tvec!(input)))
+        let out = self
+            .on_pool(|| crate::error::catch_panic(|| plan.run(tvec!(input))))
             .map_err(stage_error_str(&self.path, "inference"))?
             .map_err(|e| self.run_error(e))?;
         self.logits(&out[0])
+    }
+
+    /// Runs `f` on one of the plan's worker threads (inline for a single-thread plan): the
+    /// parallel parts of its ops then share the work with the thread that runs the plan
+    /// instead of handing it over to the pool and waiting, and the pool's threads are the
+    /// only ones competing for the CPUs.
+    pub(crate) fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
 
     /// Checks and casts an input, and picks the plan for its batch size.
