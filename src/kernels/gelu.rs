@@ -15,10 +15,10 @@
 //! rounding.
 //!
 //! tract internals used (tract-core 0.23.9): `ElementWiseMiniOp` (the pass in `model::passes`
-//! swaps it in for `GeluExact`); tract-linalg's `multithread::par_chunks_mut`.
+//! swaps it in for `GeluExact`); tract-linalg's `multithread::par_chunks_mut` (through
+//! `kernels::par_elements`).
 
 use half::f16;
-use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
@@ -55,13 +55,10 @@ impl ElementWiseMiniOp for GeluF32 {
         // convnext_tiny's GELUs took 6.0–7.0 ms on one thread against tract's 3.5–4.8 on two.
         if dt == f32::datum_type() {
             let xs = view.as_slice_mut::<f32>()?;
-            par_chunks_mut(xs, 1, xs.len(), |_, chunk| {
-                gelu(chunk);
-                Ok(())
-            })
+            super::par_elements(xs, gelu)
         } else if dt == f16::datum_type() {
             let xs = view.as_slice_mut::<f16>()?;
-            par_chunks_mut(xs, 1, xs.len(), |_, chunk| {
+            super::par_elements(xs, |chunk| {
                 let mut wide = [0f32; BLOCK];
                 for block in chunk.chunks_mut(BLOCK) {
                     let wide = &mut wide[..block.len()];
@@ -69,7 +66,6 @@ impl ElementWiseMiniOp for GeluF32 {
                     gelu(wide);
                     super::half_float::narrow_into(wide, block);
                 }
-                Ok(())
             })
         } else {
             bail!("GeluF32: {dt:?} input, expected f32 or f16");

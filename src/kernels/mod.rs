@@ -47,19 +47,14 @@ impl<'a> Sums<'a> {
     }
 }
 
-/// `f` over `xs`, the values of a tensor whose last axis is `row` long, a chunk of whole rows
-/// at a time, the chunks split across the plan's threads: the element-wise passes of a
-/// channels-last network, each a few hundred microseconds on convnext_tiny's first stage.
-pub(crate) fn par_rows(
-    xs: &mut [f32],
-    row: usize,
-    f: impl Fn(&mut [f32]) + Sync + Send,
+/// `f` over `xs` in chunks split across the plan's threads: the element-wise passes, each a
+/// few hundred microseconds on convnext_tiny's first stage.
+pub(crate) fn par_elements<T: Send>(
+    xs: &mut [T],
+    f: impl Fn(&mut [T]) + Sync + Send,
 ) -> TractResult<()> {
-    if xs.is_empty() {
-        return Ok(());
-    }
     let len = xs.len();
-    tract_linalg::multithread::par_chunks_mut(xs, row, len, |_, chunk| {
+    tract_linalg::multithread::par_chunks_mut(xs, 1, len, |_, chunk| {
         f(chunk);
         Ok(())
     })

@@ -373,11 +373,10 @@ impl ElementWiseMiniOp for QuantizeLookup {
     }
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
-        let row = t.shape().last().copied().unwrap_or(1);
         let mut view = t.to_plain_array_view_mut::<f32>()?;
         let xs = view.as_slice_mut().context("input is not contiguous")?;
         let rounder = self.quantize.rounder();
-        super::par_rows(xs, row, |xs| quantize_lookup(rounder, &self.table, xs))
+        super::par_elements(xs, |xs| quantize_lookup(rounder, &self.table, xs))
     }
 }
 
@@ -390,10 +389,9 @@ impl ElementWiseMiniOp for FakeQuantize {
     }
 
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
-        let row = t.shape().last().copied().unwrap_or(1);
         let mut view = t.to_plain_array_view_mut::<f32>()?;
         let xs = view.as_slice_mut().context("input is not contiguous")?;
-        super::par_rows(xs, row, |xs| self.apply(xs))
+        super::par_elements(xs, |xs| self.apply(xs))
     }
 }
 
@@ -565,8 +563,8 @@ mod tests {
         }
     }
 
-    /// On a plan's two threads (rows of 97 values split between them) the in-place ops give
-    /// the values of the one-thread loop.
+    /// On a plan's two threads (the values split between them) the in-place ops give the
+    /// values of the one-thread loop.
     #[test]
     fn threads_split_rows_to_the_same_values() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};
