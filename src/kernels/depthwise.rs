@@ -397,7 +397,23 @@ multiversion! {
         bias: &[f32],
         out: &mut [f32],
     ) {
-        channel_blocks(Image { padded, hpc, t, g }, ys, taps_c, bias, out);
+        // One block of channels at a time over all the rows: the block's input rows under
+        // the kernel stay in L1 from one output row to the next (sweeping every channel of a
+        // row first evicted them).
+        let image = Image { padded, hpc, t, g };
+        let c = hpc.2;
+        let mut c0 = 0;
+        while c0 + C_BLOCK <= c {
+            channel_block::<C_BLOCK>(image, ys.clone(), c0, taps_c, bias, out);
+            c0 += C_BLOCK;
+        }
+        while c0 + 8 <= c {
+            channel_block::<8>(image, ys.clone(), c0, taps_c, bias, out);
+            c0 += 8;
+        }
+        for c0 in c0..c {
+            channel_block::<1>(image, ys.clone(), c0, taps_c, bias, out);
+        }
     }
 }
 
@@ -408,31 +424,6 @@ struct Image<'a> {
     hpc: (usize, usize, usize),
     t: usize,
     g: Geometry,
-}
-
-/// [`rows_c_last`], one block of channels at a time over all the rows: the block's input rows under the kernel stay in L1 from one
-/// output row to the next (sweeping every channel of a row first evicted them).
-#[inline(always)]
-fn channel_blocks(
-    image: Image,
-    ys: std::ops::Range<usize>,
-    taps_c: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    let c = image.hpc.2;
-    let mut c0 = 0;
-    while c0 + C_BLOCK <= c {
-        channel_block::<C_BLOCK>(image, ys.clone(), c0, taps_c, bias, out);
-        c0 += C_BLOCK;
-    }
-    while c0 + 8 <= c {
-        channel_block::<8>(image, ys.clone(), c0, taps_c, bias, out);
-        c0 += 8;
-    }
-    for c0 in c0..c {
-        channel_block::<1>(image, ys.clone(), c0, taps_c, bias, out);
-    }
 }
 
 /// Channels `c0..c0 + N` of [`rows_c_last`]'s rows, [`X_BLOCK`] pixels at a time.
@@ -450,14 +441,13 @@ fn channel_block<const N: usize>(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    let kw = g.kw;
     let bias: &[f32; N] = bias[c0..c0 + N].try_into().unwrap();
     for (y, out) in ys.zip(out.chunks_exact_mut(g.ow * c)) {
         // Kernel rows i0..i1 fall on image rows y + i − t.
         let (i0, i1) = (t.saturating_sub(y), g.kh.min(h + t - y));
         let rows = &padded[(y + i0 - t) * pw * c..(y + i1 - t) * pw * c];
-        let taps = &taps_c[i0 * kw * c..i1 * kw * c];
-        let kernel = (i1 - i0, kw);
+        let taps = &taps_c[i0 * g.kw * c..i1 * g.kw * c];
+        let kernel = (i1 - i0, g.kw);
         let mut x = 0;
         while x + X_BLOCK <= g.ow {
             let acc = pixels::<N, X_BLOCK>(rows, (pw, c), kernel, x, c0, taps, bias);

@@ -430,7 +430,8 @@ impl QPointwiseConv {
     /// The convolution over non-overlapping `side × side` patches (kernel = stride = `side`, no
     /// padding) whose `[Cout, Cin · side²]` weights this op holds, `(ci, kh, kw)` along the
     /// second axis (ONNX's order): a 1x1 product over the patches, on our own product. Built
-    /// channels first, as ONNX lays convolutions out (tract's axis changes may move it channels last).
+    /// channels first, as ONNX lays convolutions out; tract's axis changes may move it
+    /// channels last.
     pub fn over_patches(mut self, side: usize) -> TractResult<QPointwiseConv> {
         ensure!(
             side >= 1 && self.layout == Layout::ChannelsFirst,
@@ -1148,9 +1149,9 @@ impl Patches {
         ((image * self.h + at / ow * s + dy) * self.w + at % ow * s) * c
     }
 
-    /// Channels first: `x` (`c` planes of `h × w`) as the `c · side²` rows of a 1x1 product over the patches:
-    /// row `(ci · side + dy) · side + dx` holds pixel `(dy, dx)` of every patch of plane `ci`,
-    /// the order of the weights' `(ci, kh, kw)`.
+    /// Channels first: `x` (`c` planes of `h × w`) as the `c · side²` rows of a 1x1 product
+    /// over the patches: row `(ci · side + dy) · side + dx` holds pixel `(dy, dx)` of every
+    /// patch of plane `ci`, the order of the weights' `(ci, kh, kw)`.
     fn gather(self, x: &[i8], c: usize, rows: &mut [i8]) {
         let (s, (oh, ow)) = (self.side, self.out_hw());
         let n = oh * ow;
@@ -1200,12 +1201,13 @@ fn deinterleave(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize) {
             done += 16;
         }
     }
-    // The rest (none when the NEON blocks took every patch: `src[done · s + dx..]` would start
-    // past the end).
-    for dx in (0..s).filter(|_| done < len) {
-        let dst = &mut group[dx * n + at + done..][..len - done];
-        for (d, v) in dst.iter_mut().zip(src[done * s + dx..].iter().step_by(s)) {
-            *d = *v;
+    // The rest, if the NEON blocks left any (else `src[done · s + dx..]` starts past the end).
+    if done < len {
+        for dx in 0..s {
+            let dst = &mut group[dx * n + at + done..][..len - done];
+            for (d, v) in dst.iter_mut().zip(src[done * s + dx..].iter().step_by(s)) {
+                *d = *v;
+            }
         }
     }
 }
@@ -1564,8 +1566,8 @@ mod tests {
 
     /// A convolution over `s × s` patches (stem- and downsampling-like, with a partial last
     /// row and column dropped, rows of more than 16 patches for the NEON split and rows of
-    /// exactly 16 or 32, which it takes whole) against the
-    /// 1x1 reference on the patches gathered in f32.
+    /// exactly 16 or 32, which it takes whole) against the 1x1 reference on the patches
+    /// gathered in f32, channels first and channels last.
     #[test]
     fn patches_match_the_product_of_the_gathered_input() {
         for (i, &(c, cout, h, w, s)) in [
@@ -1586,7 +1588,8 @@ mod tests {
             if !own_product_takes(&weights) {
                 return;
             }
-            // The op runs patches wherever our product does; the fusion picks them on arm64.
+            // The op runs patches wherever our product does; the fusion picks them on arm64
+            // and in MatMul-form graphs (`patches_pay`).
             let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
             let xq = ActQuant {

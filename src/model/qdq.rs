@@ -825,23 +825,17 @@ fn patch_size(conv: &NodeProto) -> Option<i64> {
         return None;
     };
     let square = kh == kw && *kh > 1;
-    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
-    let no_pads = ints_attr_of(conv, "pads").is_none_or(|v| v.iter().all(|&x| x == 0));
-    let explicit = conv
-        .attribute
-        .iter()
-        .find(|a| a.name == "auto_pad")
-        .is_none_or(|a| matches!(a.s.as_slice(), b"NOTSET" | b"VALID"));
-    (square
-        && ints_attr_of(conv, "strides") == Some(&[*kh, *kw][..])
-        && int_attr_of(conv, "group").unwrap_or(1) == 1
-        && ones("dilations")
-        && no_pads
-        && explicit)
+    (square && ints_attr_of(conv, "strides") == Some(&[*kh, *kw][..]) && plain_window(conv))
         .then_some(*kh)
 }
 
 fn is_pointwise(conv: &NodeProto) -> bool {
+    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
+    ones("strides") && ones("kernel_shape") && plain_window(conv)
+}
+
+/// One group, no dilation, no padding (explicit or automatic).
+fn plain_window(conv: &NodeProto) -> bool {
     let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
     let auto_pad = conv
         .attribute
@@ -849,9 +843,7 @@ fn is_pointwise(conv: &NodeProto) -> bool {
         .find(|a| a.name == "auto_pad")
         .map(|a| a.s.as_slice());
     int_attr_of(conv, "group").unwrap_or(1) == 1
-        && ones("strides")
         && ones("dilations")
-        && ones("kernel_shape")
         && ints_attr_of(conv, "pads").is_none_or(|v| v.iter().all(|&x| x == 0))
         && matches!(auto_pad, None | Some(b"NOTSET") | Some(b"VALID"))
 }
