@@ -2,6 +2,8 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod depthwise;
 pub mod gelu;
 mod half_float;

@@ -226,19 +226,53 @@ pub fn product_into<T: Send>(
     out: &mut [T],
     finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
-    let tiles = rows.rows().div_ceil(ROWS);
-    let tile_bytes = ROWS * lanes.lanes.div_ceil(LANES) * LANES * 4;
-    let per_block = (BLOCK_SUMS_BYTES / tile_bytes.max(1)).max(MIN_BLOCK_TILES);
-    let blocks = tiles.div_ceil(per_block).max(threads().min(tiles));
-    run_blocks(lanes, rows, out, tiles.div_ceil(blocks.max(1)), finish)
+    let row_bytes = lanes.lanes.div_ceil(LANES) * LANES * 4;
+    let block = block_rows(rows.rows(), ROWS, row_bytes, MIN_BLOCK_TILES);
+    run_blocks(lanes, rows, out, block, finish)
 }
 
-/// [`product_into`] in blocks of `per_block` tiles.
+/// Rows per block of a product of `rows` rows whose sums are `row_bytes` long, in tiles of
+/// `tile_rows`: as many tiles as [`BLOCK_SUMS_BYTES`] holds, at least `min_tiles`, and at least
+/// one block per thread.
+pub(crate) fn block_rows(
+    rows: usize,
+    tile_rows: usize,
+    row_bytes: usize,
+    min_tiles: usize,
+) -> usize {
+    let tiles = rows.div_ceil(tile_rows);
+    let per_block = (BLOCK_SUMS_BYTES / (tile_rows * row_bytes).max(1)).max(min_tiles);
+    let blocks = tiles.div_ceil(per_block).max(threads().min(tiles));
+    tiles.div_ceil(blocks.max(1)).max(1) * tile_rows
+}
+
+/// `body(scratch, first_row, out_rows)` for each block of `block_rows` rows of `out` (rows of
+/// `width` values), blocks split across the plan's threads (`work`: the cost estimate that
+/// decides whether to split), with `scratch()` made once per thread's share.
+pub(crate) fn par_blocks<T: Send, S>(
+    out: &mut [T],
+    width: usize,
+    block_rows: usize,
+    work: usize,
+    scratch: impl Fn() -> S + Sync,
+    body: impl Fn(&mut S, usize, &mut [T]) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    let mut blocks: Vec<&mut [T]> = out.chunks_mut(block_rows * width).collect();
+    par_chunks_mut(&mut blocks, 1, work, |first, chunk| {
+        let mut s = scratch();
+        for (b, out) in chunk.iter_mut().enumerate() {
+            body(&mut s, (first + b) * block_rows, out)?;
+        }
+        Ok(())
+    })
+}
+
+/// [`product_into`] in blocks of `block_rows` rows.
 fn run_blocks<T: Send>(
     lanes: &LanePanels,
     rows: RowSource,
     out: &mut [T],
-    per_block: usize,
+    block_rows: usize,
     finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
     let (k, width) = (rows.k(), lanes.lanes);
@@ -251,16 +285,16 @@ fn run_blocks<T: Send>(
         return Ok(());
     }
     let ld = width.div_ceil(LANES) * LANES;
-    let block_rows = per_block.max(1) * ROWS;
-    let mut blocks: Vec<&mut [T]> = out.chunks_mut(block_rows * width).collect();
     let tile = tile_kernel();
     let work = rows.rows() * width * steps;
-    par_chunks_mut(&mut blocks, 1, work, |first, chunk| {
-        let mut sums = vec![0i32; block_rows * ld];
-        let mut packed = Vec::new();
-        let mut bytes = Vec::new();
-        for (b, out) in chunk.iter_mut().enumerate() {
-            let r0 = (first + b) * block_rows;
+    let scratch = || (vec![0i32; block_rows * ld], Vec::new(), Vec::new());
+    par_blocks(
+        out,
+        width,
+        block_rows,
+        work,
+        scratch,
+        |(sums, packed, bytes), r0, out| {
             let n = out.len() / width;
             let src = match rows {
                 RowSource::Packed(p) => {
@@ -271,8 +305,8 @@ fn run_blocks<T: Send>(
                     packed.resize(block_rows * steps * KSTEP, 0);
                     bytes.resize(k, 0);
                     for (i, row) in packed.chunks_mut(steps * KSTEP).take(n).enumerate() {
-                        fill(r0 + i, &mut bytes);
-                        store(&bytes, row);
+                        fill(r0 + i, bytes);
+                        store(bytes, row);
                     }
                     &packed[..]
                 }
@@ -294,10 +328,9 @@ fn run_blocks<T: Send>(
                     };
                 }
             }
-            finish(r0, Sums::new(&sums, ld, width), out)?;
-        }
-        Ok(())
-    })
+            finish(r0, Sums::new(sums, ld, width), out)
+        },
+    )
 }
 
 /// The threads of the executor tract runs the plan on.
@@ -572,7 +605,7 @@ mod tests {
             Ok(())
         };
         match per_block {
-            Some(b) => run_blocks(lanes, rows, &mut out, b, finish).unwrap(),
+            Some(b) => run_blocks(lanes, rows, &mut out, b * ROWS, finish).unwrap(),
             None => product_into(lanes, rows, &mut out, finish).unwrap(),
         }
         assert_eq!(out, expected);

@@ -38,6 +38,8 @@ use tract_linalg::{Func, MmmDispatch};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::amx;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::product;
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
@@ -315,17 +317,31 @@ enum Engine {
 enum OwnWeights {
     Lanes(product::LanePanels),
     Rows(product::Rows),
+    /// Channels last on AMX ([`amx`]).
+    #[cfg(target_arch = "x86_64")]
+    Amx(amx::Lanes),
 }
 
 impl Engine {
-    /// The engine for `[cout, cin]` weights: ours where tract's would be slow, else the
-    /// tract-linalg kernel for the product's shape.
-    fn new(weights: &Tensor, layout: Layout, n: Option<usize>) -> TractResult<Engine> {
+    /// The engine for `[cout, cin]` weights: ours where tract's would be slow or cannot
+    /// gather the patches of a convolution `over_patches`, else the tract-linalg kernel for
+    /// the product's shape.
+    fn new(
+        weights: &Tensor,
+        layout: Layout,
+        n: Option<usize>,
+        over_patches: bool,
+    ) -> TractResult<Engine> {
         let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
-            if own_product_takes(w) {
+            #[cfg(target_arch = "x86_64")]
+            if layout == Layout::ChannelsLast && amx::available() {
+                let lanes = amx::Lanes::pack(cout, cin, |l, k| w[l * cin + k]);
+                return Ok(Engine::Own(OwnWeights::Amx(lanes)));
+            }
+            if own_product_takes(w) || (over_patches && patches_run(w)) {
                 return Ok(Engine::Own(match layout {
                     Layout::ChannelsLast => {
                         OwnWeights::Lanes(product::LanePanels::pack(cout, cin, |l, k| {
@@ -336,7 +352,7 @@ impl Engine {
                 }));
             }
         }
-        let _ = layout;
+        let _ = (layout, over_patches);
         let (mmm, packing) = pick_kernel(cout, cin, n)?;
         let packed = mmm.packings()[packing].0.prepare_one(weights, 1, 0)?;
         Ok(Engine::Tract {
@@ -349,6 +365,8 @@ impl Engine {
     fn name(&self) -> String {
         match self {
             Engine::Tract { mmm, .. } => mmm.name().to_string(),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Own(OwnWeights::Amx(_)) => amx::kernel().to_string(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             Engine::Own(_) => product::kernel().to_string(),
         }
@@ -405,7 +423,7 @@ impl QPointwiseConv {
                 "integer 1x1 conv: scale {s} is not positive and finite"
             );
         }
-        let engine = Engine::new(&weights, layout, n)?;
+        let engine = Engine::new(&weights, layout, n, false)?;
         let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
         let w_sums = w
             .chunks(cin)
@@ -443,6 +461,9 @@ impl QPointwiseConv {
             self.cin()
         );
         self.patch = side;
+        if side > 1 {
+            self.kernel.engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
+        }
         self.check_engine()?;
         Ok(self)
     }
@@ -480,7 +501,12 @@ impl QPointwiseConv {
             }
         }
         let weights = Tensor::from_shape(&[cout, k], &reordered)?;
-        let engine = Engine::new(&weights, Layout::ChannelsLast, self.kernel.n)?;
+        let engine = Engine::new(
+            &weights,
+            Layout::ChannelsLast,
+            self.kernel.n,
+            self.patch > 1,
+        )?;
         let op = QPointwiseConv {
             weights: Arc::new(weights),
             layout: Layout::ChannelsLast,
@@ -744,22 +770,23 @@ impl QPointwiseConv {
         out: &mut [T],
         finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
     ) -> TractResult<()> {
+        let cin = self.cin();
+        let put = |start: usize, row: &mut [i8]| match x.slice(start, row.len()) {
+            Operand::F32(src) => quantizer.quantize_i8(src, row),
+            Operand::I8(src) => row.copy_from_slice(src),
+        };
+        // Row `r` of a channels-last product: a position, or a patch of `side` runs.
+        let fill = |r: usize, row: &mut [i8]| match patches {
+            None => put(r * cin, row),
+            Some(g) => {
+                let run = g.side * self.in_channels();
+                for (dy, part) in row.chunks_exact_mut(run).enumerate() {
+                    put(g.run_start(r, dy, self.in_channels()), part);
+                }
+            }
+        };
         match w {
             OwnWeights::Lanes(w) => {
-                let cin = self.cin();
-                let put = |start: usize, row: &mut [i8]| match x.slice(start, row.len()) {
-                    Operand::F32(src) => quantizer.quantize_i8(src, row),
-                    Operand::I8(src) => row.copy_from_slice(src),
-                };
-                let fill = |r: usize, row: &mut [i8]| match patches {
-                    None => put(r * cin, row),
-                    Some(g) => {
-                        let run = g.side * self.in_channels();
-                        for (dy, part) in row.chunks_exact_mut(run).enumerate() {
-                            put(g.run_start(r, dy, self.in_channels()), part);
-                        }
-                    }
-                };
                 let rows = product::RowSource::Fill {
                     rows: p,
                     k: cin,
@@ -767,6 +794,8 @@ impl QPointwiseConv {
                 };
                 product::product_into(w, rows, out, finish)
             }
+            #[cfg(target_arch = "x86_64")]
+            OwnWeights::Amx(w) => amx::product_into(w, p, &fill, out, finish),
             OwnWeights::Rows(w) => {
                 let quantized;
                 let xq = match x {
@@ -1059,9 +1088,33 @@ pub fn tract_int8_kernels_slow() -> bool {
 /// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
 /// 6–10 M multiply-adds, where quantizing, gathering and packing the input cost as much as
 /// they save; channels last a patch is `side` contiguous runs, quantized straight into the
-/// product's rows.
+/// product's rows. On AMX, in MatMul-form graphs, they run channels last on [`amx`].
 pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
-    (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w)
+    let amx = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matmul_form && amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    };
+    (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w) || amx && patches_run(w)
+}
+
+/// Whether a convolution over patches with weights `w` can run here: our own [`product`]
+/// gathers the patches (channels first; channels last on AMX, [`amx`]).
+fn patches_run(w: &[i8]) -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        product::available() && product::exact_for(w)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = w;
+        false
+    }
 }
 
 /// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
@@ -1093,24 +1146,27 @@ fn has_vnni() -> bool {
         || std::arch::is_x86_feature_detected!("avxvnni")
 }
 
-/// The i8×i8→i32 kernel for a `m × k` by `k × n` product. For a wide product (`n` ≥ 16, every
-/// ConvNeXt stage at 224) the architecture kernel with the largest tile: tract's own choice
-/// follows its probe of FMA units, which classes Zen 4 as single-unit and picks the 8x8 VNNI
-/// kernel where the 16x16 one runs the same sums (bit-identical, i32) faster. Otherwise
-/// tract's pick.
+/// The i8×i8→i32 kernel for a `m × k` by `k × n` product: tract's pick, unless it leaves a
+/// larger tile unused on a wide product (`n` ≥ 16, every ConvNeXt stage at 224). tract's
+/// choice among VNNI kernels follows its probe of FMA units, which classes Zen 4 as
+/// single-unit and picks the 8x8 VNNI kernel where the 16x16 one runs the same sums
+/// (bit-identical, i32) faster. Where tract picks a tile as large as any (AMX's 16x16 on
+/// Sapphire Rapids), its pick stands.
 fn pick_kernel(m: usize, k: usize, n: Option<usize>) -> TractResult<(Box<dyn MatMatMul>, usize)> {
     let dispatch = MmmDispatch::native();
     let query = Query::plain(DatumType::I32, Some(m), Some(k), n);
+    let picked = dispatch
+        .pick(&query)
+        .context("no integer matmul kernel on this CPU")?;
+    let tile = |mmm: &dyn MatMatMul| mmm.mr() * mmm.nr();
     let widest = dispatch
         .suitable(&query)
         .into_iter()
         .filter(|(mmm, _, extractor)| extractor.is_none() && mmm.arch().is_some())
-        .max_by_key(|(mmm, _, _)| mmm.mr() * mmm.nr());
+        .max_by_key(|(mmm, _, _)| tile(&**mmm));
     let chosen = match widest {
-        Some(w) if n.is_some_and(|n| n >= 16) => w,
-        _ => dispatch
-            .pick(&query)
-            .context("no integer matmul kernel on this CPU")?,
+        Some(w) if n.is_some_and(|n| n >= 16) && tile(&*w.0) > tile(&*picked.0) => w,
+        _ => picked,
     };
     let (mmm, packing, extractor) = chosen;
     ensure!(
@@ -1585,7 +1641,7 @@ mod tests {
             let mut rng = Lcg(i as u64 + 40);
             let k = c * s * s;
             let weights: Vec<i8> = (0..cout * k).map(|_| rng.i8()).collect();
-            if !own_product_takes(&weights) {
+            if !patches_run(&weights) {
                 return;
             }
             // The op runs patches wherever our product does; the fusion picks them on arm64
@@ -1665,7 +1721,7 @@ mod tests {
         let (c, cout, h, w, s) = (8, 16, 6, 4, 2);
         let mut rng = Lcg(77);
         let weights: Vec<i8> = (0..cout * c * s * s).map(|_| rng.i8()).collect();
-        if !own_product_takes(&weights) {
+        if !patches_run(&weights) {
             return;
         }
         let xq = ActQuant {
