@@ -222,6 +222,9 @@ pub fn simd_features() -> Vec<&'static str> {
             "avx512vnni",
             "avxvnni"
         );
+        if crate::kernels::amx::available() {
+            f.push("amx-int8");
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -86,13 +86,11 @@ impl Lanes {
         let steps = k.div_ceil(KSTEP);
         let panels = lanes.div_ceil(TILE) * TILE / PANEL;
         let mut data = vec![0; panels * steps * TILE_BYTES];
-        for (p, panel) in data.chunks_exact_mut(steps * TILE_BYTES).enumerate() {
-            for (i, v) in panel.iter_mut().enumerate() {
-                let (step, j, l, b) = (i / TILE_BYTES, i / KSTEP % 16, i % KSTEP / 4, i % 4);
-                let (lane, kk) = (p * PANEL + l, step * KSTEP + 4 * j + b);
-                if lane < lanes && kk < k {
-                    *v = at(lane, kk);
-                }
+        for l in 0..lanes {
+            let (panel, n) = (l / PANEL, l % PANEL);
+            for kk in 0..k {
+                let (step, j, b) = (kk / KSTEP, kk % KSTEP / 4, kk % 4);
+                data[((panel * steps + step) * 16 + j) * KSTEP + n * 4 + b] = at(l, kk);
             }
         }
         Lanes { data, lanes, k }

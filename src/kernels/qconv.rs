@@ -8,8 +8,8 @@
 //!    arithmetic as [`FastQuantize`]), straight to i8 — a u8 activation is stored as `q − 128`
 //!    with its zero point shifted by 128, which is exact;
 //! 2. `acc = Σ x_i8 · w_i8` on tract-linalg's i8×i8→i32 matmul kernels (AVX-512 VNNI or
-//!    AVX-VNNI on x86) or our own [`product`] (x86 with AVX2 alone; arm64, SMULL or SDOT);
-//!    weights packed once at load;
+//!    AVX-VNNI on x86) or our own [`product`] (x86 with AVX2 alone; arm64, SMULL or SDOT) or,
+//!    channels last on Intel AMX, our [`amx`] product; weights packed once at load;
 //! 3. an epilogue per output channel `y = (acc − zx·Σw) · (sx·sw) + bias`, all integer until the
 //!    single conversion, then the output's fake quantization (the `Q → DQ` pair) in place;
 //!    what the graph computes from that quantized value alone — the QDQ GELU, or the next

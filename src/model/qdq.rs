@@ -76,8 +76,11 @@ pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
 /// than its f32 ones (x86 without VNNI: dynamic-quantization models took 12 s for
 /// convnext_tiny). The integer operands and their products are exact in f32; sums are exact up
 /// to 2²⁴ in magnitude, past which f32 rounds where the integer op would not (a relative error
-/// of 6e-8, the float model's own precision). Returns how many.
-pub fn integer_ops_to_float(graph: &mut GraphProto) -> usize {
+/// of 6e-8, the float model's own precision). With `grouped_only`, only grouped
+/// (depthwise) `ConvInteger`s: tract has no integer depthwise kernel on any CPU, and runs them
+/// as an im2col and a product per group (57% of a convnext_tiny dynamic inference on a Xeon
+/// with AMX), where in f32 they become our depthwise kernel. Returns how many.
+pub fn integer_ops_to_float(graph: &mut GraphProto, grouped_only: bool) -> usize {
     let ix = Index::new(graph);
     let mut rewrites = vec![];
     for (i, op) in graph.node.iter().enumerate().filter(|(_, n)| is_onnx(n)) {
@@ -86,6 +89,9 @@ pub fn integer_ops_to_float(graph: &mut GraphProto) -> usize {
             "MatMulInteger" => "MatMul",
             _ => continue,
         };
+        if grouped_only && int_attr_of(op, "group").unwrap_or(1) == 1 {
+            continue;
+        }
         let Some((cast_ix, cast)) = op
             .output
             .first()
@@ -1476,10 +1482,38 @@ mod tests {
         let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
         let expected = run_graph(conv_integer_graph(), &x);
         let mut g = conv_integer_graph();
-        assert_eq!(integer_ops_to_float(&mut g), 1);
+        assert_eq!(integer_ops_to_float(&mut g, true), 0);
+        assert_eq!(integer_ops_to_float(&mut g, false), 1);
         assert!(g.node.iter().all(|n| n.op_type != "ConvInteger"));
         assert_eq!(run_graph(g, &x), expected);
         assert_eq!(expected.len(), 3 * 2 * 2);
+    }
+
+    #[test]
+    fn grouped_integer_convolutions_go_to_float_on_every_cpu() {
+        let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let grouped = || {
+            let mut g = conv_integer_graph();
+            let conv = g
+                .node
+                .iter_mut()
+                .find(|n| n.op_type == "ConvInteger")
+                .unwrap();
+            conv.attribute.push(int_attr("group", 2));
+            let w = g.initializer.iter_mut().find(|t| t.name == "w").unwrap();
+            w.dims = vec![2, 1, 2, 2];
+            w.raw_data.truncate(8);
+            let wz = g.initializer.iter_mut().find(|t| t.name == "wz").unwrap();
+            wz.dims = vec![2];
+            wz.raw_data.truncate(2);
+            g
+        };
+        let expected = run_graph(grouped(), &x);
+        let mut g = grouped();
+        assert_eq!(integer_ops_to_float(&mut g, true), 1);
+        assert!(g.node.iter().all(|n| n.op_type != "ConvInteger"));
+        assert_eq!(run_graph(g, &x), expected);
+        assert_eq!(expected.len(), 2 * 2 * 2);
     }
 
     #[test]

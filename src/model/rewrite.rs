@@ -50,13 +50,11 @@ impl Rewrites {
     }
 
     /// Integer products left after [`Self::fuse_pointwise`] run in f32 where tract's int8
-    /// kernel is slow ([`super::qdq::integer_ops_to_float`]).
+    /// kernel is slow, grouped convolutions everywhere ([`super::qdq::integer_ops_to_float`]).
     pub fn integer_ops_to_float(&mut self, model: &mut pb::ModelProto) {
-        if !crate::kernels::qconv::tract_int8_kernels_slow() {
-            return;
-        }
+        let grouped_only = !crate::kernels::qconv::tract_int8_kernels_slow();
         if let Some(graph) = model.graph.as_mut() {
-            let n = super::qdq::integer_ops_to_float(graph);
+            let n = super::qdq::integer_ops_to_float(graph, grouped_only);
             if n > 0 {
                 self.0.push(("ConvInteger/MatMulInteger → f32".into(), n));
             }
