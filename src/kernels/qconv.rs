@@ -1090,17 +1090,20 @@ pub fn tract_int8_kernels_slow() -> bool {
 /// they save; channels last a patch is `side` contiguous runs, quantized straight into the
 /// product's rows. On AMX, in MatMul-form graphs, they run channels last on [`amx`].
 pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
-    let amx = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            matmul_form && amx::available()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    };
-    (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w) || amx && patches_run(w)
+    let own = (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w);
+    own || (matmul_form && has_amx() && patches_run(w))
+}
+
+/// Whether our [`amx`] product runs here.
+fn has_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether a convolution over patches with weights `w` can run here: our own [`product`]
