@@ -253,16 +253,7 @@ unsafe fn tile(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reference(rows: &[i8], lanes: &[i8], k: usize) -> Vec<i32> {
-        let mut out = vec![];
-        for r in rows.chunks(k) {
-            for l in lanes.chunks(k) {
-                out.push(r.iter().zip(l).map(|(&a, &b)| a as i32 * b as i32).sum());
-            }
-        }
-        out
-    }
+    use crate::kernels::product::tests::{triple_loop, values};
 
     #[test]
     fn matches_the_scalar_product_on_odd_shapes() {
@@ -270,13 +261,6 @@ mod tests {
             eprintln!("skipped: no AMX-INT8 here");
             return;
         }
-        let mut seed = 7u32;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed as i8
-        };
         for (rows, lanes, k) in [
             (1, 1, 1),
             (3, 2, 3),
@@ -287,8 +271,8 @@ mod tests {
             (100, 35, 129),
             (7, 130, 384),
         ] {
-            let x: Vec<i8> = (0..rows * k).map(|_| next()).collect();
-            let mut w: Vec<i8> = (0..lanes * k).map(|_| next()).collect();
+            let x = values(rows * k, 1);
+            let mut w = values(lanes * k, 2);
             w[0] = -128;
             let packed = Lanes::pack(lanes, k, |l, kk| w[l * k + kk]);
             let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&x[r * k..][..k]);
@@ -301,7 +285,8 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(out, reference(&x, &w, k), "{rows} x {lanes} x {k}");
+            let expected = triple_loop(&w, &x, lanes, k, rows);
+            assert_eq!(out, expected, "{rows} x {lanes} x {k}");
         }
     }
 }

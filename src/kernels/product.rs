@@ -583,10 +583,10 @@ mod arch {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<i8> {
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<i8> {
         (0..n as u32)
             .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8 as i8)
             .collect()
@@ -611,7 +611,8 @@ mod tests {
         assert_eq!(out, expected);
     }
 
-    fn triple_loop(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
+    /// `Σ_k b[r][k] · a[l][k]` for the `n` rows of `b` and the `m` lanes of `a`, row-major.
+    pub(crate) fn triple_loop(a: &[i8], b: &[i8], m: usize, k: usize, n: usize) -> Vec<i32> {
         (0..n)
             .flat_map(|r| {
                 (0..m).map(move |l| {

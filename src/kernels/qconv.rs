@@ -461,7 +461,7 @@ impl QPointwiseConv {
             self.cin()
         );
         self.patch = side;
-        if side > 1 {
+        if side > 1 && !self.runs_on_own_product() {
             self.kernel.engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
         }
         self.check_engine()?;
