@@ -75,7 +75,7 @@ impl ElementWiseMiniOp for GeluF32 {
 
 multiversion! {
     /// `x/2 · (1 + erf(x/√2))` in place, with tract's f32 operation order.
-    fn gelu(xs: &mut [f32]) {
+    pub(crate) fn gelu(xs: &mut [f32]) {
         // Spelt as tract spells it, so the same f32 constant.
         let c = 2f32.sqrt().recip();
         for x in xs.iter_mut() {

@@ -50,10 +50,11 @@
 //! tract internals used (tract-linalg 0.23.9): `multithread::{par_chunks_mut,
 //! current_tract_executor, Executor}`, to run on the plan's thread pool.
 
-use tract_linalg::multithread::{current_tract_executor, par_chunks_mut, Executor};
+use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
+pub(crate) use super::block_rows;
 pub use super::Sums;
 pub use arch::{available, exact_for, kernel, KSTEP, LANES};
 use arch::{elem, tile_kernel, Elem, ROWS};
@@ -203,12 +204,6 @@ impl RowSource<'_> {
     }
 }
 
-/// Accumulators a block of rows keeps before they are handed on, in bytes: a quarter of the
-/// 512 KiB L2 of the AVX2 server cores this runs on (an eighth of a Pi 4's), so that the
-/// epilogue reads them from cache.
-/// Writing every sum of convnext_tiny's first stage (4.8 MB) before reading it back made those
-/// products run half as fast again as the same number of products in the third stage.
-const BLOCK_SUMS_BYTES: usize = 128 * 1024;
 /// Fewest tiles per block: a lane panel brought into L1 serves at least this many tiles
 /// (where the lanes are wide, the panels are weights streamed from L3 once per block).
 const MIN_BLOCK_TILES: usize = 8;
@@ -229,21 +224,6 @@ pub fn product_into<T: Send>(
     let row_bytes = lanes.lanes.div_ceil(LANES) * LANES * 4;
     let block = block_rows(rows.rows(), ROWS, row_bytes, MIN_BLOCK_TILES);
     run_blocks(lanes, rows, out, block, finish)
-}
-
-/// Rows per block of a product of `rows` rows whose sums are `row_bytes` long, in tiles of
-/// `tile_rows`: as many tiles as [`BLOCK_SUMS_BYTES`] holds, at least `min_tiles`, and at least
-/// one block per thread.
-pub(crate) fn block_rows(
-    rows: usize,
-    tile_rows: usize,
-    row_bytes: usize,
-    min_tiles: usize,
-) -> usize {
-    let tiles = rows.div_ceil(tile_rows);
-    let per_block = (BLOCK_SUMS_BYTES / (tile_rows * row_bytes).max(1)).max(min_tiles);
-    let blocks = tiles.div_ceil(per_block).max(threads().min(tiles));
-    tiles.div_ceil(blocks.max(1)).max(1) * tile_rows
 }
 
 /// `body(scratch, first_row, out_rows)` for each block of `block_rows` rows of `out` (rows of
@@ -331,15 +311,6 @@ fn run_blocks<T: Send>(
             finish(r0, Sums::new(sums, ld, width), out)
         },
     )
-}
-
-/// The threads of the executor tract runs the plan on.
-fn threads() -> usize {
-    match current_tract_executor() {
-        Executor::SingleThread => 1,
-        Executor::MultiThread(pool) => pool.current_num_threads(),
-        Executor::RayonGlobal => rayon::current_num_threads(),
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

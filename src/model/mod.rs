@@ -13,6 +13,7 @@
 pub mod graph;
 pub mod inspect;
 pub mod layer_norm;
+pub mod linear;
 pub mod long_matmul;
 pub mod passes;
 pub mod qdq;
@@ -536,7 +537,9 @@ pub(crate) fn typed_model(
         rewrites.fuse_pointwise(&mut proto);
     }
     rewrites.integer_ops_to_float(&mut proto);
-    rewrites.split_long_matmuls(&mut proto);
+    if !crate::kernels::linear::LinearF32::available() {
+        rewrites.split_long_matmuls(&mut proto);
+    }
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = onnx()
         .parse(&proto, dir)

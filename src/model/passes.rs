@@ -30,6 +30,10 @@
 //!   roundings, one value at a time; on f32, a quarter faster than tract's (convnext_tiny's 21
 //!   GELUs 9.3–9.7 → 6.8–7.6 ms per-node at 1 thread, alternating binaries).
 //!
+//! - **Linear layers in f32**: an f32 product by a constant matrix, with the bias, GELU and layer
+//!   scale that follow it, becomes our [`LinearF32`](crate::kernels::linear::LinearF32) on
+//!   CPUs with AVX-512 (see [`super::linear`]).
+//!
 //! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
 //! `GeluExact` (tract-core 0.23.9).
@@ -56,7 +60,8 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         + fuse_quantize_lookup_dequantize(model)?
         + fuse_quantize_dequantize(model)?
         + depthwise(model)?
-        + gelu_in_f32(model)?)
+        + gelu_in_f32(model)?
+        + super::linear::fuse(model)?)
 }
 
 /// Casts of constants computed once here. Converting an f16 model to f32 puts a Cast after

@@ -1,0 +1,301 @@
+//! f32 `Linear` layers onto our [`LinearF32`] (see `kernels::linear`), on the decluttered typed
+//! model.
+//!
+//! ONNX `MatMul(x, W)` with a constant `[k, n]` `W` is a tract `EinSum` once decluttered, with
+//! the transposes around a ConvNeXt MLP folded into its axes: `fc1` reads an NCHW tensor and
+//! writes channels last, `fc2` the other way round. Such an `EinSum` becomes our op when:
+//! - it is f32 and not quantized;
+//! - the input's channels are its last axis, or only axes of size one come before them, so
+//!   that the positions are one run of memory either way (likewise the output's channels);
+//! - the positions keep their order from input to output.
+//!
+//! What follows is then fused into the op, each step only when the previous result has no
+//! other reader and is not a model output:
+//! - an `Add` of a constant with one value per output channel (the bias);
+//! - our GELU (`GeluF32`);
+//! - a `Mul` by such a constant (ConvNeXt's layer scale).
+//!
+//! Each fused step computes what the node it replaces computed, on the same f32 values.
+//!
+//! tract internals used (tract-core 0.23.9): `EinSum`'s fields and `AxesMapping`,
+//! `TypedBinOp` with the `Add`/`Mul` mini-ops, `TypedModelPatch`.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::{Add, Mul};
+
+use crate::kernels::gelu::GeluF32;
+use crate::kernels::linear::{Geometry, LinearF32, OutAxis};
+use crate::kernels::Layout;
+
+/// Replaces every `Linear` the module docs describe; returns how many.
+pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
+    if !LinearF32::available() {
+        return Ok(0);
+    }
+    let mut fused = 0;
+    for id in model.eval_order()? {
+        let Some((op, last)) = as_linear(model, id)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, model.nodes()[id].inputs[0])?;
+        let name = model.nodes()[last].name.clone();
+        let y = patch.wire_node(name, op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}
+
+/// Our op for the `EinSum` node `id` and what follows it, and the last node it replaces.
+fn as_linear(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32, usize)>> {
+    let node = &model.nodes()[id];
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    let f32_dt = f32::datum_type();
+    if einsum.q_params.is_some() || einsum.operating_dt != f32_dt || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let x = model.outlet_fact(node.inputs[0])?;
+    let Some(w) = model.outlet_fact(node.inputs[1])?.konst.clone() else {
+        return Ok(None);
+    };
+    let (Some(xs), Some(ys)) = (
+        x.shape.as_concrete(),
+        node.outputs[0].fact.shape.as_concrete(),
+    ) else {
+        return Ok(None);
+    };
+    if x.datum_type != f32_dt || w.datum_type() != f32_dt || w.rank() != 2 {
+        return Ok(None);
+    }
+    let Some((k_axis, n_axis, out_axes)) = geometry(einsum, xs, ys) else {
+        return Ok(None);
+    };
+    let (Some(input), Some(output)) = (layout(xs, k_axis), layout(ys, n_axis)) else {
+        return Ok(None);
+    };
+    if xs[k_axis] != w.shape()[0] || ys[n_axis] != w.shape()[1] {
+        return Ok(None);
+    }
+    let mut op = LinearF32::new(
+        &w,
+        Geometry {
+            rank: xs.len(),
+            k_axis,
+            input,
+            output,
+            out_axes,
+        },
+    )?;
+    let mut last = id;
+    if let Some((next, bias)) = per_channel_follower::<Add>(model, last, ys, n_axis)? {
+        op = op.with_bias(&bias)?;
+        last = next;
+    }
+    if let Some(next) = follower(model, last)?.filter(|n| is_gelu(n)) {
+        op = op.with_gelu()?;
+        last = next.id;
+    }
+    if let Some((next, scale)) = per_channel_follower::<Mul>(model, last, ys, n_axis)? {
+        op = op.with_scale(&scale)?;
+        last = next;
+    }
+    Ok(Some((op, last)))
+}
+
+/// The input's channel axis, the output's, and where each output axis comes from; `None`
+/// unless the einsum is a product over the channels by `[k, n]` with the positions in order.
+fn geometry(einsum: &EinSum, xs: &[usize], ys: &[usize]) -> Option<(usize, usize, TVec<OutAxis>)> {
+    let (mut k_axis, mut n_axis) = (None, None);
+    let mut out_axes = tvec![OutAxis::One; ys.len()];
+    let mut positions = vec![];
+    for axis in einsum.axes.iter_all_axes() {
+        match (&*axis.inputs[0], &*axis.inputs[1], &*axis.outputs[0]) {
+            ([a], [0], []) => k_axis = Some(*a),
+            ([], [1], [b]) => {
+                n_axis = Some(*b);
+                out_axes[*b] = OutAxis::Channels;
+            }
+            ([a], [], [b]) => {
+                out_axes[*b] = OutAxis::Input(*a);
+                if xs[*a] > 1 {
+                    positions.push((*a, *b));
+                }
+            }
+            ([a], [], []) if xs[*a] == 1 => {}
+            ([], [], [b]) if ys[*b] == 1 => {}
+            _ => return None,
+        }
+    }
+    positions.sort_unstable();
+    let in_order = positions.windows(2).all(|p| p[0].1 < p[1].1);
+    in_order.then_some((k_axis?, n_axis?, out_axes))
+}
+
+/// How a tensor of `shape` holds its channels on `axis`: last, or first with only axes of size
+/// one before them; `None` otherwise.
+fn layout(shape: &[usize], axis: usize) -> Option<Layout> {
+    if shape[axis + 1..].iter().all(|&d| d == 1) {
+        Some(Layout::ChannelsLast)
+    } else if shape[..axis].iter().all(|&d| d == 1) {
+        Some(Layout::ChannelsFirst)
+    } else {
+        None
+    }
+}
+
+/// The only reader of node `id`'s output, unless that output is also a model output.
+fn follower(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
+    if model.output_outlets()?.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    model.single_succ(id)
+}
+
+fn is_gelu(node: &TypedNode) -> bool {
+    node.op_as::<ElementWiseOp>()
+        .is_some_and(|ew| ew.0.is::<GeluF32>())
+}
+
+/// The node after `id` when it is the binary op `B` of that output and an f32 constant with
+/// one value per channel on `n_axis` of `shape` (size one elsewhere), and those values.
+fn per_channel_follower<B: BinMiniOp>(
+    model: &TypedModel,
+    id: usize,
+    shape: &[usize],
+    n_axis: usize,
+) -> TractResult<Option<(usize, Vec<f32>)>> {
+    let Some(next) = follower(model, id)? else {
+        return Ok(None);
+    };
+    let is_b = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|b| b.0.is::<B>() && b.1.is_none());
+    if !is_b || next.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let Some(other) = next.inputs.iter().find(|i| i.node != id) else {
+        return Ok(None);
+    };
+    let Some(c) = model.outlet_fact(*other)?.konst.clone() else {
+        return Ok(None);
+    };
+    let per_channel = c.rank() == shape.len()
+        && c.shape()
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| d == if i == n_axis { shape[n_axis] } else { 1 });
+    if !per_channel || c.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let values = c.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    Ok(Some((next.id, values)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+
+    fn konst(shape: &[usize], seed: usize) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect();
+        Tensor::from_shape(shape, &v).unwrap()
+    }
+
+    /// A ConvNeXt MLP as tract declutters it: `fc1` NCHW in and channels last out, bias, GELU,
+    /// `fc2` back to NCHW, bias, layer scale; `wired_w`: `fc2`'s weights an input, not a
+    /// constant.
+    fn mlp(wired_w: bool) -> TypedModel {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, 8, 5, 5])).unwrap();
+        let w2 = if wired_w {
+            m.add_source("w2", f32::fact([12, 8])).unwrap()
+        } else {
+            m.add_const("w2", konst(&[12, 8], 2)).unwrap()
+        };
+        let w1 = m.add_const("w1", konst(&[8, 12], 1)).unwrap();
+        let b1 = m.add_const("b1", konst(&[1, 1, 12], 3)).unwrap();
+        let b2 = m.add_const("b2", konst(&[1, 8, 1, 1], 4)).unwrap();
+        let s2 = m.add_const("s2", konst(&[1, 8, 1, 1], 5)).unwrap();
+        let einsum = |f: &str| EinSum::new(f.parse().unwrap(), f32::datum_type());
+        let bin = |op: Box<dyn BinMiniOp>| TypedBinOp(op, None);
+        let y = m
+            .wire_node("fc1", einsum("akbm,kn->bmn"), &[x, w1])
+            .unwrap();
+        let y = m
+            .wire_node("add1", bin(Box::new(Add)), &[y[0], b1])
+            .unwrap();
+        let y = m
+            .wire_node("gelu", ElementWiseOp(Box::new(GeluF32), None), &y)
+            .unwrap();
+        let y = m
+            .wire_node("fc2", einsum("bmk,kn->anbm"), &[y[0], w2])
+            .unwrap();
+        let y = m
+            .wire_node("add2", bin(Box::new(Add)), &[y[0], b2])
+            .unwrap();
+        let y = m
+            .wire_node("mul2", bin(Box::new(Mul)), &[y[0], s2])
+            .unwrap();
+        m.select_output_outlets(&y).unwrap();
+        m
+    }
+
+    fn run(m: TypedModel, inputs: TVec<TValue>) -> Vec<f32> {
+        let y = m.into_runnable().unwrap().run(inputs).unwrap().remove(0);
+        let y = y.try_as_plain_ram().unwrap();
+        y.as_slice::<f32>().unwrap().to_vec()
+    }
+
+    fn count(m: &TypedModel, name: &str) -> usize {
+        let order = m.eval_order().unwrap();
+        order
+            .iter()
+            .filter(|&&n| m.nodes()[n].op().name() == name)
+            .count()
+    }
+
+    #[test]
+    fn fuses_an_mlp_with_its_bias_gelu_and_scale() {
+        if !LinearF32::available() {
+            eprintln!("skipped: LinearF32 needs AVX-512");
+            return;
+        }
+        let mut fused = mlp(false);
+        assert_eq!(
+            count(&fused, "EinSum") + count(&fused, "Add") + count(&fused, "Mul"),
+            5
+        );
+        assert_eq!(fuse(&mut fused).unwrap(), 2);
+        assert_eq!(count(&fused, "LinearF32"), 2);
+        assert_eq!(
+            count(&fused, "EinSum") + count(&fused, "Add") + count(&fused, "Mul"),
+            0
+        );
+        let x = || tvec!(konst(&[1, 8, 5, 5], 9).into_tvalue());
+        let (expected, got) = (run(mlp(false), x()), run(fused, x()));
+        assert_eq!(expected.len(), got.len());
+        for (e, g) in expected.iter().zip(&got) {
+            assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
+        }
+    }
+
+    #[test]
+    fn leaves_a_product_by_wired_weights() {
+        if !LinearF32::available() {
+            return;
+        }
+        let mut m = mlp(true);
+        assert_eq!(fuse(&mut m).unwrap(), 1);
+        assert_eq!(count(&m, "EinSum"), 1);
+    }
+}
