@@ -547,6 +547,7 @@ impl TypedOp for LinearF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
@@ -573,6 +574,7 @@ mod tests {
         bias: bool,
         gelu: bool,
         scale: bool,
+        threads: usize,
     }
 
     impl Case {
@@ -645,10 +647,12 @@ mod tests {
             }
             let xt = Tensor::from_shape(&x_shape, &x).unwrap();
             let fact = op.output_facts(&[&f32::fact(&x_shape)]).unwrap().remove(0);
-            let y = op
-                .eval(&EvalContext::out_of_plan(), tvec!(xt.into_tvalue()))
-                .unwrap()
-                .remove(0);
+            let eval = || op.eval(&EvalContext::out_of_plan(), tvec!(xt.clone().into_tvalue()));
+            let y = match self.threads {
+                1 => eval(),
+                n => multithread_tract_scope(Executor::multithread(n), eval),
+            };
+            let y = y.unwrap().remove(0);
             assert_eq!(fact.shape.as_concrete().unwrap(), y.shape());
             let got = y.try_as_plain_ram().unwrap();
             let got = got.as_slice::<f32>().unwrap();
@@ -663,8 +667,9 @@ mod tests {
         }
     }
 
-    /// Odd sizes against the plain loop: positions around the tile's 14 and a block's, k of
-    /// one, channels below, at and above the panel's 32; every layout and epilogue.
+    /// Odd sizes against the plain loop: positions around the tile's 14, in one block or
+    /// several, k of one, channels below, at and above the panel's 32; every layout and
+    /// epilogue, on one thread or several.
     #[test]
     fn matches_the_plain_loop_on_odd_shapes() {
         if !LinearF32::available() {
@@ -679,17 +684,20 @@ mod tests {
             (29, 130, 96),
             (200, 40, 100),
             (600, 5, 20),
+            (300, 1000, 40),
         ];
         let layouts = [Layout::ChannelsLast, Layout::ChannelsFirst];
+        let epilogues = [
+            (false, false, false, 1),
+            (true, true, false, 3),
+            (true, false, true, 1),
+            (true, true, true, 2),
+        ];
         let mut seed = 0;
         for (positions, k, n) in shapes {
             for input in layouts {
                 for output in layouts {
-                    for (bias, gelu, scale) in [
-                        (false, false, false),
-                        (true, true, false),
-                        (true, false, true),
-                    ] {
+                    for (bias, gelu, scale, threads) in epilogues {
                         seed += 4;
                         let case = Case {
                             positions,
@@ -700,6 +708,7 @@ mod tests {
                             bias,
                             gelu,
                             scale,
+                            threads,
                         };
                         case.check(seed);
                     }
