@@ -131,14 +131,7 @@ pub struct LinearF32 {
 impl LinearF32 {
     /// Whether this CPU runs the op (AVX-512 F).
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        std::arch::is_x86_feature_detected!("avx512f")
     }
 
     /// The product by `w` (`[k, n]`, f32) of an input laid out as `geometry` says.
@@ -376,7 +369,6 @@ impl Source {
     /// # Safety
     /// AVX-512 F; the source's ROWS positions of `k` values are readable; `panel` holds
     /// `k · LANES` values and `sums` ROWS rows of `ld` with LANES values each.
-    #[cfg(target_arch = "x86_64")]
     unsafe fn tile(&self, panel: &[f32], k: usize, sums: &mut [f32], ld: usize) {
         debug_assert!(panel.len() >= k * LANES && sums.len() >= (ROWS - 1) * ld + LANES);
         if self.step == 1 {
@@ -392,16 +384,10 @@ impl Source {
             tile_avx512::<true>(self.at, self.step, panel.as_ptr(), k, sums.as_mut_ptr(), ld)
         }
     }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn tile(&self, _: &[f32], _: usize, _: &mut [f32], _: usize) {
-        unreachable!("LinearF32::run checks available()")
-    }
 }
 
 /// One tile. `CF`: positions are consecutive values and `dist` separates values of k
 /// (channels first); otherwise `dist` separates positions and values of k are consecutive.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<const CF: bool>(
     x: *const f32,

@@ -8,6 +8,7 @@ pub mod depthwise;
 pub mod gelu;
 mod half_float;
 pub mod layer_norm;
+#[cfg(target_arch = "x86_64")]
 pub mod linear;
 #[cfg(target_arch = "aarch64")]
 mod neon;

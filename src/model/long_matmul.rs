@@ -12,6 +12,9 @@
 //! went from 26–27 ms to 14–16 ms of a single-thread inference. With 2 threads tract's
 //! per-thread chunks already fit and the split changes nothing (8.3 ms either way).
 //!
+//! Applied only where tract runs these products: on x86 with AVX-512 they go to our
+//! `LinearF32` (`model::linear`), which reads each weight panel slice by slice anyway.
+//!
 //! Exact in real arithmetic; in f32 the sum is associated differently (two partial sums added
 //! instead of one running sum), a rounding-level difference like a change of kernel. The
 //! weight halves are new initializers (a `Slice` of a 4.5 MB constant would not be folded by

@@ -13,6 +13,7 @@
 pub mod graph;
 pub mod inspect;
 pub mod layer_norm;
+#[cfg(target_arch = "x86_64")]
 pub mod linear;
 pub mod long_matmul;
 pub mod passes;
@@ -537,7 +538,7 @@ pub(crate) fn typed_model(
         rewrites.fuse_pointwise(&mut proto);
     }
     rewrites.integer_ops_to_float(&mut proto);
-    if !crate::kernels::linear::LinearF32::available() {
+    if !passes::own_f32_linear() {
         rewrites.split_long_matmuls(&mut proto);
     }
     let dir = path.parent().and_then(|d| d.to_str());

@@ -31,8 +31,8 @@
 //!   GELUs 9.3–9.7 → 6.8–7.6 ms per-node at 1 thread, alternating binaries).
 //!
 //! - **Linear layers in f32**: an f32 product by a constant matrix, with the bias, GELU and layer
-//!   scale that follow it, becomes our [`LinearF32`](crate::kernels::linear::LinearF32) on
-//!   CPUs with AVX-512 (see [`super::linear`]).
+//!   scale that follow it, becomes our `LinearF32` (`kernels::linear`) on x86 CPUs with
+//!   AVX-512 (see `model::linear`).
 //!
 //! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
@@ -61,7 +61,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         + fuse_quantize_dequantize(model)?
         + depthwise(model)?
         + gelu_in_f32(model)?
-        + super::linear::fuse(model)?)
+        + f32_linear(model)?)
 }
 
 /// Casts of constants computed once here. Converting an f16 model to f32 puts a Cast after
@@ -290,6 +290,24 @@ fn fast_quantize(model: &mut TypedModel) -> TractResult<usize> {
         swapped += 1;
     }
     Ok(swapped)
+}
+
+/// Whether f32 `Linear` layers run on our op on this CPU.
+pub(crate) fn own_f32_linear() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::linear::LinearF32::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn f32_linear(model: &mut TypedModel) -> TractResult<usize> {
+    #[cfg(target_arch = "x86_64")]
+    return super::linear::fuse(model);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = model;
+        Ok(0)
+    }
 }
 
 fn gelu_in_f32(model: &mut TypedModel) -> TractResult<usize> {
