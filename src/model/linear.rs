@@ -3,7 +3,9 @@
 //!
 //! ONNX `MatMul(x, W)` with a constant `[k, n]` `W` is a tract `EinSum` once decluttered, with
 //! the transposes around a ConvNeXt MLP folded into its axes: `fc1` reads an NCHW tensor and
-//! writes channels last, `fc2` the other way round. Such an `EinSum` becomes our op when:
+//! writes channels last, `fc2` the other way round. A 1x1 convolution (timm's `conv_mlp`,
+//! convnext_atto) is an `EinSum` by its `[O, I]` = `[n, k]` weights once decluttered, NCHW in
+//! and out. Such an `EinSum` becomes our op when:
 //! - it is f32 and not quantized;
 //! - the input's channels are its last axis, or only axes of size one come before them, so
 //!   that the positions are one run of memory either way (likewise the output's channels);
@@ -74,8 +76,19 @@ fn as_linear(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32, us
     if x.datum_type != f32_dt || w.datum_type() != f32_dt || w.rank() != 2 {
         return Ok(None);
     }
-    let Some((k_axis, n_axis, out_axes)) = geometry(einsum, xs, ys) else {
+    let Some(Axes {
+        k: k_axis,
+        n: n_axis,
+        out: out_axes,
+        transposed,
+    }) = geometry(einsum, xs, ys)
+    else {
         return Ok(None);
+    };
+    let w = if transposed {
+        w.into_tensor().permute_axes(&[1, 0])?
+    } else {
+        w.into_tensor()
     };
     let (Some(input), Some(output)) = (layout(xs, k_axis), layout(ys, n_axis)) else {
         return Ok(None);
@@ -109,21 +122,33 @@ fn as_linear(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32, us
     Ok(Some((op, last)))
 }
 
-/// The input's channel axis, the output's, and where each output axis comes from; `None`
-/// unless the einsum is a product over the channels by `[k, n]` with the positions in order.
-fn geometry(einsum: &EinSum, xs: &[usize], ys: &[usize]) -> Option<(usize, usize, TVec<OutAxis>)> {
-    let (mut k_axis, mut n_axis) = (None, None);
-    let mut out_axes = tvec![OutAxis::One; ys.len()];
+/// Where the product's axes are.
+struct Axes {
+    /// The input's channel axis.
+    k: usize,
+    /// The output's.
+    n: usize,
+    /// Where each output axis comes from.
+    out: TVec<OutAxis>,
+    /// Whether the weights are `[n, k]` (a 1x1 convolution's `[O, I]`) rather than `[k, n]`.
+    transposed: bool,
+}
+
+/// The axes of `einsum`; `None` unless it is a product over the channels by a `[k, n]` or
+/// `[n, k]` matrix with the positions in order.
+fn geometry(einsum: &EinSum, xs: &[usize], ys: &[usize]) -> Option<Axes> {
+    let (mut k, mut n) = (None, None);
+    let mut out = tvec![OutAxis::One; ys.len()];
     let mut positions = vec![];
     for axis in einsum.axes.iter_all_axes() {
         match (&*axis.inputs[0], &*axis.inputs[1], &*axis.outputs[0]) {
-            ([a], [0], []) => k_axis = Some(*a),
-            ([], [1], [b]) => {
-                n_axis = Some(*b);
-                out_axes[*b] = OutAxis::Channels;
+            ([a], [w], []) => k = Some((*a, *w)),
+            ([], [w], [b]) => {
+                n = Some((*b, *w));
+                out[*b] = OutAxis::Channels;
             }
             ([a], [], [b]) => {
-                out_axes[*b] = OutAxis::Input(*a);
+                out[*b] = OutAxis::Input(*a);
                 if xs[*a] > 1 {
                     positions.push((*a, *b));
                 }
@@ -135,7 +160,13 @@ fn geometry(einsum: &EinSum, xs: &[usize], ys: &[usize]) -> Option<(usize, usize
     }
     positions.sort_unstable();
     let in_order = positions.windows(2).all(|p| p[0].1 < p[1].1);
-    in_order.then_some((k_axis?, n_axis?, out_axes))
+    let ((k, k_w), (n, n_w)) = (k?, n?);
+    (in_order && k_w != n_w).then_some(Axes {
+        k,
+        n,
+        out,
+        transposed: k_w == 1,
+    })
 }
 
 /// How a tensor of `shape` holds its channels on `axis`: last, or first with only axes of size
@@ -211,35 +242,36 @@ mod tests {
         Tensor::from_shape(shape, &v).unwrap()
     }
 
-    /// A ConvNeXt MLP as tract declutters it: `fc1` NCHW in and channels last out, bias, GELU,
-    /// `fc2` back to NCHW, bias, layer scale; `wired_w`: `fc2`'s weights an input, not a
-    /// constant.
-    fn mlp(wired_w: bool) -> TypedModel {
+    /// A ConvNeXt MLP as tract declutters it. `Linear` form: `fc1` NCHW in and channels last
+    /// out, bias, GELU, `fc2` back to NCHW, bias, layer scale. 1x1-convolution form: the same,
+    /// NCHW throughout with `[O, I]` weights. `wired_w`: `fc2`'s weights an input.
+    fn mlp(conv_form: bool, wired_w: bool) -> TypedModel {
+        let (fc1, fc2, w1, w2, b1) = if conv_form {
+            ("NIHW,OI->OHW", "IHW,OI->NOHW", [12, 8], [8, 12], [12, 1, 1])
+        } else {
+            ("akbm,kn->bmn", "bmk,kn->anbm", [8, 12], [12, 8], [1, 1, 12])
+        };
         let mut m = TypedModel::default();
         let x = m.add_source("x", f32::fact([1, 8, 5, 5])).unwrap();
         let w2 = if wired_w {
-            m.add_source("w2", f32::fact([12, 8])).unwrap()
+            m.add_source("w2", f32::fact(w2)).unwrap()
         } else {
-            m.add_const("w2", konst(&[12, 8], 2)).unwrap()
+            m.add_const("w2", konst(&w2, 2)).unwrap()
         };
-        let w1 = m.add_const("w1", konst(&[8, 12], 1)).unwrap();
-        let b1 = m.add_const("b1", konst(&[1, 1, 12], 3)).unwrap();
+        let w1 = m.add_const("w1", konst(&w1, 1)).unwrap();
+        let b1 = m.add_const("b1", konst(&b1, 3)).unwrap();
         let b2 = m.add_const("b2", konst(&[1, 8, 1, 1], 4)).unwrap();
         let s2 = m.add_const("s2", konst(&[1, 8, 1, 1], 5)).unwrap();
         let einsum = |f: &str| EinSum::new(f.parse().unwrap(), f32::datum_type());
         let bin = |op: Box<dyn BinMiniOp>| TypedBinOp(op, None);
-        let y = m
-            .wire_node("fc1", einsum("akbm,kn->bmn"), &[x, w1])
-            .unwrap();
+        let y = m.wire_node("fc1", einsum(fc1), &[x, w1]).unwrap();
         let y = m
             .wire_node("add1", bin(Box::new(Add)), &[y[0], b1])
             .unwrap();
         let y = m
             .wire_node("gelu", ElementWiseOp(Box::new(GeluF32), None), &y)
             .unwrap();
-        let y = m
-            .wire_node("fc2", einsum("bmk,kn->anbm"), &[y[0], w2])
-            .unwrap();
+        let y = m.wire_node("fc2", einsum(fc2), &[y[0], w2]).unwrap();
         let y = m
             .wire_node("add2", bin(Box::new(Add)), &[y[0], b2])
             .unwrap();
@@ -270,22 +302,19 @@ mod tests {
             eprintln!("skipped: LinearF32 needs AVX-512");
             return;
         }
-        let mut fused = mlp(false);
-        assert_eq!(
-            count(&fused, "EinSum") + count(&fused, "Add") + count(&fused, "Mul"),
-            5
-        );
-        assert_eq!(fuse(&mut fused).unwrap(), 2);
-        assert_eq!(count(&fused, "LinearF32"), 2);
-        assert_eq!(
-            count(&fused, "EinSum") + count(&fused, "Add") + count(&fused, "Mul"),
-            0
-        );
-        let x = || tvec!(konst(&[1, 8, 5, 5], 9).into_tvalue());
-        let (expected, got) = (run(mlp(false), x()), run(fused, x()));
-        assert_eq!(expected.len(), got.len());
-        for (e, g) in expected.iter().zip(&got) {
-            assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
+        for conv_form in [false, true] {
+            let mut fused = mlp(conv_form, false);
+            let products = |m: &TypedModel| count(m, "EinSum") + count(m, "Add") + count(m, "Mul");
+            assert_eq!(products(&fused), 5);
+            assert_eq!(fuse(&mut fused).unwrap(), 2);
+            assert_eq!(count(&fused, "LinearF32"), 2);
+            assert_eq!(products(&fused), 0);
+            let x = || tvec!(konst(&[1, 8, 5, 5], 9).into_tvalue());
+            let (expected, got) = (run(mlp(conv_form, false), x()), run(fused, x()));
+            assert_eq!(expected.len(), got.len());
+            for (e, g) in expected.iter().zip(&got) {
+                assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
+            }
         }
     }
 
@@ -294,7 +323,7 @@ mod tests {
         if !LinearF32::available() {
             return;
         }
-        let mut m = mlp(true);
+        let mut m = mlp(false, true);
         assert_eq!(fuse(&mut m).unwrap(), 1);
         assert_eq!(count(&m, "EinSum"), 1);
     }
