@@ -43,6 +43,7 @@
 //! tract internals used (tract 0.23.9): `Op`/`EvalOp`/`TypedOp`, and
 //! `multithread::{par_chunks_mut, current_tract_executor}` to run on the plan's thread pool.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_linalg::multithread::par_chunks_mut;
@@ -51,7 +52,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::gelu;
 use super::simd::multiversion;
-use super::{block_rows, Layout};
+use super::{block_rows, blocks_needed, threads, Layout};
 
 /// Output channels per weight panel (two AVX-512 vectors).
 const LANES: usize = 32;
@@ -222,38 +223,40 @@ impl LinearF32 {
             .collect()
     }
 
-    /// The epilogue of one block: `sums` (`rows × ld`) plus bias, GELU and scale, written to
-    /// `out` at positions `p0..p0 + rows` of `positions` (`column`: scratch of `rows`).
+    /// The epilogue of one block: channels `cs` of `sums` (`rows × ld`) plus bias, GELU and
+    /// scale, written to `out` at positions `p0..p0 + rows` of `positions` (`column`: scratch
+    /// of `rows`).
     fn finish(
         &self,
         sums: &mut [f32],
         (p0, rows, positions): (usize, usize, usize),
+        cs: Range<usize>,
         column: &mut [f32],
         out: &Out,
     ) {
         let (n, ld) = (self.weights.n, self.weights.ld());
         for row in sums.chunks_mut(ld).take(rows) {
-            let row = &mut row[..n];
+            let row = &mut row[cs.clone()];
             if let Some(b) = &self.bias {
-                add(row, b);
+                add(row, &b[cs.clone()]);
             }
             if self.gelu {
                 gelu::gelu(row);
             }
             if let Some(s) = &self.scale {
-                mul(row, s);
+                mul(row, &s[cs.clone()]);
             }
         }
         match self.geometry.output {
             Layout::ChannelsLast => {
                 for (r, row) in sums.chunks(ld).take(rows).enumerate() {
-                    // SAFETY: this block alone writes positions p0..p0 + rows.
-                    unsafe { out.write((p0 + r) * n, &row[..n]) };
+                    // SAFETY: this block alone writes channels cs of positions p0..p0 + rows.
+                    unsafe { out.write((p0 + r) * n + cs.start, &row[cs.clone()]) };
                 }
             }
             Layout::ChannelsFirst => {
                 let column = &mut column[..rows];
-                for c in 0..n {
+                for c in cs {
                     for (r, v) in column.iter_mut().enumerate() {
                         *v = sums[r * ld + c];
                     }
@@ -272,14 +275,31 @@ impl LinearF32 {
             xs.len()
         );
         ensure!(LinearF32::available(), "Linear in f32 needs AVX-512");
-        let block_rows = block_rows(positions, ROWS, ld * 4, MIN_BLOCK_TILES);
+        let (panels, tiles, threads) = (ld / LANES, positions.div_ceil(ROWS), threads());
+        let needed = blocks_needed(positions, ROWS, ld * 4, MIN_BLOCK_TILES).max(1);
+        // With fewer blocks than threads (few positions, wide weights: the last stage), each
+        // block's panels are split between threads, so that each reads its share of the
+        // weights rather than all of them.
+        let (block_rows, groups) = if needed < threads {
+            (
+                tiles.div_ceil(needed) * ROWS,
+                threads.div_ceil(needed).min(panels),
+            )
+        } else {
+            (block_rows(positions, ROWS, ld * 4, MIN_BLOCK_TILES), 1)
+        };
+        let per_group = panels.div_ceil(groups);
         let out = Out(ys.as_mut_ptr(), ys.len());
-        let mut firsts: Vec<usize> = (0..positions).step_by(block_rows).collect();
-        par_chunks_mut(&mut firsts, 1, positions * k * ld, |_, chunk| {
+        let mut work: Vec<(usize, usize)> = (0..positions)
+            .step_by(block_rows)
+            .flat_map(|p0| (0..panels).step_by(per_group).map(move |p| (p0, p)))
+            .collect();
+        par_chunks_mut(&mut work, 1, positions * k * ld, |_, chunk| {
             let mut sums = vec![0f32; block_rows * ld];
             let mut tail = vec![0f32; ROWS * k];
             let mut column = vec![0f32; block_rows];
-            for &p0 in chunk.iter() {
+            for &(p0, first_panel) in chunk.iter() {
+                let group = first_panel..panels.min(first_panel + per_group);
                 let rows = block_rows.min(positions - p0);
                 let sources: Vec<Source> = (p0..p0 + rows)
                     .step_by(ROWS)
@@ -292,7 +312,7 @@ impl LinearF32 {
                     })
                     .collect();
                 // Panels outside, tiles inside: a panel stays in L1 for the whole block.
-                for p in 0..ld / LANES {
+                for p in group.clone() {
                     let panel = self.weights.panel(p);
                     for (t, source) in sources.iter().enumerate() {
                         // SAFETY: AVX-512 F (checked above); the source reads ROWS
@@ -304,7 +324,8 @@ impl LinearF32 {
                         };
                     }
                 }
-                self.finish(&mut sums, (p0, rows, positions), &mut column, &out);
+                let cs = group.start * LANES..self.weights.n.min(group.end * LANES);
+                self.finish(&mut sums, (p0, rows, positions), cs, &mut column, &out);
             }
             Ok(())
         })

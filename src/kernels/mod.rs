@@ -58,9 +58,20 @@ impl<'a> Sums<'a> {
 /// Writing every sum of convnext_tiny's first stage (4.8 MB) before reading it back made those
 /// products run half as fast again as the same number of products in the third stage.
 const BLOCK_SUMS_BYTES: usize = 128 * 1024;
-/// Rows per block of a product of `rows` rows whose sums are `row_bytes` long, in tiles of
-/// `tile_rows`: as many tiles as [`BLOCK_SUMS_BYTES`] holds, at least `min_tiles`, and at least
-/// one block per thread.
+/// Blocks a product of `rows` rows whose sums are `row_bytes` long needs on one thread, in
+/// tiles of `tile_rows`: as many tiles per block as [`BLOCK_SUMS_BYTES`] holds, at least
+/// `min_tiles`.
+pub(crate) fn blocks_needed(
+    rows: usize,
+    tile_rows: usize,
+    row_bytes: usize,
+    min_tiles: usize,
+) -> usize {
+    let per_block = (BLOCK_SUMS_BYTES / (tile_rows * row_bytes).max(1)).max(min_tiles);
+    rows.div_ceil(tile_rows).div_ceil(per_block)
+}
+
+/// Rows per block of such a product: [`blocks_needed`], and at least one block per thread.
 pub(crate) fn block_rows(
     rows: usize,
     tile_rows: usize,
@@ -68,13 +79,12 @@ pub(crate) fn block_rows(
     min_tiles: usize,
 ) -> usize {
     let tiles = rows.div_ceil(tile_rows);
-    let per_block = (BLOCK_SUMS_BYTES / (tile_rows * row_bytes).max(1)).max(min_tiles);
-    let blocks = tiles.div_ceil(per_block).max(threads().min(tiles));
+    let blocks = blocks_needed(rows, tile_rows, row_bytes, min_tiles).max(threads().min(tiles));
     tiles.div_ceil(blocks.max(1)).max(1) * tile_rows
 }
 
 /// The threads of the executor tract runs the plan on.
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     match current_tract_executor() {
         Executor::SingleThread => 1,
         Executor::MultiThread(pool) => pool.current_num_threads(),
