@@ -50,7 +50,8 @@ use std::arch::asm;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-use super::product::{block_rows, par_blocks};
+use super::block_rows;
+use super::product::par_blocks;
 use super::Sums;
 
 /// Values of k per step: one tile row of bytes.

@@ -52,7 +52,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::gelu;
 use super::simd::multiversion;
-use super::{block_rows, blocks_needed, threads, Layout};
+use super::{blocks_needed, threads, Layout};
 
 /// Output channels per weight panel (two AVX-512 vectors).
 const LANES: usize = 32;
@@ -276,18 +276,13 @@ impl LinearF32 {
         );
         ensure!(LinearF32::available(), "Linear in f32 needs AVX-512");
         let (panels, tiles, threads) = (ld / LANES, positions.div_ceil(ROWS), threads());
-        let needed = blocks_needed(positions, ROWS, ld * 4, MIN_BLOCK_TILES).max(1);
-        // With fewer blocks than threads (few positions, wide weights: the last stage), each
-        // block's panels are split between threads, so that each reads its share of the
+        // Blocks of positions as the sums buffer allows, split across the threads; with fewer
+        // blocks than threads (few positions, wide weights: the last stage), each block's
+        // panels are split between threads instead, so that each reads its share of the
         // weights rather than all of them.
-        let (block_rows, groups) = if needed < threads {
-            (
-                tiles.div_ceil(needed) * ROWS,
-                threads.div_ceil(needed).min(panels),
-            )
-        } else {
-            (block_rows(positions, ROWS, ld * 4, MIN_BLOCK_TILES), 1)
-        };
+        let needed = blocks_needed(positions, ROWS, ld * 4, MIN_BLOCK_TILES).max(1);
+        let block_rows = tiles.div_ceil(needed) * ROWS;
+        let groups = threads.div_ceil(needed).min(panels);
         let per_group = panels.div_ceil(groups);
         let out = Out(ys.as_mut_ptr(), ys.len());
         let mut work: Vec<(usize, usize)> = (0..positions)

@@ -58,6 +58,7 @@ impl<'a> Sums<'a> {
 /// Writing every sum of convnext_tiny's first stage (4.8 MB) before reading it back made those
 /// products run half as fast again as the same number of products in the third stage.
 const BLOCK_SUMS_BYTES: usize = 128 * 1024;
+
 /// Blocks a product of `rows` rows whose sums are `row_bytes` long needs on one thread, in
 /// tiles of `tile_rows`: as many tiles per block as [`BLOCK_SUMS_BYTES`] holds, at least
 /// `min_tiles`.

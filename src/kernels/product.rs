@@ -47,14 +47,14 @@
 //! # }
 //! ```
 //!
-//! tract internals used (tract-linalg 0.23.9): `multithread::{par_chunks_mut,
-//! current_tract_executor, Executor}`, to run on the plan's thread pool.
+//! tract internals used (tract-linalg 0.23.9): `multithread::par_chunks_mut`, to run on the
+//! plan's thread pool.
 
 use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-pub(crate) use super::block_rows;
+use super::block_rows;
 pub use super::Sums;
 pub use arch::{available, exact_for, kernel, KSTEP, LANES};
 use arch::{elem, tile_kernel, Elem, ROWS};

@@ -85,10 +85,12 @@ fn as_linear(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32, us
     else {
         return Ok(None);
     };
+    let transposed_w;
     let w = if transposed {
-        w.into_tensor().permute_axes(&[1, 0])?
+        transposed_w = w.as_ref().clone().permute_axes(&[1, 0])?;
+        &transposed_w
     } else {
-        w.into_tensor()
+        w.as_ref()
     };
     let (Some(input), Some(output)) = (layout(xs, k_axis), layout(ys, n_axis)) else {
         return Ok(None);
@@ -97,7 +99,7 @@ fn as_linear(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32, us
         return Ok(None);
     }
     let mut op = LinearF32::new(
-        &w,
+        w,
         Geometry {
             rank: xs.len(),
             k_axis,
