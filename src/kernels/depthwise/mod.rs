@@ -17,7 +17,7 @@
 //! 1.0–1.5 to 0.6–0.9 ms (AVX2, alternating runs), its 18 layers from 9.1–10.4 to 6.7–8.6 ms
 //! per inference in alternating profiles.
 //!
-//! On AVX-512 both layouts run on [`avx512`]'s tiles instead: 12–14 independent sums and a
+//! On AVX-512 both layouts run on the `avx512` submodule's tiles instead: 12–14 independent sums and a
 //! fused multiply-add per tap, ~2.5x faster channels first (convnext_tiny f32's 18 layers:
 //! 17–20 → 7–8 ms per inference in alternating profiles on a busy Xeon) and ~1.3x channels last
 //! (the QDQ model's: 6.3–7.6 → 4.6–5.7 ms).
