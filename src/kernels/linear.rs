@@ -52,7 +52,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::gelu;
 use super::simd::multiversion;
-use super::{blocks_needed, threads, Layout};
+use super::{blocks_needed, threads, Layout, SharedOut};
 
 /// Output channels per weight panel (two AVX-512 vectors).
 const LANES: usize = 32;
@@ -232,7 +232,7 @@ impl LinearF32 {
         (p0, rows, positions): (usize, usize, usize),
         cs: Range<usize>,
         column: &mut [f32],
-        out: &Out,
+        out: &SharedOut,
     ) {
         let (n, ld) = (self.weights.n, self.weights.ld());
         for row in sums.chunks_mut(ld).take(rows) {
@@ -284,7 +284,7 @@ impl LinearF32 {
         let block_rows = tiles.div_ceil(needed) * ROWS;
         let groups = threads.div_ceil(needed).min(panels);
         let per_group = panels.div_ceil(groups);
-        let out = Out(ys.as_mut_ptr(), ys.len());
+        let out = SharedOut::new(ys);
         let mut work: Vec<(usize, usize)> = (0..positions)
             .step_by(block_rows)
             .flat_map(|p0| (0..panels).step_by(per_group).map(move |p| (p0, p)))
@@ -428,23 +428,6 @@ unsafe fn tile_avx512<const CF: bool>(
     for (r, acc) in acc.iter().enumerate() {
         _mm512_storeu_ps(sums.add(r * ld), acc[0]);
         _mm512_storeu_ps(sums.add(r * ld + 16), acc[1]);
-    }
-}
-
-/// The output tensor's values, written by blocks that never overlap.
-struct Out(*mut f32, usize);
-
-// SAFETY: the blocks write disjoint ranges (see `write`'s callers).
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Copies `v` to `at..at + v.len()`.
-    ///
-    /// # Safety
-    /// No other thread reads or writes that range meanwhile.
-    unsafe fn write(&self, at: usize, v: &[f32]) {
-        assert!(at + v.len() <= self.1, "Linear: write past the output");
-        std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(at), v.len());
     }
 }
 

@@ -93,6 +93,38 @@ pub(crate) fn threads() -> usize {
     }
 }
 
+/// An output buffer that the plan's threads write in disjoint ranges (columns of a
+/// channels-first tensor, blocks of a product), which `par_chunks_mut` cannot hand out as
+/// slices.
+pub(crate) struct SharedOut(*mut f32, usize);
+
+// SAFETY: the threads write disjoint ranges (see `slice`'s callers).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
+        SharedOut(ys.as_mut_ptr(), ys.len())
+    }
+
+    /// `at..at + len`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes that range while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.1, "write past the output");
+        std::slice::from_raw_parts_mut(self.0.add(at), len)
+    }
+
+    /// Copies `v` to `at..at + v.len()`.
+    ///
+    /// # Safety
+    /// As [`SharedOut::slice`].
+    pub(crate) unsafe fn write(&self, at: usize, v: &[f32]) {
+        self.slice(at, v.len()).copy_from_slice(v);
+    }
+}
+
 /// `f` over `xs` in chunks split across the plan's threads: the element-wise passes, each a
 /// few hundred microseconds on convnext_tiny's first stage.
 pub(crate) fn par_elements<T: Send>(
