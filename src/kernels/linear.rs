@@ -58,7 +58,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::gelu;
 use super::simd::multiversion;
-use super::{blocks_needed, threads, Layout, SharedOut};
+use super::{blocks_needed, threads, Layout, Patches, SharedOut};
 
 /// Output channels per weight panel (two AVX-512 vectors).
 const LANES: usize = 32;
@@ -141,33 +141,24 @@ pub struct LinearF32 {
     patch: usize,
 }
 
-/// Where a convolution over patches reads: an image `[C, h, w]` cut in `side × side` patches,
-/// `oh × ow` of them (the rows and columns past the last whole patch are not read).
-#[derive(Debug, Clone, Copy)]
-struct Patches {
-    side: usize,
-    h: usize,
-    w: usize,
-}
-
+/// A tile's patches for [`LinearF32`]: the input is one channels-first image `[C, h, w]`.
 impl Patches {
     /// Patches `first..` copied channels last into `rows` (`[ROWS, k]`, k in the weights'
     /// `(c, dy, dx)` order), zeros past the last one.
-    fn gather(&self, xs: &[f32], first: usize, k: usize, rows: &mut [f32]) {
+    fn tile_rows(&self, xs: &[f32], first: usize, k: usize, rows: &mut [f32]) {
         // With the side a constant, each run is a few moves, not a call to memcpy.
         match self.side {
-            2 => self.gather_side::<2>(xs, first, k, rows),
-            4 => self.gather_side::<4>(xs, first, k, rows),
-            _ => self.gather_side::<0>(xs, first, k, rows),
+            2 => self.tile_rows_side::<2>(xs, first, k, rows),
+            4 => self.tile_rows_side::<4>(xs, first, k, rows),
+            _ => self.tile_rows_side::<0>(xs, first, k, rows),
         }
     }
 
-    /// [`Patches::gather`] for patches of side `S` (0: `self.side`).
+    /// [`Patches::tile_rows`] for patches of side `S` (0: `self.side`).
     #[inline(always)]
-    fn gather_side<const S: usize>(&self, xs: &[f32], first: usize, k: usize, rows: &mut [f32]) {
+    fn tile_rows_side<const S: usize>(&self, xs: &[f32], first: usize, k: usize, rows: &mut [f32]) {
         let s = if S == 0 { self.side } else { S };
-        let ow = self.w / s;
-        let count = (self.h / s) * ow;
+        let (ow, count) = (self.out_hw().1, self.positions());
         for (p, row) in (first..).zip(rows.chunks_exact_mut(k)) {
             if p >= count {
                 row.fill(0.0);
@@ -217,25 +208,32 @@ impl LinearF32 {
         })
     }
 
-    /// The same product as a convolution over non-overlapping `side × side` patches (kernel =
-    /// stride = `side`, no padding: ConvNeXt's stem and downsampling layers) of a channels-first
-    /// `[N, C, H, W]` input, `k = C · side²` in the weights' `(c, dy, dx)` order; each output
-    /// spatial axis is the input's divided by `side` (rounded down).
-    pub fn over_patches(mut self, side: usize) -> TractResult<LinearF32> {
-        let g = &self.geometry;
+    /// The convolution by `w` (`[k, n]`, `k = C · side²` in the weights' `(c, dy, dx)` order)
+    /// over non-overlapping `side × side` patches (kernel = stride = `side`, no padding:
+    /// ConvNeXt's stem and downsampling layers) of a channels-first `[1, C, H, W]` image, giving
+    /// `[1, n, H / side, W / side]` (rounded down).
+    pub fn over_patches(w: &Tensor, side: usize) -> TractResult<LinearF32> {
+        let geometry = Geometry {
+            rank: 4,
+            k_axis: 1,
+            input: Layout::ChannelsFirst,
+            output: Layout::ChannelsFirst,
+            out_axes: tvec!(
+                OutAxis::Input(0),
+                OutAxis::Channels,
+                OutAxis::Input(2),
+                OutAxis::Input(3)
+            ),
+        };
+        let mut op = LinearF32::new(w, geometry)?;
         ensure!(
-            side >= 1
-                && self.k().is_multiple_of(side * side)
-                && g.rank == 4
-                && g.k_axis == 1
-                && g.input == Layout::ChannelsFirst,
-            "Linear over {side}x{side} patches: {g:?} with k = {}, expected a channels-first \
-             rank-4 input and k a multiple of {}",
-            self.k(),
+            side >= 1 && op.k().is_multiple_of(side * side),
+            "Linear over {side}x{side} patches: k = {} is not a multiple of {}",
+            op.k(),
             side * side
         );
-        self.patch = side;
-        Ok(self)
+        op.patch = side;
+        Ok(op)
     }
 
     /// The product by `w` of a `[positions, k]` matrix, giving `[positions, n]`.
@@ -393,7 +391,7 @@ impl LinearF32 {
                     .step_by(ROWS)
                     .map(|first| match (patches, gathered.next()) {
                         (Some(g), Some(rows)) => {
-                            g.gather(xs, first, k, rows);
+                            g.tile_rows(xs, first, k, rows);
                             Source::of(Layout::ChannelsLast, rows, 0, ROWS, k)
                         }
                         _ if first + ROWS <= positions => {
@@ -840,21 +838,7 @@ mod tests {
             let x = values(c * h * w, seed as u64 * 8);
             let wt = values(k * n, seed as u64 * 8 + 1);
             let bias = values(n, seed as u64 * 8 + 2);
-            let geometry = Geometry {
-                rank: 4,
-                k_axis: 1,
-                input: Layout::ChannelsFirst,
-                output: Layout::ChannelsFirst,
-                out_axes: tvec!(
-                    OutAxis::One,
-                    OutAxis::Channels,
-                    OutAxis::Input(2),
-                    OutAxis::Input(3)
-                ),
-            };
-            let op = LinearF32::new(&Tensor::from_shape(&[k, n], &wt).unwrap(), geometry)
-                .unwrap()
-                .over_patches(side)
+            let op = LinearF32::over_patches(&Tensor::from_shape(&[k, n], &wt).unwrap(), side)
                 .unwrap()
                 .with_bias(&bias)
                 .unwrap();

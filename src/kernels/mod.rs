@@ -93,6 +93,29 @@ pub(crate) fn threads() -> usize {
     }
 }
 
+/// The geometry of a convolution over non-overlapping patches (kernel = stride = `side`, no
+/// padding: ConvNeXt's stem and downsampling): their side and the input plane. The integer
+/// (`qconv`) and f32 (`linear`) products each gather them their own way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Patches {
+    pub(crate) side: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+}
+
+impl Patches {
+    pub(crate) fn out_hw(self) -> (usize, usize) {
+        (self.h / self.side, self.w / self.side)
+    }
+
+    /// Output positions: whole patches (a partial last row or column is dropped, as the
+    /// convolution does).
+    pub(crate) fn positions(self) -> usize {
+        let (oh, ow) = self.out_hw();
+        oh * ow
+    }
+}
+
 /// An output buffer that the plan's threads write in disjoint ranges (columns of a
 /// channels-first tensor, blocks of a product), which `par_chunks_mut` cannot hand out as
 /// slices.

@@ -45,7 +45,7 @@ use super::product;
 use super::quantize::{FakeQuantize, FastQuantize, Fq};
 use super::simd::multiversion;
 pub use super::Layout;
-use super::Sums;
+use super::{Patches, Sums};
 
 /// An activation's quantization: `q = clamp(round(x / scale) + zero_point)` to u8 or i8.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1180,26 +1180,7 @@ fn pick_kernel(m: usize, k: usize, n: Option<usize>) -> TractResult<(Box<dyn Mat
     Ok((mmm, packing))
 }
 
-/// The geometry of a convolution over non-overlapping patches: their side and the input plane.
-#[derive(Debug, Clone, Copy)]
-struct Patches {
-    side: usize,
-    h: usize,
-    w: usize,
-}
-
 impl Patches {
-    fn out_hw(self) -> (usize, usize) {
-        (self.h / self.side, self.w / self.side)
-    }
-
-    /// Output positions: whole patches (a partial last row or column is dropped, as the
-    /// convolution does).
-    fn positions(self) -> usize {
-        let (oh, ow) = self.out_hw();
-        oh * ow
-    }
-
     /// Channels last (`x` is `[n, h, w, c]`): where patch `r`'s input row `dy` starts, a run of
     /// `side · c` contiguous values (the weights' `(kh, kw, ci)` order).
     fn run_start(self, r: usize, dy: usize, c: usize) -> usize {

@@ -188,21 +188,7 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
         .clone()
         .into_shape(&[cout, k])?
         .permute_axes(&[1, 0])?;
-    let geometry = Geometry {
-        rank: 4,
-        k_axis: 1,
-        input: Layout::ChannelsFirst,
-        output: Layout::ChannelsFirst,
-        out_axes: tvec!(
-            OutAxis::Input(0),
-            OutAxis::Channels,
-            OutAxis::Input(2),
-            OutAxis::Input(3)
-        ),
-    };
-    let op = LinearF32::new(&w, geometry)?
-        .over_patches(side)?
-        .with_bias(&bias)?;
+    let op = LinearF32::over_patches(&w, side)?.with_bias(&bias)?;
     if op.output_facts(&[x])?[0].shape.as_concrete() != Some(ys) {
         return Ok(None);
     }
