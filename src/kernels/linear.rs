@@ -331,7 +331,8 @@ impl LinearF32 {
             Layout::ChannelsLast => {
                 for (r, row) in sums.chunks(ld).take(rows).enumerate() {
                     // SAFETY: this block alone writes channels cs of positions p0..p0 + rows.
-                    unsafe { out.write((p0 + r) * n + cs.start, &row[cs.clone()]) };
+                    unsafe { out.slice((p0 + r) * n + cs.start, cs.len()) }
+                        .copy_from_slice(&row[cs.clone()]);
                 }
             }
             Layout::ChannelsFirst => {
@@ -341,7 +342,7 @@ impl LinearF32 {
                         *v = sums[r * ld + c];
                     }
                     // SAFETY: as above; channel c's row holds the block's positions here.
-                    unsafe { out.write(c * positions + p0, &*column) };
+                    unsafe { out.slice(c * positions + p0, rows) }.copy_from_slice(column);
                 }
             }
         }

@@ -138,14 +138,6 @@ impl SharedOut {
         assert!(at + len <= self.1, "write past the output");
         std::slice::from_raw_parts_mut(self.0.add(at), len)
     }
-
-    /// Copies `v` to `at..at + v.len()`.
-    ///
-    /// # Safety
-    /// As [`SharedOut::slice`].
-    pub(crate) unsafe fn write(&self, at: usize, v: &[f32]) {
-        self.slice(at, v.len()).copy_from_slice(v);
-    }
 }
 
 /// `f` over `xs` in chunks split across the plan's threads: the element-wise passes, each a
