@@ -17,23 +17,18 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Geometry, Image};
+// `LANES` (16): the values of a register here, channels or columns, and the padding that
+// `Geometry` leaves after each row of a plane for a register read past its end.
+use super::{Geometry, Image, LANES};
 
 /// Pixels of a row computed together: 14 sums and a tap in 15 of the 32 registers.
 const PIXELS: usize = 14;
-/// Channels per register.
-const LANES: usize = 16;
-
-/// Whether this CPU runs [`plane`] and [`rows_c_last`].
-pub(super) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
 
 /// [`super::rows_c_last`] for channels `0..c / 16 * 16`; returns where it stopped, so that the
 /// caller finishes the last `c % 16` channels.
 ///
 /// # Safety
-/// The CPU has AVX-512F ([`available`]), and the slices are sized as [`super::rows_c_last`]
+/// The CPU has AVX-512F, and the slices are sized as [`super::rows_c_last`]
 /// documents (checked below).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn rows_c_last(
@@ -131,18 +126,15 @@ impl Tile {
     }
 }
 
-/// Columns per register.
-const COLS: usize = 16;
-
 /// One channel's output plane `out` (`oh × ow`) from its zero-padded copy `padded` (`ph × pw`
 /// with `pw ≥ ow + kw − 1 + 16`, so that a tile may read one register past the row's end).
 ///
 /// # Safety
-/// The CPU has AVX-512F ([`available`]).
+/// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn plane(padded: &[f32], g: Geometry, taps: &[f32], bias: f32, out: &mut [f32]) {
     assert!(
-        g.pw + 1 >= g.ow + g.kw + COLS
+        g.pw + 1 >= g.ow + g.kw + LANES
             && padded.len() >= (g.oh + g.kh - 1) * g.pw
             && taps.len() >= g.kh * g.kw
             && out.len() >= g.oh * g.ow
@@ -154,8 +146,8 @@ pub(super) unsafe fn plane(padded: &[f32], g: Geometry, taps: &[f32], bias: f32,
         bias: _mm512_set1_ps(bias),
         out: out.as_mut_ptr(),
     };
-    for x0 in (0..g.ow).step_by(4 * COLS) {
-        match (g.ow - x0).div_ceil(COLS) {
+    for x0 in (0..g.ow).step_by(4 * LANES) {
+        match (g.ow - x0).div_ceil(LANES) {
             1 => at.columns::<12, 1>(x0),
             2 => at.columns::<6, 2>(x0),
             3 => at.columns::<4, 3>(x0),
@@ -202,19 +194,19 @@ impl Plane {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let src = rows.add(r * pw + j);
                     for (v, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(v * COLS)), *acc);
+                        *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(v * LANES)), *acc);
                     }
                 }
             }
         }
-        let last = ow - x0 - (V - 1) * COLS;
-        let mask: __mmask16 = if last >= COLS { !0 } else { (1 << last) - 1 };
+        let last = ow - x0 - (V - 1) * LANES;
+        let mask: __mmask16 = if last >= LANES { !0 } else { (1 << last) - 1 };
         for (r, acc) in acc.iter().enumerate() {
             let out = self.out.add((y + r) * ow + x0);
             for (v, acc) in acc[..V - 1].iter().enumerate() {
-                _mm512_storeu_ps(out.add(v * COLS), *acc);
+                _mm512_storeu_ps(out.add(v * LANES), *acc);
             }
-            _mm512_mask_storeu_ps(out.add((V - 1) * COLS), mask, acc[V - 1]);
+            _mm512_mask_storeu_ps(out.add((V - 1) * LANES), mask, acc[V - 1]);
         }
     }
 }

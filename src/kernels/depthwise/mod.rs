@@ -169,7 +169,7 @@ fn plane(
         padded[start..start + w].copy_from_slice(row);
     }
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if super::simd::has_avx512() {
         // SAFETY: the CPU has AVX-512F; `padded` and `out` are sized by `g` (checked there).
         return unsafe { avx512::plane(padded, g, taps, bias, out) };
     }
@@ -413,7 +413,7 @@ fn rows_c_last(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx512::available() {
+    if super::simd::has_avx512() {
         // SAFETY: the CPU has AVX-512F; the slices are the ones `eval` sized for the image.
         let done = unsafe { avx512::rows_c_last(image, ys.clone(), taps_c, bias, out) };
         return channels_c_last(image, ys, done, taps_c, bias, out);
