@@ -137,8 +137,6 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
         return Ok(None);
     };
     let side = spec.kernel_shape.first().copied().unwrap_or(0);
-    let all =
-        |v: &Option<TVec<usize>>, s: usize| v.as_ref().is_none_or(|v| v.iter().all(|&d| d == s));
     let no_padding = match &spec.padding {
         PaddingSpec::Valid => true,
         PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
@@ -156,7 +154,10 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
             .strides
             .as_ref()
             .is_none_or(|s| s.iter().any(|&d| d != side))
-        || !all(&spec.dilations, 1)
+        || spec
+            .dilations
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|&d| d != 1))
         || !no_padding
         || node.inputs.len() != 3
         || xs.len() != 4
