@@ -1,5 +1,6 @@
-//! Criterion benchmarks: preprocessing of a real photo, and inference of the shipped digits
-//! model in each precision (`cargo bench`). For comparisons against onnxruntime see
+//! Criterion benchmarks: preprocessing of a real photo, inference of the shipped digits model
+//! in each precision, and on AVX-512 convnext_tiny's MLPs as two products or one (`cargo
+//! bench`). For comparisons against onnxruntime see
 //! benches/README.md and benches/compare_ort.py.
 
 use std::path::Path;
@@ -52,5 +53,70 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, preprocessing, inference);
+/// convnext_tiny's MLP of each stage (56², 28², 14², 7² positions of 96 to 768 channels,
+/// channels first in and out, channels last between, as tract leaves a MatMul-form export),
+/// run as its two `LinearF32` one after the other, then as one `MlpF32`.
+#[cfg(target_arch = "x86_64")]
+fn mlp(c: &mut Criterion) {
+    use convnext_edge::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
+    use convnext_edge::kernels::Layout::{ChannelsFirst, ChannelsLast};
+    use tract_onnx::prelude::{tvec, IntoTValue, TValue, TVec};
+    use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
+    if !LinearF32::available() {
+        return;
+    }
+    let values = |n: usize| (0..n).map(|i| (i * 7919 % 1000) as f32 / 1000.0 - 0.5);
+    let matrix = |k: usize, n: usize| {
+        Tensor::from_shape(&[k, n], &values(k * n).collect::<Vec<_>>()).unwrap()
+    };
+    let geometry = |input, k_axis, out_axes| Geometry {
+        rank: 4,
+        k_axis,
+        input,
+        output: if input == ChannelsFirst {
+            ChannelsLast
+        } else {
+            ChannelsFirst
+        },
+        out_axes,
+    };
+    let ctx = EvalContext::out_of_plan();
+    let mut group = c.benchmark_group("convnext_tiny MLP, 1 thread");
+    for (side, c) in [(56, 96), (28, 192), (14, 384), (7, 768)] {
+        let (i, ch) = (OutAxis::Input, OutAxis::Channels);
+        let fc1 = LinearF32::new(
+            &matrix(c, 4 * c),
+            geometry(ChannelsFirst, 1, tvec!(i(0), i(2), i(3), ch)),
+        )
+        .and_then(|op| op.with_bias(&vec![0.1; 4 * c]))
+        .and_then(|op| op.with_gelu())
+        .unwrap();
+        let fc2 = LinearF32::new(
+            &matrix(4 * c, c),
+            geometry(ChannelsLast, 3, tvec!(i(0), ch, i(1), i(2))),
+        )
+        .and_then(|op| op.with_bias(&vec![0.1; c]))
+        .and_then(|op| op.with_scale(&vec![0.5; c]))
+        .unwrap();
+        let mlp = MlpF32::new(fc1.clone(), fc2.clone()).unwrap();
+        let x = Tensor::from_shape(
+            &[1, c, side, side],
+            &values(c * side * side).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let input = || -> TVec<TValue> { tvec!(x.clone().into_tvalue()) };
+        group.bench_function(format!("{side}x{side}x{c} apart"), |b| {
+            b.iter(|| fc2.eval(&ctx, fc1.eval(&ctx, input()).unwrap()).unwrap())
+        });
+        group.bench_function(format!("{side}x{side}x{c} fused"), |b| {
+            b.iter(|| mlp.eval(&ctx, input()).unwrap())
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn mlp(_: &mut Criterion) {}
+
+criterion_group!(benches, preprocessing, inference, mlp);
 criterion_main!(benches);

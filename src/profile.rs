@@ -170,7 +170,7 @@ mod tests {
         assert!(p.nodes.windows(2).all(|w| w[0].ms >= w[1].ms));
         assert_eq!(p.ops.iter().map(|o| o.nodes).sum::<usize>(), p.nodes.len());
         // The f32 products: ours on AVX-512 CPUs, tract's elsewhere.
-        let products = ["OptMatMul", "LinearF32"];
+        let products = ["OptMatMul", "LinearF32", "MlpF32"];
         assert!(p.ops.iter().any(|o| products.contains(&o.op.as_str())));
         let text = p.render(5);
         assert!(text.contains("op type") && text.lines().count() > 8);

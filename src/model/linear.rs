@@ -25,6 +25,12 @@
 //! block (`LinearF32::over_patches`). tract ran these as an im2col copy and its own product,
 //! neither split across threads (convnext_tiny f32: ~5 ms per inference on 1 or 2 threads).
 //!
+//! Last, an op whose output only another of ours reads (not a model output, not over patches,
+//! the second's k the first's n: a ConvNeXt MLP's `fc1` with its GELU, then `fc2`) becomes the
+//! two as one [`MlpF32`], which keeps the hidden tensor in cache. Its layout between them does
+//! not matter: both enumerate the positions in the same order, and the fused op holds them
+//! channels last.
+//!
 //! tract internals used (tract-core 0.23.9): `EinSum`'s fields and `AxesMapping`, `Conv` /
 //! `PoolSpec` / `PaddingSpec` fields, `TypedBinOp` with the `Add`/`Mul` mini-ops,
 //! `TypedModelPatch`.
@@ -38,7 +44,7 @@ use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::kernels::gelu::GeluF32;
-use crate::kernels::linear::{Geometry, LinearF32, OutAxis};
+use crate::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
 use crate::kernels::Layout;
 
 /// Replaces every `Linear` the module docs describe; returns how many.
@@ -51,15 +57,44 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
         let Some((op, last)) = as_linear(model, id)?.or(as_patch_conv(model, id)?) else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, model.nodes()[id].inputs[0])?;
-        let name = model.nodes()[last].name.clone();
-        let y = patch.wire_node(name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
-        patch.apply(model)?;
+        replace(model, id, last, op)?;
         fused += 1;
     }
-    Ok(fused)
+    Ok(fused + pair_mlps(model)?)
+}
+
+/// Replaces every `LinearF32` whose output only another `LinearF32` reads, over the same
+/// positions, by the two as one [`MlpF32`]; returns how many.
+fn pair_mlps(model: &mut TypedModel) -> TractResult<usize> {
+    let mut paired = 0;
+    for id in model.eval_order()? {
+        let Some(fc1) = model.nodes()[id].op_as::<LinearF32>() else {
+            continue;
+        };
+        let Some(next) = follower(model, id)? else {
+            continue;
+        };
+        let Some(fc2) = next.op_as::<LinearF32>() else {
+            continue;
+        };
+        if !MlpF32::chains(fc1, fc2) {
+            continue;
+        }
+        let (op, last) = (MlpF32::new(fc1.clone(), fc2.clone())?, next.id);
+        replace(model, id, last, op)?;
+        paired += 1;
+    }
+    Ok(paired)
+}
+
+/// Nodes `first` to `last` (a chain, each the only reader of the one before) by `op` on
+/// `first`'s input, under `last`'s name.
+fn replace(model: &mut TypedModel, first: usize, last: usize, op: impl TypedOp) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, model.nodes()[first].inputs[0])?;
+    let y = patch.wire_node(model.nodes()[last].name.clone(), op, &[x])?[0];
+    patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+    patch.apply(model)
 }
 
 /// Our op for the `EinSum` node `id` and what follows it, and the last node it replaces.
@@ -406,8 +441,12 @@ mod tests {
             let mut fused = mlp(conv_form, false);
             let products = |m: &TypedModel| count(m, "EinSum") + count(m, "Add") + count(m, "Mul");
             assert_eq!(products(&fused), 5);
-            assert_eq!(fuse(&mut fused).unwrap(), 2);
-            assert_eq!(count(&fused, "LinearF32"), 2);
+            // Two products, then the two as one MLP.
+            assert_eq!(fuse(&mut fused).unwrap(), 3);
+            assert_eq!(
+                (count(&fused, "LinearF32"), count(&fused, "MlpF32")),
+                (0, 1)
+            );
             assert_eq!(products(&fused), 0);
             let x = || tvec!(konst(&[1, 8, 5, 5], 9).into_tvalue());
             let (expected, got) = (run(mlp(conv_form, false), x()), run(fused, x()));
@@ -459,6 +498,20 @@ mod tests {
         for (e, g) in expected.iter().zip(&got) {
             assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
         }
+    }
+
+    /// With the hidden tensor a model output as well, the two products stay apart.
+    #[test]
+    fn keeps_an_mlp_apart_when_its_hidden_tensor_is_read() {
+        if !LinearF32::available() {
+            return;
+        }
+        let mut m = mlp(false, false);
+        let hidden = OutletId::new(m.node_by_name("gelu").unwrap().id, 0);
+        let y = m.output_outlets().unwrap()[0];
+        m.select_output_outlets(&[hidden, y]).unwrap();
+        fuse(&mut m).unwrap();
+        assert_eq!((count(&m, "LinearF32"), count(&m, "MlpF32")), (2, 0));
     }
 
     #[test]

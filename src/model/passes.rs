@@ -32,7 +32,8 @@
 //!
 //! - **Linear layers in f32**: an f32 product by a constant matrix, with the bias, GELU and layer
 //!   scale that follow it, becomes our `LinearF32` (`kernels::linear`) on x86 CPUs with
-//!   AVX-512 (see `model::linear`).
+//!   AVX-512; two in a row (an MLP), one `MlpF32` that keeps the hidden tensor in cache (see
+//!   `model::linear`).
 //!
 //! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
