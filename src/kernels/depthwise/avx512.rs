@@ -41,11 +41,13 @@ pub(super) unsafe fn rows_c_last(
     let Image {
         padded,
         hpc: (h, pw, c),
+        stride,
         t,
         g,
     } = image;
     assert!(
-        padded.len() >= h * pw * c
+        padded.len() >= h * pw * stride
+            && stride >= c
             && pw + 1 >= g.ow + g.kw
             && taps_c.len() >= g.kh * g.kw * c
             && bias.len() >= c
@@ -59,8 +61,9 @@ pub(super) unsafe fn rows_c_last(
             // Kernel rows i0..i1 fall on image rows y + i − t.
             let (i0, i1) = (t.saturating_sub(y), g.kh.min(h + t - y));
             let at = Tile {
-                input: padded.as_ptr().add((y + i0 - t) * pw * c + c0),
-                row: pw * c,
+                input: padded.as_ptr().add((y + i0 - t) * pw * stride + c0),
+                row: pw * stride,
+                stride,
                 c,
                 kernel: (i1 - i0, g.kw),
                 taps: taps_c.as_ptr().add(i0 * g.kw * c + c0),
@@ -91,6 +94,9 @@ struct Tile {
     input: *const f32,
     /// Floats per image row.
     row: usize,
+    /// Floats from one input pixel to the next.
+    stride: usize,
+    /// Channels: floats from one tap, or output pixel, to the next.
     c: usize,
     /// Kernel rows that fall on the image, and columns.
     kernel: (usize, usize),
@@ -106,17 +112,17 @@ impl Tile {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const P: usize>(self, x: usize) {
-        let Tile { c, .. } = self;
+        let Tile { c, stride, .. } = self;
         let (kh, kw) = self.kernel;
         let mut acc = [self.bias; P];
         for i in 0..kh {
-            let input = self.input.add(i * self.row + x * c);
+            let input = self.input.add(i * self.row + x * stride);
             let taps = self.taps.add(i * kw * c);
             for j in 0..kw {
                 let k = _mm512_loadu_ps(taps.add(j * c));
-                let src = input.add(j * c);
+                let src = input.add(j * stride);
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(p * c)), *acc);
+                    *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(p * stride)), *acc);
                 }
             }
         }
