@@ -37,7 +37,7 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
@@ -46,6 +46,8 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use crate::kernels::gelu::GeluF32;
 use crate::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
 use crate::kernels::Layout;
+
+use super::passes::{per_channel_bias, stride_one_pads};
 
 /// Replaces every `Linear` the module docs describe; returns how many.
 pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
@@ -172,11 +174,6 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
         return Ok(None);
     };
     let side = spec.kernel_shape.first().copied().unwrap_or(0);
-    let no_padding = match &spec.padding {
-        PaddingSpec::Valid => true,
-        PaddingSpec::Explicit(before, after) => before.iter().chain(after).all(|&p| p == 0),
-        _ => false,
-    };
     if conv.q_params.is_some()
         || conv.group != 1
         || x.datum_type != f32_dt
@@ -193,7 +190,7 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
             .dilations
             .as_ref()
             .is_some_and(|d| d.iter().any(|&d| d != 1))
-        || !no_padding
+        || stride_one_pads(spec) != Some([0; 4])
         || node.inputs.len() != 3
         || xs.len() != 4
         || xs[0] != 1
@@ -210,14 +207,8 @@ fn as_patch_conv(model: &TypedModel, id: usize) -> TractResult<Option<(LinearF32
     if w.datum_type() != f32_dt || w.shape() != [cout, xs[1], side, side] {
         return Ok(None);
     }
-    let bias = match bias.len() {
-        1 => vec![bias.cast_to_scalar::<f32>()?; cout],
-        n if n == cout => bias
-            .cast_to::<f32>()?
-            .try_as_plain_ram()?
-            .as_slice::<f32>()?
-            .to_vec(),
-        _ => return Ok(None),
+    let Some(bias) = per_channel_bias(&bias, cout)? else {
+        return Ok(None);
     };
     let w = w
         .as_ref()
@@ -367,7 +358,7 @@ fn per_channel_follower<B: BinMiniOp>(
 mod tests {
     use super::*;
     use tract_onnx::tract_core::ops::binary::TypedBinOp;
-    use tract_onnx::tract_core::ops::cnn::PoolSpec;
+    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
     fn konst(shape: &[usize], seed: usize) -> Tensor {
         let n = shape.iter().product::<usize>();
@@ -423,6 +414,14 @@ mod tests {
         y.as_slice::<f32>().unwrap().to_vec()
     }
 
+    /// Our ops' output against tract's: the same sums, rounded apart (FMA, summation order).
+    fn assert_close(expected: &[f32], got: &[f32]) {
+        assert_eq!(expected.len(), got.len());
+        for (e, g) in expected.iter().zip(got) {
+            assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
+        }
+    }
+
     fn count(m: &TypedModel, name: &str) -> usize {
         let order = m.eval_order().unwrap();
         order
@@ -449,11 +448,7 @@ mod tests {
             );
             assert_eq!(products(&fused), 0);
             let x = || tvec!(konst(&[1, 8, 5, 5], 9).into_tvalue());
-            let (expected, got) = (run(mlp(conv_form, false), x()), run(fused, x()));
-            assert_eq!(expected.len(), got.len());
-            for (e, g) in expected.iter().zip(&got) {
-                assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
-            }
+            assert_close(&run(mlp(conv_form, false), x()), &run(fused, x()));
         }
     }
 
@@ -492,12 +487,9 @@ mod tests {
         assert_eq!(fuse(&mut fused).unwrap(), 1);
         assert_eq!((count(&fused, "LinearF32"), count(&fused, "Conv")), (1, 0));
         let x = || tvec!(konst(&[1, 3, 5, 6], 3).into_tvalue());
-        let (expected, got) = (run(conv(), x()), run(fused, x()));
+        let expected = run(conv(), x());
         assert_eq!(expected.len(), 7 * 2 * 3);
-        assert_eq!(expected.len(), got.len());
-        for (e, g) in expected.iter().zip(&got) {
-            assert!((e - g).abs() <= 1e-5 * e.abs().max(1.0), "{e} vs {g}");
-        }
+        assert_close(&expected, &run(fused, x()));
     }
 
     /// With the hidden tensor a model output as well, the two products stay apart.

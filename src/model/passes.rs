@@ -46,7 +46,7 @@ use tract_onnx::tract_core::ops::quant::{
 };
 
 use tract_onnx::tract_core::ops::cast::Cast;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::{DataFormat, GeluExact};
 
 use crate::kernels::depthwise::{self, DepthwiseConv};
@@ -110,27 +110,8 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         return Ok(None);
     }
     let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    let same = |k: usize, upper: bool| {
-        let small = (k - 1) / 2;
-        if upper {
-            [small, k - 1 - small]
-        } else {
-            [k - 1 - small, small]
-        }
-    };
-    let [t, b, l, r] = match &spec.padding {
-        PaddingSpec::Valid => [0; 4],
-        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _)
-            if before.len() == 2 && after.len() == 2 =>
-        {
-            [before[0], after[0], before[1], after[1]]
-        }
-        PaddingSpec::SameUpper | PaddingSpec::SameLower => {
-            let upper = matches!(spec.padding, PaddingSpec::SameUpper);
-            let ([t, b], [l, r]) = (same(kh, upper), same(kw, upper));
-            [t, b, l, r]
-        }
-        _ => return Ok(None),
+    let Some(pads) = stride_one_pads(spec) else {
+        return Ok(None);
     };
     let (Some(weights), Some(bias)) = (
         model.outlet_fact(node.inputs[1])?.konst.clone(),
@@ -141,10 +122,8 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
     if !depthwise::is_supported_float(weights.datum_type()) || weights.shape() != [c, 1, kh, kw] {
         return Ok(None);
     }
-    let bias = match bias.len() {
-        1 => Tensor::from_shape(&[c], &vec![bias.cast_to_scalar::<f32>()?; c])?,
-        n if n == c => bias.cast_to::<f32>()?.into_owned(),
-        _ => return Ok(None),
+    let Some(bias) = per_channel_bias(&bias, c)? else {
+        return Ok(None);
     };
     let weights = weights
         .cast_to::<f32>()?
@@ -154,12 +133,51 @@ fn as_depthwise(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dept
         DataFormat::NHWC => Layout::ChannelsLast,
         _ => Layout::ChannelsFirst,
     };
-    Ok(Some(DepthwiseConv::new(
-        weights,
-        bias,
-        [t, b, l, r],
-        layout,
-    )?))
+    let bias = Tensor::from_shape(&[c], &bias)?;
+    Ok(Some(DepthwiseConv::new(weights, bias, pads, layout)?))
+}
+
+/// A 2-D convolution's padding as `[top, bottom, left, right]`, the `Same` kinds worked out
+/// for stride 1; `None` for a padding tract expresses otherwise.
+pub(super) fn stride_one_pads(spec: &PoolSpec) -> Option<[usize; 4]> {
+    let same = |k: usize, upper: bool| {
+        let small = (k - 1) / 2;
+        if upper {
+            [small, k - 1 - small]
+        } else {
+            [k - 1 - small, small]
+        }
+    };
+    match &spec.padding {
+        PaddingSpec::Valid => Some([0; 4]),
+        PaddingSpec::Explicit(before, after) | PaddingSpec::ExplicitOnnxPool(before, after, _)
+            if before.len() == 2 && after.len() == 2 =>
+        {
+            Some([before[0], after[0], before[1], after[1]])
+        }
+        PaddingSpec::SameUpper | PaddingSpec::SameLower if spec.kernel_shape.len() == 2 => {
+            let upper = matches!(spec.padding, PaddingSpec::SameUpper);
+            let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+            let ([t, b], [l, r]) = (same(kh, upper), same(kw, upper));
+            Some([t, b, l, r])
+        }
+        _ => None,
+    }
+}
+
+/// A convolution's constant bias as `c` f32 values: one per channel, or one for all; `None`
+/// for any other length.
+pub(super) fn per_channel_bias(bias: &Tensor, c: usize) -> TractResult<Option<Vec<f32>>> {
+    Ok(match bias.len() {
+        1 => Some(vec![bias.cast_to_scalar::<f32>()?; c]),
+        n if n == c => Some(
+            bias.cast_to::<f32>()?
+                .try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .to_vec(),
+        ),
+        _ => None,
+    })
 }
 
 fn depthwise(model: &mut TypedModel) -> TractResult<usize> {
