@@ -17,15 +17,18 @@
 //!   across their 4 partial sums once at the end. Two products fit i16 unless both are
 //!   (−128)², so one operand must not hold −128 ([`exact_for`]); onnxruntime's quantizer
 //!   writes symmetric int8 weights in [−127, 127]. With the dot-product extension (Pi 5, Orin,
-//!   Xavier) the same tile runs on `SDOT`, 16 products in one instruction, in i32; it replaces
-//!   tract's SDOT kernel for its packing and blocking (convnext_atto's int8 products and their
-//!   packing: 69 → 60 M instructions under qemu's cortex-a76).
+//!   Xavier) a tile is 8 rows × 12 lanes on `SDOT` by element: a row's 4 bytes times 4 lanes'
+//!   4 bytes, 16 products into 4 outputs per instruction, in i32. It replaces tract's SDOT
+//!   kernel for its packing and blocking (convnext_atto's int8 products and their packing,
+//!   under qemu's cortex-a76: tract's 69 M instructions, a 4 × 4 `SDOT` tile's 60 M, this
+//!   tile's 42 M).
 //!
 //! The product is `out[r][l] = Σ_k rows[r][k] · lanes[l][k]`. Both operands are stored in
-//! steps of [`KSTEP`] values of k (2 on x86, 16 on arm64; zero-padded): the *lane* operand in
-//! panels of [`LANES`] lanes, step after step, each step holding the lanes' values one lane
-//! after the other; the *row* operand row-major. The lane dimension is the output's contiguous
-//! one, so tiles are stored as whole vectors.
+//! panels: the *lane* operand in panels of a tile's lanes, the *row* operand in panels of a
+//! tile's rows, each panel step after step of a few values of k (2 on x86, 16 for `SMULL`, 4
+//! for `SDOT`; zero-padded), each step holding the panel's vectors one after the other, so that
+//! a tile reads both operands in order. The lane dimension is the output's contiguous one, so
+//! tiles are stored as whole vectors.
 //!
 //! ```
 //! use convnext_edge::kernels::product::{available, product_into, LanePanels, RowSource, Rows};
@@ -56,10 +59,69 @@ use tract_onnx::tract_core::internal::ensure;
 
 use super::block_rows;
 pub use super::Sums;
-pub use arch::{available, exact_for, kernel, KSTEP, LANES};
-use arch::{elem, tile_kernel, Elem, ROWS};
+pub use arch::{available, exact_for};
+use arch::{elem, Elem};
 
-/// The lane operand: `lanes` vectors of `k` values, in panels of [`LANES`] (zero-padded).
+/// A tile kernel and the operand layout it reads. Both operands are stored in panels of
+/// vectors (`lanes` vectors per panel of the lane operand, `rows` per tile of the row operand),
+/// each panel step after step of `kstep` values of k (zero-padded), each step holding its
+/// panel's vectors one after the other.
+pub(crate) struct Kernel {
+    name: &'static str,
+    lanes: usize,
+    rows: usize,
+    kstep: usize,
+    tile: Tile,
+    /// One whole step of a lane panel from `kstep` rows of a `k × lanes` source, faster than
+    /// byte by byte, with how many bytes of each row it reads.
+    transpose: Option<(Transpose, usize)>,
+}
+
+/// A tile kernel: `rows` rows (`steps` steps) by one panel of `lanes` lanes into `rows` rows
+/// of sums at a stride.
+type Tile = unsafe fn(&[Elem], &[Elem], usize, &mut [i32], usize);
+
+/// See [`Kernel::transpose`]: `(src, stride, step)`.
+type Transpose = unsafe fn(*const i8, usize, &mut [Elem]);
+
+impl Kernel {
+    /// Values in a panel of `width` vectors of `k` values.
+    fn panel_len(&self, width: usize, k: usize) -> usize {
+        k.div_ceil(self.kstep) * width * self.kstep
+    }
+
+    /// Writes vector `j` of the panel of `width` vectors that starts `panel`, from its values.
+    fn store_vector(&self, values: &[i8], panel: &mut [Elem], width: usize, j: usize) {
+        for (s, chunk) in values.chunks(self.kstep).enumerate() {
+            store(chunk, &mut panel[(s * width + j) * self.kstep..]);
+        }
+    }
+
+    /// `n` vectors of `k` values in panels of `width`, vector `i` written by `at(i, values)`.
+    fn pack(
+        &self,
+        n: usize,
+        k: usize,
+        width: usize,
+        mut at: impl FnMut(usize, &mut [i8]),
+    ) -> Vec<Elem> {
+        let len = self.panel_len(width, k);
+        let mut data = vec![0; n.div_ceil(width) * len];
+        let mut values = vec![0; k];
+        for i in 0..n {
+            at(i, &mut values);
+            self.store_vector(&values, &mut data[i / width * len..], width, i % width);
+        }
+        data
+    }
+}
+
+/// The name of this CPU's kernel, for profiles.
+pub fn kernel() -> &'static str {
+    arch::kernel().name
+}
+
+/// The lane operand: `lanes` vectors of `k` values, in panels (zero-padded).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LanePanels {
     data: Vec<Elem>,
@@ -67,8 +129,7 @@ pub struct LanePanels {
     k: usize,
 }
 
-/// The row operand: `rows` vectors of `k` values, row-major, `k` padded to whole steps and the
-/// rows to a multiple of the tile's, with zeros.
+/// The row operand: `rows` vectors of `k` values, in panels of a tile's rows (zero-padded).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rows {
     data: Vec<Elem>,
@@ -76,28 +137,15 @@ pub struct Rows {
     k: usize,
 }
 
-/// Values of one panel: `steps` steps of [`LANES`] × [`KSTEP`].
-fn panel_len(steps: usize) -> usize {
-    steps * LANES * KSTEP
-}
-
 impl LanePanels {
     /// Packs `lanes` vectors of `k` values, value `(l, k)` read from `at(l, k)`.
     pub fn pack(lanes: usize, k: usize, at: impl Fn(usize, usize) -> i8) -> LanePanels {
-        let steps = k.div_ceil(KSTEP);
-        let mut data = vec![0; lanes.div_ceil(LANES) * panel_len(steps)];
-        for (p, panel) in data.chunks_mut(panel_len(steps)).enumerate() {
-            for (s, step) in panel.chunks_mut(LANES * KSTEP).enumerate() {
-                for (j, lane) in step.chunks_mut(KSTEP).enumerate() {
-                    let l = p * LANES + j;
-                    if l < lanes {
-                        for (d, kk) in lane.iter_mut().zip(s * KSTEP..k.min((s + 1) * KSTEP)) {
-                            *d = elem(at(l, kk));
-                        }
-                    }
-                }
+        let kernel = arch::kernel();
+        let data = kernel.pack(lanes, k, kernel.lanes, |l, values| {
+            for (kk, v) in values.iter_mut().enumerate() {
+                *v = at(l, kk);
             }
-        }
+        });
         LanePanels { data, lanes, k }
     }
 
@@ -109,34 +157,39 @@ impl LanePanels {
         lanes: usize,
         stride: usize,
     ) -> TractResult<LanePanels> {
-        let steps = k.div_ceil(KSTEP);
-        let len = panel_len(steps);
-        let mut data = vec![0; lanes.div_ceil(LANES) * len];
+        let kernel = arch::kernel();
+        let (width, kstep) = (kernel.lanes, kernel.kstep);
+        let len = kernel.panel_len(width, k);
+        let mut data = vec![0; lanes.div_ceil(width) * len];
         par_chunks_mut(&mut data, len, src.len(), |first, chunk| {
             for (pi, panel) in chunk.chunks_mut(len).enumerate() {
-                let l0 = (first + pi) * LANES;
-                let width = LANES.min(lanes - l0);
-                #[cfg(target_arch = "aarch64")]
-                let whole = {
-                    let whole = if width == LANES { k / KSTEP } else { 0 };
-                    for (s, step) in panel
-                        .chunks_exact_mut(LANES * KSTEP)
-                        .take(whole)
-                        .enumerate()
-                    {
-                        let at = s * KSTEP * stride + l0;
-                        assert!(at + (KSTEP - 1) * stride + LANES <= src.len());
-                        // SAFETY: NEON; the reads are inside `src` (checked above).
-                        unsafe { arch::transpose_step(src[at..].as_ptr(), stride, step) };
+                let l0 = (first + pi) * width;
+                let here = width.min(lanes - l0);
+                let whole = match kernel.transpose {
+                    Some((transpose, reads)) if here == width => {
+                        let inside = |s: usize| (s * kstep + kstep - 1) * stride + l0 + reads;
+                        let whole = (0..k / kstep)
+                            .take_while(|&s| inside(s) <= src.len())
+                            .count();
+                        for (s, step) in panel
+                            .chunks_exact_mut(width * kstep)
+                            .take(whole)
+                            .enumerate()
+                        {
+                            // SAFETY: the kernel's CPU (it is this CPU's); the reads are
+                            // inside `src` (`inside`).
+                            unsafe {
+                                transpose(src[s * kstep * stride + l0..].as_ptr(), stride, step)
+                            };
+                        }
+                        whole
                     }
-                    whole
+                    _ => 0,
                 };
-                #[cfg(not(target_arch = "aarch64"))]
-                let whole = 0;
-                for kk in whole * KSTEP..k {
-                    let step = &mut panel[kk / KSTEP * LANES * KSTEP + kk % KSTEP..];
-                    let row = &src[kk * stride + l0..][..width];
-                    for (d, v) in step.iter_mut().step_by(KSTEP).zip(row) {
+                for kk in whole * kstep..k {
+                    let step = &mut panel[(kk / kstep * width) * kstep + kk % kstep..];
+                    let row = &src[kk * stride + l0..][..here];
+                    for (d, v) in step.iter_mut().step_by(kstep).zip(row) {
                         *d = elem(*v);
                     }
                 }
@@ -150,14 +203,10 @@ impl LanePanels {
 impl Rows {
     /// Packs `rows` rows of `k` i8 values (row-major in `src`).
     pub fn pack(src: &[i8], rows: usize, k: usize) -> Rows {
-        let steps = k.div_ceil(KSTEP);
-        let mut data = vec![0; rows.div_ceil(ROWS) * ROWS * steps * KSTEP];
-        for (row, src) in data
-            .chunks_mut(steps * KSTEP)
-            .zip(src.chunks(k.max(1)).take(rows))
-        {
-            store(src, row);
-        }
+        let kernel = arch::kernel();
+        let data = kernel.pack(rows, k, kernel.rows, |r, values| {
+            values.copy_from_slice(&src[r * k..][..k])
+        });
         Rows { data, rows, k }
     }
 }
@@ -168,10 +217,6 @@ fn store(src: &[i8], dst: &mut [Elem]) {
         *d = elem(*v);
     }
 }
-
-/// A tile kernel: `ROWS` rows (`steps` steps each) by one panel of `LANES` lanes into
-/// `ROWS` rows of sums at a stride.
-type Tile = unsafe fn(&[Elem], &[Elem], usize, &mut [i32], usize);
 
 /// Where the row operand of [`product_into`] comes from.
 #[derive(Clone, Copy)]
@@ -221,8 +266,9 @@ pub fn product_into<T: Send>(
     out: &mut [T],
     finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
-    let row_bytes = lanes.lanes.div_ceil(LANES) * LANES * 4;
-    let block = block_rows(rows.rows(), ROWS, row_bytes, MIN_BLOCK_TILES);
+    let kernel = arch::kernel();
+    let row_bytes = lanes.lanes.div_ceil(kernel.lanes) * kernel.lanes * 4;
+    let block = block_rows(rows.rows(), kernel.rows, row_bytes, MIN_BLOCK_TILES);
     run_blocks(lanes, rows, out, block, finish)
 }
 
@@ -247,7 +293,7 @@ pub(crate) fn par_blocks<T: Send, S>(
     })
 }
 
-/// [`product_into`] in blocks of `block_rows` rows.
+/// [`product_into`] in blocks of `block_rows` rows (a multiple of the tile's).
 fn run_blocks<T: Send>(
     lanes: &LanePanels,
     rows: RowSource,
@@ -255,17 +301,18 @@ fn run_blocks<T: Send>(
     block_rows: usize,
     finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
+    let kernel = arch::kernel();
     let (k, width) = (rows.k(), lanes.lanes);
     ensure!(lanes.k == k, "operands of different depth");
     ensure!(k > 0, "empty product");
-    let steps = k.div_ceil(KSTEP);
     ensure!(out.len() == rows.rows() * width, "output of the wrong size");
     ensure!(available(), "the int8 product needs {}", arch::NEEDS);
     if out.is_empty() {
         return Ok(());
     }
-    let ld = width.div_ceil(LANES) * LANES;
-    let tile = tile_kernel();
+    let (tile_rows, steps) = (kernel.rows, k.div_ceil(kernel.kstep));
+    let tile_len = kernel.panel_len(tile_rows, k);
+    let ld = width.div_ceil(kernel.lanes) * kernel.lanes;
     let work = rows.rows() * width * steps;
     let scratch = || (vec![0i32; block_rows * ld], Vec::new(), Vec::new());
     par_blocks(
@@ -275,34 +322,35 @@ fn run_blocks<T: Send>(
         work,
         scratch,
         |(sums, packed, bytes), r0, out| {
-            let n = out.len() / width;
+            let tiles = (out.len() / width).div_ceil(tile_rows);
             let src = match rows {
-                RowSource::Packed(p) => {
-                    &p.data[r0 * steps * KSTEP..][..n.div_ceil(ROWS) * ROWS * steps * KSTEP]
-                }
+                RowSource::Packed(p) => &p.data[r0 / tile_rows * tile_len..][..tiles * tile_len],
                 RowSource::Fill { fill, .. } => {
-                    // Rows past `n` keep stale values: their sums are computed, never read.
-                    packed.resize(block_rows * steps * KSTEP, 0);
+                    // Rows past the block's keep stale values: their sums are computed, never
+                    // read.
+                    packed.resize(block_rows / tile_rows * tile_len, 0);
                     bytes.resize(k, 0);
-                    for (i, row) in packed.chunks_mut(steps * KSTEP).take(n).enumerate() {
+                    for i in 0..out.len() / width {
                         fill(r0 + i, bytes);
-                        store(bytes, row);
+                        let panel = &mut packed[i / tile_rows * tile_len..];
+                        kernel.store_vector(bytes, panel, tile_rows, i % tile_rows);
                     }
                     &packed[..]
                 }
             };
-            for (p, panel) in lanes.data.chunks_exact(steps * KSTEP * LANES).enumerate() {
-                for t in 0..n.div_ceil(ROWS) {
+            let panels = lanes.data.chunks_exact(kernel.panel_len(kernel.lanes, k));
+            for (p, panel) in panels.enumerate() {
+                for t in 0..tiles {
                     // SAFETY: `available()` checked the CPU; the panel holds `steps` steps
-                    // of LANES lanes, `src` whole tiles of ROWS rows from `t`, and `sums` from
-                    // `t · ROWS · ld + p · LANES` holds ROWS rows of LANES values at stride
-                    // `ld` (`ld` covers every panel).
+                    // of its lanes, `src` whole tiles from `t`, and `sums` from
+                    // `t · rows · ld + p · lanes` holds a tile's rows of a panel's lanes at
+                    // stride `ld` (`ld` covers every panel).
                     unsafe {
-                        tile(
+                        (kernel.tile)(
                             panel,
-                            &src[t * ROWS * steps * KSTEP..],
+                            &src[t * tile_len..],
                             steps,
-                            &mut sums[t * ROWS * ld + p * LANES..],
+                            &mut sums[t * tile_rows * ld + p * kernel.lanes..],
                             ld,
                         )
                     };
@@ -317,22 +365,34 @@ fn run_blocks<T: Send>(
 mod arch {
     use std::arch::x86_64::*;
 
+    use super::Kernel;
+
     /// Operands are stored widened: `vpmaddwd` multiplies i16.
     pub(super) type Elem = i16;
 
     pub(super) fn elem(v: i8) -> i16 {
         v as i16
     }
-    /// Lanes per panel of the lane operand (two registers of 8 i32).
-    pub const LANES: usize = 16;
+    /// Lanes per panel (two registers of 8 i32).
+    const LANES: usize = 16;
     /// Values of k per step: the pair `vpmaddwd` adds.
-    pub const KSTEP: usize = 2;
+    const KSTEP: usize = 2;
     /// Rows per tile.
-    pub(super) const ROWS: usize = 6;
+    const ROWS: usize = 6;
     pub(super) const NEEDS: &str = "AVX2";
-    /// The kernel's name in profiles.
-    pub fn kernel() -> &'static str {
-        "convnext_edge_avx2_madd_i32_6x16"
+
+    static MADD: Kernel = Kernel {
+        name: "convnext_edge_avx2_madd_i32_6x16",
+        lanes: LANES,
+        rows: ROWS,
+        kstep: KSTEP,
+        tile,
+        transpose: None,
+    };
+
+    /// The kernel for this CPU.
+    pub(super) fn kernel() -> &'static Kernel {
+        &MADD
     }
 
     /// Whether this CPU runs the product (AVX2).
@@ -345,19 +405,14 @@ mod arch {
         true
     }
 
-    /// The tile kernel for this CPU.
-    pub(super) fn tile_kernel() -> super::Tile {
-        tile
-    }
-
-    /// One tile: `ROWS` rows (`rows`, `steps` pairs each) by the panel's `LANES` lanes into
+    /// One tile: `ROWS` rows (a panel of `steps` pairs) by the panel's `LANES` lanes into
     /// `out` (`ROWS` rows at stride `ld`).
     ///
     /// # Safety
     /// AVX2; `panel` and `rows` hold `steps` whole steps, `out` the tile.
     #[target_feature(enable = "avx2")]
     unsafe fn tile(panel: &[i16], rows: &[i16], steps: usize, out: &mut [i32], ld: usize) {
-        debug_assert!(panel.len() >= steps * 2 * LANES && rows.len() >= ROWS * steps * 2);
+        debug_assert!(panel.len() >= steps * KSTEP * LANES && rows.len() >= steps * KSTEP * ROWS);
         debug_assert!(out.len() >= (ROWS - 1) * ld + LANES);
         let mut acc = [[_mm256_setzero_si256(); 2]; ROWS];
         let lp = panel.as_ptr();
@@ -365,10 +420,10 @@ mod arch {
         // SAFETY (all pointer reads and writes): within the lengths asserted above.
         unsafe {
             for s in 0..steps {
-                let v0 = _mm256_loadu_si256(lp.add(s * 2 * LANES) as *const __m256i);
-                let v1 = _mm256_loadu_si256(lp.add(s * 2 * LANES + LANES) as *const __m256i);
+                let v0 = _mm256_loadu_si256(lp.add(s * KSTEP * LANES) as *const __m256i);
+                let v1 = _mm256_loadu_si256(lp.add(s * KSTEP * LANES + LANES) as *const __m256i);
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let pair = (rp.add(r * steps * 2 + s * 2) as *const i32).read_unaligned();
+                    let pair = (rp.add((s * ROWS + r) * KSTEP) as *const i32).read_unaligned();
                     let b = _mm256_set1_epi32(pair);
                     acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(v0, b));
                     acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(v1, b));
@@ -387,26 +442,44 @@ mod arch {
 mod arch {
     use std::arch::aarch64::*;
 
-    /// Operands are stored as bytes: `SMULL` multiplies i8.
+    use super::Kernel;
+
+    /// Operands are stored as bytes: `SMULL` and `SDOT` multiply i8.
     pub(super) type Elem = i8;
 
     pub(super) fn elem(v: i8) -> i8 {
         v
     }
-    /// Lanes per panel of the lane operand.
-    pub const LANES: usize = 4;
-    /// Values of k per step: one 16-byte register.
-    pub const KSTEP: usize = 16;
-    /// Rows per tile: 4 × 4 accumulators, 4 lane registers and a row leave room for the
-    /// products in the 32 NEON registers.
-    pub(super) const ROWS: usize = 4;
     pub(super) const NEEDS: &str = "NEON";
-    /// The kernel's name in profiles.
-    pub fn kernel() -> &'static str {
+
+    /// `SMULL` + `SMLAL2` + `SADALP`: a tile of 4 rows × 4 lanes in 16 accumulators, each
+    /// holding 4 partial sums along k (steps of one 16-byte register).
+    static SMULL: Kernel = Kernel {
+        name: "convnext_edge_neon_smull_i32_4x4",
+        lanes: 4,
+        rows: 4,
+        kstep: 16,
+        tile: tile_smull,
+        transpose: Some((transpose_step, 4)),
+    };
+
+    /// `SDOT` by element: a tile of 8 rows × 12 lanes in 24 accumulators of 4 lanes each,
+    /// steps of 4 values of k (the 4 products one `SDOT` lane adds).
+    static SDOT: Kernel = Kernel {
+        name: "convnext_edge_neon_sdot_i32_8x12",
+        lanes: 12,
+        rows: 8,
+        kstep: 4,
+        tile: tile_sdot,
+        transpose: Some((zip_step, 16)),
+    };
+
+    /// The kernel for this CPU: `SDOT` where it has it, else `SMULL`.
+    pub(super) fn kernel() -> &'static Kernel {
         if dot() {
-            "convnext_edge_neon_sdot_i32_4x4"
+            &SDOT
         } else {
-            "convnext_edge_neon_smull_i32_4x4"
+            &SMULL
         }
     }
 
@@ -417,10 +490,10 @@ mod arch {
 
     /// Lane `j`'s 16 values of k from the table of [`transpose_step`]: byte 16·(k / 4) +
     /// 4·(k % 4) + j.
-    const GATHER: [[u8; 16]; LANES] = {
-        let mut idx = [[0u8; 16]; LANES];
+    const GATHER: [[u8; 16]; 4] = {
+        let mut idx = [[0u8; 16]; 4];
         let mut j = 0;
-        while j < LANES {
+        while j < 4 {
             let mut k = 0;
             while k < 16 {
                 idx[j][k] = (16 * (k / 4) + 4 * (k % 4) + j) as u8;
@@ -431,14 +504,14 @@ mod arch {
         idx
     };
 
-    /// One whole step of a panel (`KSTEP` values of k for its `LANES` lanes) from the `KSTEP`
-    /// rows of four bytes at `src + k · stride`: the rows' words loaded into four registers,
-    /// then each lane's bytes gathered from them by one `TBL`, instead of 64 byte moves.
+    /// One whole step of an [`SMULL`] panel (16 values of k for its 4 lanes) from the 16 rows
+    /// of four bytes at `src + k · stride`: the rows' words loaded into four registers, then
+    /// each lane's bytes gathered from them by one `TBL`, instead of 64 byte moves.
     ///
     /// # Safety
-    /// Reads `src[k · stride..][..LANES]` for `k < KSTEP`.
-    pub(super) unsafe fn transpose_step(src: *const i8, stride: usize, step: &mut [i8]) {
-        assert_eq!(step.len(), LANES * KSTEP);
+    /// Reads `src[k · stride..][..4]` for `k < 16`.
+    unsafe fn transpose_step(src: *const i8, stride: usize, step: &mut [i8]) {
+        assert_eq!(step.len(), 64);
         // SAFETY: the reads as the caller promises, the store into `step` (checked).
         unsafe {
             let word = |k: usize| (src.add(k * stride) as *const u32).read_unaligned();
@@ -455,6 +528,37 @@ mod arch {
         }
     }
 
+    /// One whole step of an [`SDOT`] panel (4 values of k for its 12 lanes) from the 4 rows
+    /// of 16 bytes at `src + k · stride`: bytes of rows 0 and 1, and of rows 2 and 3,
+    /// interleaved, then pairs of those, so that each lane's 4 bytes are adjacent.
+    ///
+    /// # Safety
+    /// Reads `src[k · stride..][..16]` for `k < 4`.
+    unsafe fn zip_step(src: *const i8, stride: usize, step: &mut [i8]) {
+        assert_eq!(step.len(), 48);
+        // SAFETY: the reads as the caller promises, the store into `step` (checked).
+        unsafe {
+            let row = |k: usize| vld1q_s8(src.add(k * stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let (low01, low23) = (vzip1q_s8(r0, r1), vzip1q_s8(r2, r3));
+            let (high01, high23) = (vzip2q_s8(r0, r1), vzip2q_s8(r2, r3));
+            let quads = |a: int8x16_t, b: int8x16_t, high: bool| {
+                let (a, b) = (vreinterpretq_s16_s8(a), vreinterpretq_s16_s8(b));
+                vreinterpretq_s8_s16(if high {
+                    vzip2q_s16(a, b)
+                } else {
+                    vzip1q_s16(a, b)
+                })
+            };
+            let lanes = int8x16x3_t(
+                quads(low01, low23, false),
+                quads(low01, low23, true),
+                quads(high01, high23, false),
+            );
+            vst1q_s8_x3(step.as_mut_ptr(), lanes);
+        }
+    }
+
     /// Whether this CPU runs the product: every aarch64 CPU has NEON.
     pub fn available() -> bool {
         true
@@ -467,81 +571,27 @@ mod arch {
         dot() || !values.contains(&i8::MIN)
     }
 
-    /// The tile kernel for this CPU: `SDOT` where it has it, else `SMULL`.
-    pub(super) fn tile_kernel() -> super::Tile {
-        if dot() {
-            tile_sdot
-        } else {
-            tile_smull
-        }
-    }
-
-    /// One tile: `ROWS` rows (`rows`, `steps` steps each) by the panel's `LANES` lanes into
-    /// `out` (`ROWS` rows at stride `ld`).
+    /// One [`SMULL`] tile: `SMULL` + `SMLAL2` multiply 16 bytes of a row by 16 of a lane into
+    /// 8 i16 sums of two products, `SADALP` adds those into 4 i32; each output's four partial
+    /// sums are added at the end.
     ///
     /// # Safety
     /// `panel` and `rows` hold `steps` whole steps, `out` the tile; the lanes or the rows are
     /// [`exact_for`].
     unsafe fn tile_smull(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
-        // SAFETY: as the caller promises.
-        unsafe {
-            tile_with(panel, rows, steps, out, ld, |acc, x, lane| {
-                let pairs = vmlal_high_s8(vmull_s8(vget_low_s8(x), vget_low_s8(lane)), x, lane);
-                vpadalq_s16(acc, pairs)
-            })
-        }
-    }
-
-    /// [`tile_smull`] with `SDOT`: four products added into each i32 lane, one instruction for
-    /// the three of `SMULL` + `SMLAL2` + `SADALP`, in i32 (no −128 restriction). Written as
-    /// assembly: the intrinsic is not stable Rust yet.
-    ///
-    /// # Safety
-    /// As [`tile_smull`], on a CPU with SDOT.
-    #[target_feature(enable = "dotprod")]
-    unsafe fn tile_sdot(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
-        // SAFETY: as the caller promises.
-        unsafe {
-            tile_with(panel, rows, steps, out, ld, |mut acc, x, lane| {
-                std::arch::asm!(
-                    "sdot {acc:v}.4s, {x:v}.16b, {lane:v}.16b",
-                    acc = inout(vreg) acc,
-                    x = in(vreg) x,
-                    lane = in(vreg) lane,
-                    options(pure, nomem, nostack),
-                );
-                acc
-            })
-        }
-    }
-
-    /// The tile's loop, with `mac(acc, x, lane)` adding the products of 16 bytes of a row and
-    /// a lane into the four i32 of `acc`; each output's four partial sums are added at the end.
-    ///
-    /// # Safety
-    /// As [`tile_smull`].
-    #[inline(always)]
-    unsafe fn tile_with(
-        panel: &[i8],
-        rows: &[i8],
-        steps: usize,
-        out: &mut [i32],
-        ld: usize,
-        mac: impl Fn(int32x4_t, int8x16_t, int8x16_t) -> int32x4_t,
-    ) {
-        debug_assert!(panel.len() >= steps * KSTEP * LANES && rows.len() >= ROWS * steps * KSTEP);
-        debug_assert!(out.len() >= (ROWS - 1) * ld + LANES);
-        let row_len = steps * KSTEP;
+        debug_assert!(panel.len() >= steps * 64 && rows.len() >= steps * 64);
+        debug_assert!(out.len() >= 3 * ld + 4);
         // SAFETY (all pointer reads and writes): within the lengths asserted above.
         unsafe {
-            let mut acc = [[vdupq_n_s32(0); LANES]; ROWS];
+            let mut acc = [[vdupq_n_s32(0); 4]; 4];
             for s in 0..steps {
-                let l = vld1q_s8_x4(panel.as_ptr().add(s * KSTEP * LANES));
-                let lanes = [l.0, l.1, l.2, l.3];
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = vld1q_s8(rows.as_ptr().add(r * row_len + s * KSTEP));
-                    for (acc, lane) in acc.iter_mut().zip(lanes) {
-                        *acc = mac(*acc, x, lane);
+                let l = vld1q_s8_x4(panel.as_ptr().add(s * 64));
+                let x = vld1q_s8_x4(rows.as_ptr().add(s * 64));
+                for (acc, x) in acc.iter_mut().zip([x.0, x.1, x.2, x.3]) {
+                    for (acc, lane) in acc.iter_mut().zip([l.0, l.1, l.2, l.3]) {
+                        let pairs =
+                            vmlal_high_s8(vmull_s8(vget_low_s8(x), vget_low_s8(lane)), x, lane);
+                        *acc = vpadalq_s16(*acc, pairs);
                     }
                 }
             }
@@ -549,6 +599,85 @@ mod arch {
                 let sums = vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3));
                 vst1q_s32(out.as_mut_ptr().add(r * ld), sums);
             }
+        }
+    }
+
+    /// One [`SDOT`] tile. A step is 3 registers of lanes (4 lanes × 4 bytes each) and 2 of
+    /// rows (4 rows × 4 bytes); `SDOT` by element multiplies a lane register by one row's 4
+    /// bytes, adding 16 products into 4 outputs: 24 `SDOT` and 2 loads per 384 products, where
+    /// a 4 × 4 tile with one output per accumulator took 16 and 5 per 256, and reduced each
+    /// accumulator at the end. Accumulator `v(8 + 3·r + q)` holds row `r`'s lanes `4q..4q + 4`.
+    /// Written as assembly: the intrinsic is not stable Rust yet, and with an accumulator per
+    /// `asm!` the compiler spilled a third of them.
+    ///
+    /// # Safety
+    /// A CPU with SDOT; `panel` and `rows` hold `steps` whole steps, `out` the tile.
+    #[target_feature(enable = "dotprod")]
+    unsafe fn tile_sdot(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
+        debug_assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
+        debug_assert!(out.len() >= 7 * ld + 12);
+        // SAFETY: reads `steps` steps of `panel` and `rows`, writes 8 rows of 12 values of
+        // `out` at stride `ld`: within the lengths asserted above.
+        unsafe {
+            std::arch::asm!(
+                "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
+                "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
+                "movi v16.4s, #0", "movi v17.4s, #0", "movi v18.4s, #0", "movi v19.4s, #0",
+                "movi v20.4s, #0", "movi v21.4s, #0", "movi v22.4s, #0", "movi v23.4s, #0",
+                "movi v24.4s, #0", "movi v25.4s, #0", "movi v26.4s, #0", "movi v27.4s, #0",
+                "movi v28.4s, #0", "movi v29.4s, #0", "movi v30.4s, #0", "movi v31.4s, #0",
+                "cbz {steps}, 2f",
+                "1:",
+                "ld1 {{v0.16b, v1.16b, v2.16b}}, [{panel}], #48",
+                "ld1 {{v3.16b, v4.16b}}, [{rows}], #32",
+                "sdot v8.4s, v0.16b, v3.4b[0]",
+                "sdot v9.4s, v1.16b, v3.4b[0]",
+                "sdot v10.4s, v2.16b, v3.4b[0]",
+                "sdot v11.4s, v0.16b, v3.4b[1]",
+                "sdot v12.4s, v1.16b, v3.4b[1]",
+                "sdot v13.4s, v2.16b, v3.4b[1]",
+                "sdot v14.4s, v0.16b, v3.4b[2]",
+                "sdot v15.4s, v1.16b, v3.4b[2]",
+                "sdot v16.4s, v2.16b, v3.4b[2]",
+                "sdot v17.4s, v0.16b, v3.4b[3]",
+                "sdot v18.4s, v1.16b, v3.4b[3]",
+                "sdot v19.4s, v2.16b, v3.4b[3]",
+                "sdot v20.4s, v0.16b, v4.4b[0]",
+                "sdot v21.4s, v1.16b, v4.4b[0]",
+                "sdot v22.4s, v2.16b, v4.4b[0]",
+                "sdot v23.4s, v0.16b, v4.4b[1]",
+                "sdot v24.4s, v1.16b, v4.4b[1]",
+                "sdot v25.4s, v2.16b, v4.4b[1]",
+                "sdot v26.4s, v0.16b, v4.4b[2]",
+                "sdot v27.4s, v1.16b, v4.4b[2]",
+                "sdot v28.4s, v2.16b, v4.4b[2]",
+                "sdot v29.4s, v0.16b, v4.4b[3]",
+                "sdot v30.4s, v1.16b, v4.4b[3]",
+                "sdot v31.4s, v2.16b, v4.4b[3]",
+                "subs {steps}, {steps}, #1",
+                "b.ne 1b",
+                "2:",
+                "st1 {{v8.4s, v9.4s, v10.4s}}, [{out}], {ld}",
+                "st1 {{v11.4s, v12.4s, v13.4s}}, [{out}], {ld}",
+                "st1 {{v14.4s, v15.4s, v16.4s}}, [{out}], {ld}",
+                "st1 {{v17.4s, v18.4s, v19.4s}}, [{out}], {ld}",
+                "st1 {{v20.4s, v21.4s, v22.4s}}, [{out}], {ld}",
+                "st1 {{v23.4s, v24.4s, v25.4s}}, [{out}], {ld}",
+                "st1 {{v26.4s, v27.4s, v28.4s}}, [{out}], {ld}",
+                "st1 {{v29.4s, v30.4s, v31.4s}}, [{out}], {ld}",
+                panel = inout(reg) panel.as_ptr() => _,
+                rows = inout(reg) rows.as_ptr() => _,
+                steps = inout(reg) steps => _,
+                out = inout(reg) out.as_mut_ptr() => _,
+                ld = in(reg) ld * 4,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _,
+                out("v8") _, out("v9") _, out("v10") _, out("v11") _, out("v12") _,
+                out("v13") _, out("v14") _, out("v15") _, out("v16") _, out("v17") _,
+                out("v18") _, out("v19") _, out("v20") _, out("v21") _, out("v22") _,
+                out("v23") _, out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack),
+            );
         }
     }
 }
@@ -576,7 +705,7 @@ pub(crate) mod tests {
             Ok(())
         };
         match per_block {
-            Some(b) => run_blocks(lanes, rows, &mut out, b * ROWS, finish).unwrap(),
+            Some(b) => run_blocks(lanes, rows, &mut out, b * arch::kernel().rows, finish).unwrap(),
             None => product_into(lanes, rows, &mut out, finish).unwrap(),
         }
         assert_eq!(out, expected);
@@ -632,6 +761,8 @@ pub(crate) mod tests {
             (7, 3, 33),
             (5, 40, 9),
             (33, 5, 700),
+            (12, 8, 3),
+            (25, 13, 17),
         ] {
             let a: Vec<i8> = values(m * k, 1).iter().map(|&v| v.max(-127)).collect();
             let mut b = values(n * k, 2);
