@@ -58,23 +58,23 @@ pub struct ActQuant {
 impl ActQuant {
     /// The quantizer to i8 this activation is stored as inside the op: u8 values shifted by
     /// −128 (so the zero point moves by −128 too).
-    fn to_i8(self) -> FastQuantize {
+    pub(crate) fn to_i8(self) -> FastQuantize {
         let shift = if self.signed { 0 } else { 128 };
         FastQuantize::new(1.0 / self.scale, self.zero_point - shift, true)
     }
 
     /// Its own quantizer (u8 or i8 as the model says).
-    fn quantizer(self) -> FastQuantize {
+    pub(crate) fn quantizer(self) -> FastQuantize {
         FastQuantize::new(1.0 / self.scale, self.zero_point, self.signed)
     }
 
     /// The dequantization of the quantized value `q`, as the fake quantization computes it.
-    fn dequantize(self, q: i32) -> f32 {
+    pub(crate) fn dequantize(self, q: i32) -> f32 {
         (q - self.zero_point) as f32 * self.scale
     }
 
     /// The in-place `Q → DQ` of this quantization.
-    fn fake(self) -> FakeQuantize {
+    pub(crate) fn fake(self) -> FakeQuantize {
         FakeQuantize::new(self.quantizer(), self.scale, self.zero_point)
     }
 }

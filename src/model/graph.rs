@@ -34,7 +34,7 @@ impl Graph {
             check_axes(path, &proto)?;
             rewrite::apply(&mut proto)
                 .map_err(stage_error_str(path, "graph rewrite"))?
-                .fuse_pointwise(&mut proto);
+                .fuse_quantized(&mut proto);
             let dir = path.parent().and_then(|d| d.to_str());
             let typed = super::onnx()
                 .parse(&proto, dir)

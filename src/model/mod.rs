@@ -535,7 +535,7 @@ pub(crate) fn typed_model(
     let mut rewrites =
         rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
     if options.integer.enabled() {
-        rewrites.fuse_pointwise(&mut proto);
+        rewrites.fuse_quantized(&mut proto);
     }
     rewrites.integer_ops_to_float(&mut proto);
     if !passes::own_f32_linear() {

@@ -23,6 +23,10 @@
 //! the same way where that pays (`patches_pay`: our own integer product, on arm64 and in
 //! graphs whose products are MatMuls, which tract moves channels last).
 //!
+//! Quantized depthwise convolutions (ConvNeXt's 7x7 `conv_dw`) are fused the same way into
+//! [`FUSED_DEPTHWISE_OP`] ([`fuse_depthwise`]) where our integer depthwise pays: on arm64 with
+//! SDOT, in channels-first graphs.
+//!
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
 
@@ -33,7 +37,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::{expand, Expansion};
 
-use super::rewrite::{int_attr, int_attr_of, ints_attr_of};
+use super::rewrite::{int_attr, int_attr_of, ints_attr, ints_attr_of};
+use crate::kernels::depthwise::quantized::QDepthwiseConv;
 use crate::kernels::qconv::{ActQuant, Layout, QPointwiseConv, QdqGelu};
 
 /// The node type the fusion emits: inputs `x, x_scale, x_zero_point, w_int8, w_scale, bias`
@@ -47,9 +52,14 @@ const INT8: i32 = 3;
 const INT32: i32 = 6;
 const ATTR_FLOATS: i32 = 6;
 
-/// Registers the parser of [`FUSED_OP`].
+/// The node type the depthwise fusion emits: inputs `x, x_scale, x_zero_point, w_int8,
+/// w_scale, bias`; attribute `pads` as ONNX orders them; output f32.
+pub const FUSED_DEPTHWISE_OP: &str = "ConvNextEdgeQDepthwiseConv";
+
+/// Registers the parsers of [`FUSED_OP`] and [`FUSED_DEPTHWISE_OP`].
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert(FUSED_OP, parse);
+    onnx.op_register.insert(FUSED_DEPTHWISE_OP, parse_depthwise);
 }
 
 /// Replaces every quantized 1x1 convolution matching the module docs' pattern; returns how many.
@@ -68,6 +78,42 @@ pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
         fused += matches.len();
         apply(graph, matches);
     }
+}
+
+/// Replaces every quantized depthwise convolution
+///
+/// ```text
+/// x ─ QuantizeLinear ─ DequantizeLinear ─ Conv(group = C) ─ y
+///                     DequantizeLinear(W int8) ─┘
+/// ```
+///
+/// whose integer op ([`QDepthwiseConv`]) pays on this CPU (`pays(kh, kw)`) by one
+/// [`FUSED_DEPTHWISE_OP`] node; returns how many. Conditions, each needed for the integer op to
+/// compute the same function: `C × 1 × kh × kw` int8 weights with zero point 0 and one scale
+/// per channel or one for all, stride and dilation 1, explicit (or no) padding, per-tensor
+/// input quantization whose quantize and dequantize agree. An output pair stays: tract merges
+/// it with the element-wise ops after it into one lookup. Channels-first graphs
+/// only (1x1-convolution exports): in MatMul-form graphs tract runs the blocks channels last,
+/// and this op, channels first, would put transposes around every depthwise convolution.
+pub fn fuse_depthwise(graph: &mut GraphProto, pays: impl Fn(usize, usize) -> bool) -> usize {
+    let matmul_form = find_all(graph, None)
+        .iter()
+        .any(|m| int_attr_of(&m.node, "channels_last") == Some(1));
+    if matmul_form {
+        return 0;
+    }
+    let ix = Index::new(graph);
+    let matches: Vec<Match> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| is_onnx(n))
+        .filter_map(|(i, n)| match_depthwise(&ix, i, n, &pays))
+        .collect();
+    let fused = matches.len();
+    apply(graph, non_overlapping(matches));
+    remove_dead_nodes(graph);
+    fused
 }
 
 /// Rewrites each remaining `ConvInteger | MatMulInteger → Cast(float)` as
@@ -455,13 +501,7 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: Option<bool>)
         "MatMul" => (true, 1),
         _ => return None,
     };
-    let (x_dq_ix, x_dq) = ix.producer(arg(op, 0), "DequantizeLinear")?;
-    let (x_q_ix, x_q) = ix.producer(arg(x_dq, 0), "QuantizeLinear")?;
-    if !ix.same_params(x_q, x_dq) {
-        return None;
-    }
-    ix.act_quant(x_q)?;
-
+    let (x_q_ix, x_q, x_dq_ix) = input_pair(ix, op)?;
     let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
     let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == INT8)?;
     let (cout, channel_axes) = match (channels_last, &w.dims[..]) {
@@ -476,23 +516,7 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: Option<bool>)
             return None;
         }
     }
-    let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == FLOAT)?;
-    let per_channel = match w_scale.dims[..] {
-        [] | [1] => false,
-        [c] if c == cout => true,
-        _ => return None,
-    };
-    let axis = int_attr_of(w_dq, "axis").unwrap_or(1);
-    if per_channel && !channel_axes.contains(&axis) {
-        return None;
-    }
-    if let Some(zp) = ix.init(arg(w_dq, 2)) {
-        if !ints(zp)?.iter().all(|&z| z == 0) {
-            return None;
-        }
-    } else if !arg(w_dq, 2).is_empty() {
-        return None;
-    }
+    symmetric_weights(ix, w_dq, cout, &channel_axes)?;
 
     let bias = if channels_last { "" } else { arg(op, 2) };
     let mut node = NodeProto {
@@ -557,6 +581,96 @@ fn match_node(ix: &Index, node_ix: usize, op: &NodeProto, patches: Option<bool>)
         node,
         reads: [x_q_ix, x_dq_ix, w_dq_ix],
         remove,
+        initializers,
+    })
+}
+
+/// The input pair `Q → DQ` a product reads (its quantize, the quantize's index, and the
+/// dequantize's index): per-tensor, the two with the same parameters.
+fn input_pair<'g>(ix: &Index<'g>, op: &NodeProto) -> Option<(usize, &'g NodeProto, usize)> {
+    let (x_dq_ix, x_dq) = ix.producer(arg(op, 0), "DequantizeLinear")?;
+    let (x_q_ix, x_q) = ix.producer(arg(x_dq, 0), "QuantizeLinear")?;
+    if !ix.same_params(x_q, x_dq) {
+        return None;
+    }
+    ix.act_quant(x_q)?;
+    Some((x_q_ix, x_q, x_dq_ix))
+}
+
+/// Whether the weight dequantize `w_dq` is symmetric (zero point 0) with one f32 scale, or one
+/// per output channel along one of `channel_axes`.
+fn symmetric_weights(ix: &Index, w_dq: &NodeProto, cout: i64, channel_axes: &[i64]) -> Option<()> {
+    let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == FLOAT)?;
+    let per_channel = match w_scale.dims[..] {
+        [] | [1] => false,
+        [c] if c == cout => true,
+        _ => return None,
+    };
+    let axis = int_attr_of(w_dq, "axis").unwrap_or(1);
+    if per_channel && !channel_axes.contains(&axis) {
+        return None;
+    }
+    match ix.init(arg(w_dq, 2)) {
+        Some(zp) => ints(zp)?.iter().all(|&z| z == 0).then_some(()),
+        None => arg(w_dq, 2).is_empty().then_some(()),
+    }
+}
+
+/// See [`fuse_depthwise`].
+fn match_depthwise(
+    ix: &Index,
+    node_ix: usize,
+    op: &NodeProto,
+    pays: &dyn Fn(usize, usize) -> bool,
+) -> Option<Match> {
+    let ones = |name| ints_attr_of(op, name).is_none_or(|v| v.iter().all(|&x| x == 1));
+    let auto_pad = op.attribute.iter().find(|a| a.name == "auto_pad");
+    if op.op_type != "Conv"
+        || !ones("strides")
+        || !ones("dilations")
+        || auto_pad.is_some_and(|a| a.s != b"NOTSET")
+    {
+        return None;
+    }
+    let pads = match ints_attr_of(op, "pads") {
+        None => [0; 4],
+        Some(&[t, l, b, r]) if [t, l, b, r].iter().all(|&p| p >= 0) => [t, l, b, r],
+        Some(_) => return None,
+    };
+    let (x_q_ix, x_q, x_dq_ix) = input_pair(ix, op)?;
+    let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
+    let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == INT8)?;
+    let &[c, 1, kh, kw] = &w.dims[..] else {
+        return None;
+    };
+    if int_attr_of(op, "group") != Some(c) || !pays(kh as usize, kw as usize) {
+        return None;
+    }
+    symmetric_weights(ix, w_dq, c, &[0, -4])?;
+    let mut node = NodeProto {
+        name: op.name.clone(),
+        op_type: FUSED_DEPTHWISE_OP.into(),
+        domain: DOMAIN.into(),
+        input: [
+            arg(x_q, 0),
+            arg(x_q, 1),
+            arg(x_q, 2),
+            arg(w_dq, 0),
+            arg(w_dq, 1),
+            arg(op, 2),
+        ]
+        .map(String::from)
+        .to_vec(),
+        output: op.output.clone(),
+        attribute: vec![ints_attr("pads", &pads)],
+        ..Default::default()
+    };
+    let initializers = fill_defaults(&mut node, c);
+    Some(Match {
+        conv: node_ix,
+        node,
+        reads: [x_q_ix, x_dq_ix, w_dq_ix],
+        remove: vec![],
         initializers,
     })
 }
@@ -1112,6 +1226,88 @@ impl Expansion for Fused {
     }
 }
 
+fn parse_depthwise(
+    _ctx: &tract_onnx::model::ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let inputs = node.input.iter().filter(|s| !s.is_empty()).count();
+    ensure!(
+        inputs == 6,
+        "{FUSED_DEPTHWISE_OP} {}: {inputs} inputs, expected 6",
+        node.name
+    );
+    let pads = match ints_attr_of(node, "pads") {
+        Some(&[t, l, b, r]) if [t, l, b, r].iter().all(|&p| p >= 0) => {
+            [t, b, l, r].map(|p| p as usize)
+        }
+        pads => bail!("{FUSED_DEPTHWISE_OP} {}: pads {pads:?}", node.name),
+    };
+    Ok((expand(FusedDepthwise { pads }), vec![]))
+}
+
+/// The parsed [`FUSED_DEPTHWISE_OP`] node, wired into a [`QDepthwiseConv`] once its inputs are
+/// typed; `pads` as `[top, bottom, left, right]`.
+#[derive(Debug, Clone, PartialEq)]
+struct FusedDepthwise {
+    pads: [usize; 4],
+}
+
+impl Expansion for FusedDepthwise {
+    fn name(&self) -> StaticName {
+        FUSED_DEPTHWISE_OP.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 6)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&inputs[0].rank, 4)?;
+        s.equals(&inputs[3].rank, 4)?;
+        s.equals(&outputs[0].rank, 4)?;
+        s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
+        s.equals(&outputs[0].shape[1], &inputs[0].shape[1])?;
+        let [t, b, l, r] = self.pads;
+        for (axis, pad) in [(2, t + b), (3, l + r)] {
+            s.given_2(
+                &inputs[0].shape[axis],
+                &inputs[3].shape[axis],
+                move |s, size, k| s.equals(&outputs[0].shape[axis], size + pad as i64 + 1 - k),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let x = act_quant(model, inputs[1], inputs[2])?;
+        let w = konst(model, inputs[3], "the weight")?;
+        let &[c, 1, kh, kw] = w.shape() else {
+            bail!("{FUSED_DEPTHWISE_OP}: weights of shape {:?}", w.shape());
+        };
+        ensure!(
+            w.datum_type() == i8::datum_type(),
+            "{FUSED_DEPTHWISE_OP}: weights must be int8, got {w:?}"
+        );
+        let w = w.try_as_plain_ram()?.as_slice::<i8>()?.to_vec();
+        let w_scales = konst(model, inputs[4], "the weight scale")?
+            .cast_to::<f32>()?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()?
+            .to_vec();
+        let op = QDepthwiseConv::new(&w, (c, kh, kw), self.pads, x, &w_scales)?;
+        model.wire_node(prefix, op, &[inputs[0], inputs[5]])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1422,6 +1618,11 @@ mod tests {
         assert_eq!(fuse_pointwise(&mut g), 0);
     }
 
+    /// An input for [`run_graph`]: 18 values in ±4.
+    fn sample_input() -> Vec<f32> {
+        (0..18).map(|i| (i as f32 * 0.37).sin() * 4.0).collect()
+    }
+
     /// Runs a one-input graph through tract on `x` (`[1, 2, 3, 3]` f32).
     fn run_graph(graph: GraphProto, x: &[f32]) -> Vec<f32> {
         let proto = tract_onnx::pb::ModelProto {
@@ -1479,7 +1680,7 @@ mod tests {
 
     #[test]
     fn integer_ops_in_float_compute_the_same_sums() {
-        let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let x = sample_input();
         let expected = run_graph(conv_integer_graph(), &x);
         let mut g = conv_integer_graph();
         assert_eq!(integer_ops_to_float(&mut g, true), 0);
@@ -1491,7 +1692,7 @@ mod tests {
 
     #[test]
     fn grouped_integer_convolutions_go_to_float_on_every_cpu() {
-        let x: Vec<f32> = (0..18).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let x = sample_input();
         let grouped = || {
             let mut g = conv_integer_graph();
             let conv = g
@@ -1514,6 +1715,78 @@ mod tests {
         assert!(g.node.iter().all(|n| n.op_type != "ConvInteger"));
         assert_eq!(run_graph(g, &x), expected);
         assert_eq!(expected.len(), 2 * 2 * 2);
+    }
+
+    /// `x → Q → DQ → Conv(3x3 depthwise, 2 channels, padding 1 above and below, 2 on the
+    /// right) → Q → DQ`.
+    fn depthwise_graph() -> GraphProto {
+        let io = |name: &str| typed_value(name, Some(FLOAT));
+        let w: Vec<u8> = (0..18).map(|i| (i * 29 % 255) as u8).collect();
+        GraphProto {
+            node: vec![
+                node("QuantizeLinear", &["x", "s", "z"], "xq"),
+                node("DequantizeLinear", &["xq", "s", "z"], "xd"),
+                NodeProto {
+                    attribute: vec![int_attr("axis", 0)],
+                    ..node("DequantizeLinear", &["w", "ws", "wz"], "wd")
+                },
+                NodeProto {
+                    attribute: vec![
+                        int_attr("group", 2),
+                        ints_attr("kernel_shape", &[3, 3]),
+                        ints_attr("pads", &[1, 0, 1, 2]),
+                    ],
+                    ..node("Conv", &["xd", "wd", "b"], "c")
+                },
+                node("QuantizeLinear", &["c", "ys", "z"], "cq"),
+                node("DequantizeLinear", &["cq", "ys", "z"], "y"),
+            ],
+            initializer: vec![
+                scalar_init("s", 0.05),
+                init("z", UINT8, vec![], vec![128]),
+                init("w", INT8, vec![2, 1, 3, 3], w),
+                floats_init("ws", &[0.01, 0.02]),
+                init("wz", INT8, vec![2], vec![0; 2]),
+                floats_init("b", &[0.3, -0.2]),
+                scalar_init("ys", 0.05),
+            ],
+            input: vec![io("x")],
+            output: vec![io("y")],
+            ..Default::default()
+        }
+    }
+
+    /// Fused where the integer op pays (asked of `pays`), into one node that computes what
+    /// tract's float path computes on the same graph, within one output quantum (a sum on a
+    /// rounding boundary may round either way).
+    #[test]
+    fn fused_depthwise_matches_the_float_path() {
+        let x = sample_input();
+        let expected = run_graph(depthwise_graph(), &x);
+        let mut g = depthwise_graph();
+        assert_eq!(fuse_depthwise(&mut g, |_, _| false), 0);
+        assert_eq!(fuse_depthwise(&mut g, |kh, kw| (kh, kw) == (3, 3)), 1);
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            [FUSED_DEPTHWISE_OP, "QuantizeLinear", "DequantizeLinear"]
+        );
+        assert_eq!(g.node[0].input, ["x", "s", "z", "w", "ws", "b"]);
+        let got = run_graph(g, &x);
+        assert_eq!(got.len(), expected.len());
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() <= 0.05 * 1.01, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn strided_or_ungrouped_depthwise_stays_float() {
+        let mut g = depthwise_graph();
+        g.node[3].attribute.push(ints_attr("strides", &[2, 2]));
+        assert_eq!(fuse_depthwise(&mut g, |_, _| true), 0);
+        let mut g = depthwise_graph();
+        g.node[3].attribute[0] = int_attr("group", 1);
+        assert_eq!(fuse_depthwise(&mut g, |_, _| true), 0);
     }
 
     #[test]

@@ -37,27 +37,32 @@ const ATTR_INTS: i32 = 7;
 pub struct Rewrites(pub Vec<(String, usize)>);
 
 impl Rewrites {
-    /// Hands QDQ models' 1x1 convolutions (and convolutions over patches) to the integer
-    /// kernels ([`super::qdq`]).
-    pub fn fuse_pointwise(&mut self, model: &mut pb::ModelProto) {
+    /// Hands QDQ models' depthwise convolutions (where this CPU runs them on SDOT), 1x1
+    /// convolutions and convolutions over patches to the integer kernels ([`super::qdq`]).
+    pub fn fuse_quantized(&mut self, model: &mut pb::ModelProto) {
         if let Some(graph) = model.graph.as_mut() {
+            let pays = crate::kernels::depthwise::quantized::pays;
+            let n = super::qdq::fuse_depthwise(graph, pays);
+            self.record("QDQ depthwise Conv → integer", n);
             let n = super::qdq::fuse_pointwise(graph);
-            if n > 0 {
-                self.0
-                    .push(("QDQ 1x1 (or patch) Conv/MatMul → integer".into(), n));
-            }
+            self.record("QDQ 1x1 (or patch) Conv/MatMul → integer", n);
         }
     }
 
-    /// Integer products left after [`Self::fuse_pointwise`] run in f32 where tract's int8
+    /// Adds `n` rewrites of a kind, if there were any.
+    fn record(&mut self, what: &str, n: usize) {
+        if n > 0 {
+            self.0.push((what.into(), n));
+        }
+    }
+
+    /// Integer products left after [`Self::fuse_quantized`] run in f32 where tract's int8
     /// kernel is slow, grouped convolutions everywhere ([`super::qdq::integer_ops_to_float`]).
     pub fn integer_ops_to_float(&mut self, model: &mut pb::ModelProto) {
         let grouped_only = !crate::kernels::qconv::tract_int8_kernels_slow();
         if let Some(graph) = model.graph.as_mut() {
             let n = super::qdq::integer_ops_to_float(graph, grouped_only);
-            if n > 0 {
-                self.0.push(("ConvInteger/MatMulInteger → f32".into(), n));
-            }
+            self.record("ConvInteger/MatMulInteger → f32", n);
         }
     }
 
@@ -65,9 +70,7 @@ impl Rewrites {
     pub fn split_long_matmuls(&mut self, model: &mut pb::ModelProto) {
         if let Some(graph) = model.graph.as_mut() {
             let n = super::long_matmul::split(graph);
-            if n > 0 {
-                self.0.push(("MatMul split along its depth".into(), n));
-            }
+            self.record("MatMul split along its depth", n);
         }
     }
 
@@ -425,7 +428,7 @@ pub(crate) fn int_attr(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
+pub(crate) fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.to_owned(),
         r#type: ATTR_INTS,

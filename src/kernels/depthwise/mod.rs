@@ -35,6 +35,8 @@
 //! match tract's to the bit where tract is not using FMA; on AVX-512 and aarch64 with FMA (one
 //! rounding per tap instead of two, as onnxruntime's kernels do).
 //!
+//! QDQ models' depthwise convolutions run on int8 where the CPU has SDOT ([`quantized`]).
+//!
 //! f16 tensors are computed in f32: tract 0.23.9 has no f16 depthwise kernel (its generic loop
 //! calls `half`'s scalar multiply and add per tap: 1.3 G of the 1.6 G guest instructions of a
 //! convnext_atto inference on the Pi 5 profile), and f32 sums are what onnxruntime computes for
@@ -55,6 +57,7 @@ use super::Layout;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod quantized;
 
 /// Outputs of one row kept in registers across the taps.
 const LANES: usize = 16;

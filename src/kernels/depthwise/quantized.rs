@@ -1,0 +1,636 @@
+//! Depthwise convolution on int8: a QDQ model's `Q → DQ → Conv(depthwise, int8 weights)`,
+//! fused by `model::qdq` where SDOT runs it (arm64 with the dot-product extension:
+//! Pi 5, Orin, Xavier), in place of the float depthwise on the dequantized input.
+//!
+//! Each channel is quantized to i8 once into a padded copy whose padding holds the input's
+//! zero point (the quantization of 0.0). An output is the exact integer sum `Σ (q − zp) · w`
+//! over its taps, computed as `Σ q · w − zp · Σ w` and scaled once by `x_scale · w_scale[c]`,
+//! plus the bias: the arithmetic of onnxruntime's integer convolutions, one rounding per output
+//! where the float path rounds once per tap. The output's own `Q → DQ`, where the model has
+//! one, stays in the graph, where tract's passes merge it with what follows (see
+//! `kernels::quantize`). u8 activations are stored as `q − 128` (with the zero point moved by −128),
+//! so that both operands are i8.
+//!
+//! With SDOT (7x7 kernels), each padded row is first expanded into overlapping windows of four
+//! bytes (`p[x], p[x+1], p[x+2], p[x+3]` for every `x`): one 16-byte load then holds four
+//! outputs' windows of four taps, and one `SDOT` against those taps' four weights (the same in
+//! every lane) adds 16 products. Per kernel row, 8 outputs take one load of three registers
+//! and four `SDOT`; the float kernel takes a fused multiply-add per tap and 4 outputs.
+//! Elsewhere the sums are a plain loop: the reference the SDOT loop is tested against, and the
+//! op's path on CPUs it is not fused for.
+//!
+//! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
+//! `multithread::par_chunks_mut`.
+
+use tract_linalg::multithread::par_chunks_mut;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use crate::kernels::qconv::ActQuant;
+use crate::kernels::quantize::FastQuantize;
+
+/// Whether the integer depthwise pays on this CPU: it needs SDOT, and takes 7x7 kernels.
+pub fn pays(kh: usize, kw: usize) -> bool {
+    (kh, kw) == (7, 7) && has_sdot()
+}
+
+fn has_sdot() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(target_arch = "aarch64"))]
+    false
+}
+
+/// Outputs per block of the SDOT loop, and the multiple each row of sums is padded to.
+const BLOCK: usize = 8;
+/// Windows written per load by the expansion (a 16-byte load holds 12 whole windows).
+const WINDOWS_PER_LOAD: usize = 12;
+
+/// An int8 depthwise convolution with `kh × kw` kernels, stride and dilation 1, explicit
+/// padding, over `[N, C, H, W]` f32 (quantized on the way in); the bias `[C]` f32 is its second
+/// input. Output f32 `[N, C, H + top + bottom − kh + 1, W + left + right − kw + 1]`.
+///
+/// ```
+/// use convnext_edge::kernels::depthwise::quantized::QDepthwiseConv;
+/// use convnext_edge::kernels::qconv::ActQuant;
+/// use tract_onnx::prelude::*;
+/// use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
+/// # fn main() -> TractResult<()> {
+/// let x = ActQuant { scale: 0.5, zero_point: 0, signed: true };
+/// // One channel, a 1x3 kernel of weights 1, 2, 1 (scale 1), a column of padding each side.
+/// let op = QDepthwiseConv::new(&[1, 2, 1], (1, 1, 3), [0, 0, 1, 1], x, &[1.0])?;
+/// let input = Tensor::from_shape(&[1, 1, 1, 3], &[1f32, 2.0, 3.0])?;
+/// let bias = tensor1(&[0f32]);
+/// let y = op.eval(&EvalContext::out_of_plan(), tvec!(input.into_tvalue(), bias.into_tvalue()))?;
+/// assert_eq!(y[0].try_as_plain_ram()?.as_slice::<f32>()?, &[4.0, 8.0, 8.0]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct QDepthwiseConv {
+    /// `[C, kh · kw]`.
+    weights: Vec<i8>,
+    kernel: (usize, usize),
+    /// Padding before and after along H, then along W.
+    pads: [usize; 4],
+    /// The input's quantization, to i8.
+    x: FastQuantize,
+    /// `−zp · Σ w` per channel: the sums' correction for the zero point.
+    offsets: Vec<i32>,
+    /// `x_scale · w_scale` per channel.
+    scales: Vec<f32>,
+}
+
+impl Eq for QDepthwiseConv {}
+
+/// Where one plane's padded copy, windows and sums live.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+    /// Padded plane rows and their length (with room for the expansion's loads).
+    ph: usize,
+    row: usize,
+}
+
+impl QDepthwiseConv {
+    /// `weights` `[C, kh, kw]` i8 (row-major), `w_scales` one per channel or one for all, `x`
+    /// the input's quantization; `pads` = `[top, bottom, left, right]`.
+    pub fn new(
+        weights: &[i8],
+        (channels, kh, kw): (usize, usize, usize),
+        pads: [usize; 4],
+        x: ActQuant,
+        w_scales: &[f32],
+    ) -> TractResult<QDepthwiseConv> {
+        let taps = kh * kw;
+        ensure!(
+            taps > 0 && weights.len() == channels * taps,
+            "int8 depthwise conv: {} weights for {channels} channels of {kh}x{kw}",
+            weights.len()
+        );
+        ensure!(
+            w_scales.len() == 1 || w_scales.len() == channels,
+            "int8 depthwise conv: {} weight scales for {channels} channels",
+            w_scales.len()
+        );
+        let scales = (0..channels)
+            .map(|c| x.scale * w_scales[c % w_scales.len()])
+            .collect();
+        let x = x.to_i8();
+        let zero = x.zero_point();
+        let offsets = weights
+            .chunks(taps)
+            .map(|w| -zero * w.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        Ok(QDepthwiseConv {
+            weights: weights.to_vec(),
+            kernel: (kh, kw),
+            pads,
+            x,
+            offsets,
+            scales,
+        })
+    }
+
+    fn channels(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn output_hw(&self, h: TDim, w: TDim) -> (TDim, TDim) {
+        let (kh, kw) = self.kernel;
+        let [t, b, l, r] = self.pads;
+        (h + t + b - kh + 1, w + l + r - kw + 1)
+    }
+
+    fn geometry(&self, h: usize, w: usize) -> TractResult<Geometry> {
+        let (kh, kw) = self.kernel;
+        let [top, bottom, left, right] = self.pads;
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        ensure!(
+            ph >= kh && pw >= kw,
+            "int8 depthwise conv: {h}x{w} input smaller than its {kh}x{kw} kernel"
+        );
+        let (oh, ow) = (ph - kh + 1, pw - kw + 1);
+        Ok(Geometry {
+            h,
+            w,
+            kh,
+            kw,
+            top,
+            left,
+            oh,
+            ow,
+            ph,
+            row: pw.max(windows_per_row(span(ow)) + 16 - WINDOWS_PER_LOAD),
+        })
+    }
+
+    /// One channel's outputs (`oh × ow`) from its input plane.
+    fn plane(
+        &self,
+        x: &[f32],
+        c: usize,
+        bias: f32,
+        g: Geometry,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let taps = g.kh * g.kw;
+        let weights = &self.weights[c * taps..][..taps];
+        // The whole plane in one call: rows of ConvNeXt's later stages (7 or 14 values) are
+        // shorter than the quantizer's 16-value blocks.
+        scratch.quantized.resize(x.len(), 0);
+        self.x.quantize_i8(x, &mut scratch.quantized);
+        scratch.padded.clear();
+        scratch
+            .padded
+            .resize(g.ph * g.row, self.x.zero_point() as i8);
+        for (y, src) in scratch.quantized.chunks_exact(g.w).enumerate() {
+            let at = (y + g.top) * g.row + g.left;
+            scratch.padded[at..][..g.w].copy_from_slice(src);
+        }
+        scratch.sums.resize(g.oh * g.ow + BLOCK, 0);
+        sums(
+            &scratch.padded,
+            g,
+            weights,
+            self.offsets[c],
+            &mut scratch.windows,
+            &mut scratch.sums,
+        );
+        let scale = self.scales[c];
+        for (o, &s) in out.iter_mut().zip(&scratch.sums) {
+            *o = s as f32 * scale + bias;
+        }
+    }
+}
+
+/// Outputs the SDOT loop computes per row of `ow`: whole blocks.
+fn span(ow: usize) -> usize {
+    ow.div_ceil(BLOCK) * BLOCK
+}
+
+/// Windows per row of the SDOT loop's expansion for rows of `span` outputs: a block's last
+/// load reads the windows at `span − 8 .. span + 4`, and the expansion writes 12 at a time.
+fn windows_per_row(span: usize) -> usize {
+    (span + 4).div_ceil(WINDOWS_PER_LOAD) * WINDOWS_PER_LOAD
+}
+
+/// A thread's buffers, reused from plane to plane.
+#[derive(Default)]
+struct Scratch {
+    quantized: Vec<i8>,
+    padded: Vec<i8>,
+    windows: Vec<i8>,
+    sums: Vec<i32>,
+}
+
+/// The integer sums of one padded plane: `sums[y · ow + x] = offset + Σ padded · weights`
+/// over the kernel at `(y, x)`. `sums` holds `BLOCK` values past the plane's: a row's last
+/// block may write past the row (into the next row's, written after it).
+fn sums(
+    padded: &[i8],
+    g: Geometry,
+    weights: &[i8],
+    offset: i32,
+    windows: &mut Vec<i8>,
+    sums: &mut [i32],
+) {
+    #[cfg(target_arch = "aarch64")]
+    if (g.kh, g.kw) == (7, 7) && has_sdot() {
+        windows.resize(g.ph * windows_per_row(span(g.ow)) * 4, 0);
+        // SAFETY: the CPU has SDOT; the buffers are sized by `g` (checked there).
+        return unsafe { sdot::sums_7x7(padded, g, weights, offset, windows, sums) };
+    }
+    let _ = windows;
+    sums_scalar(padded, g, weights, offset, sums)
+}
+
+fn sums_scalar(padded: &[i8], g: Geometry, weights: &[i8], offset: i32, sums: &mut [i32]) {
+    for (y, row) in sums.chunks_mut(g.ow).enumerate().take(g.oh) {
+        for (x, sum) in row.iter_mut().enumerate() {
+            *sum = offset;
+            for (ky, taps) in weights.chunks(g.kw).enumerate() {
+                let src = &padded[(y + ky) * g.row + x..][..g.kw];
+                *sum += src
+                    .iter()
+                    .zip(taps)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum::<i32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod sdot {
+    use std::arch::aarch64::*;
+
+    use super::{span, windows_per_row, Geometry, BLOCK, WINDOWS_PER_LOAD};
+
+    /// Byte `i` of window `j` (of the 4 a register holds) is byte `j + i` of the row.
+    const WINDOW: [u8; 16] = [0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6];
+
+    /// Expands every padded row into its windows (see the module docs), 12 per 16-byte load.
+    ///
+    /// # Safety
+    /// None beyond the checked sizes: `padded` holds `g.ph` rows of `g.row` bytes, `windows`
+    /// `g.ph` rows of windows.
+    #[inline(always)]
+    unsafe fn expand(padded: &[i8], g: Geometry, windows: &mut [i8]) {
+        let n = windows_per_row(span(g.ow));
+        assert!(padded.len() >= g.ph * g.row && windows.len() >= g.ph * n * 4);
+        assert!(n + 16 - WINDOWS_PER_LOAD <= g.row);
+        // SAFETY: loads of 16 bytes from `x ≤ n − 12` in a row of at least `n + 4` bytes,
+        // stores of 48 within a row of windows (asserted above).
+        unsafe {
+            let idx = vld1q_u8(WINDOW.as_ptr());
+            let (idx4, idx8) = (vaddq_u8(idx, vdupq_n_u8(4)), vaddq_u8(idx, vdupq_n_u8(8)));
+            for y in 0..g.ph {
+                let src = padded.as_ptr().add(y * g.row);
+                let dst = windows.as_mut_ptr().add(y * n * 4);
+                for x in (0..n).step_by(WINDOWS_PER_LOAD) {
+                    let v = vld1q_s8(src.add(x));
+                    let w =
+                        int8x16x3_t(vqtbl1q_s8(v, idx), vqtbl1q_s8(v, idx4), vqtbl1q_s8(v, idx8));
+                    vst1q_s8_x3(dst.add(x * 4), w);
+                }
+            }
+        }
+    }
+
+    /// [`super::sums_scalar`] for 7x7 kernels on `SDOT`.
+    ///
+    /// # Safety
+    /// A CPU with SDOT; `padded`, `windows` and `sums` sized by `g`; `weights` holds 49.
+    #[target_feature(enable = "dotprod")]
+    pub(super) unsafe fn sums_7x7(
+        padded: &[i8],
+        g: Geometry,
+        weights: &[i8],
+        offset: i32,
+        windows: &mut [i8],
+        sums: &mut [i32],
+    ) {
+        assert!(weights.len() == 49 && sums.len() >= g.oh * g.ow + BLOCK && g.ph >= g.oh + 6);
+        macro_rules! sdot {
+            ($acc:expr, $x:expr, $w:expr) => {
+                std::arch::asm!(
+                    "sdot {acc:v}.4s, {x:v}.16b, {w:v}.16b",
+                    acc = inout(vreg) $acc,
+                    x = in(vreg) $x,
+                    w = in(vreg) $w,
+                    options(pure, nomem, nostack),
+                )
+            };
+        }
+        // SAFETY: as the caller promises; a block's loads read windows `x .. x + 12` of a row
+        // with `x + 12 ≤ span + 4 ≤ windows_per_row(span)`, its stores `BLOCK` sums from
+        // `y · ow + x` with `x + BLOCK ≤ span < ow + BLOCK`.
+        unsafe {
+            expand(padded, g, windows);
+            // Taps 0–3 and 4–6 of each kernel row (and a zero), the same in every lane.
+            let taps: [[int8x16_t; 2]; 7] = std::array::from_fn(|ky| {
+                let row = &weights[ky * 7..][..7];
+                let four = |t: &[i8]| {
+                    let mut b = [0u8; 4];
+                    for (b, &v) in b.iter_mut().zip(t) {
+                        *b = v as u8;
+                    }
+                    vreinterpretq_s8_u32(vdupq_n_u32(u32::from_le_bytes(b)))
+                };
+                [four(&row[..4]), four(&row[4..])]
+            });
+            let stride = windows_per_row(span(g.ow)) * 4;
+            for y in 0..g.oh {
+                let out = sums.as_mut_ptr().add(y * g.ow);
+                for x in (0..span(g.ow)).step_by(BLOCK) {
+                    let (mut low, mut high) = (vdupq_n_s32(offset), vdupq_n_s32(offset));
+                    let mut src = windows.as_ptr().add(y * stride + x * 4);
+                    for [t0, t4] in taps {
+                        let v = vld1q_s8_x3(src);
+                        sdot!(low, v.0, t0);
+                        sdot!(low, v.1, t4);
+                        sdot!(high, v.1, t0);
+                        sdot!(high, v.2, t4);
+                        src = src.add(stride);
+                    }
+                    vst1q_s32(out.add(x), low);
+                    vst1q_s32(out.add(x + 4), high);
+                }
+            }
+        }
+    }
+}
+
+impl Op for QDepthwiseConv {
+    fn name(&self) -> StaticName {
+        "QDepthwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let (kh, kw) = self.kernel;
+        let sums = if pays(kh, kw) { "SDOT" } else { "scalar" };
+        Ok(vec![format!(
+            "{} channels, {kh}x{kw} i8, pads {:?}, {sums}",
+            self.channels(),
+            self.pads
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QDepthwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (x, bias) = args_2!(inputs);
+        let shape = x.shape();
+        let c = self.channels();
+        ensure!(
+            shape.len() == 4 && shape[1] == c && x.datum_type() == f32::datum_type(),
+            "int8 depthwise conv: input {:?} {shape:?}, expected f32 with {c} channels on axis 1",
+            x.datum_type()
+        );
+        let bias = bias.cast_to::<f32>()?;
+        let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        ensure!(
+            bias.len() == c,
+            "int8 depthwise conv: bias length {}",
+            bias.len()
+        );
+        let g = self.geometry(shape[2], shape[3])?;
+        let xs = x.try_as_plain_ram()?;
+        let xs = xs.as_slice::<f32>()?;
+        let mut out = Tensor::zero::<f32>(&[shape[0], c, g.oh, g.ow])?;
+        let plane_out = g.oh * g.ow;
+        if plane_out > 0 {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let ys = view.as_slice_mut::<f32>()?;
+            let taps = g.kh * g.kw;
+            par_chunks_mut(ys, plane_out, xs.len() * taps, |first, chunk| {
+                let mut scratch = Scratch::default();
+                for (i, out) in chunk.chunks_mut(plane_out).enumerate() {
+                    let p = first + i;
+                    let x = &xs[p * g.h * g.w..][..g.h * g.w];
+                    self.plane(x, p % c, bias[p % c], g, &mut scratch, out);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QDepthwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(
+            x.datum_type == f32::datum_type()
+                && x.rank() == 4
+                && x.shape[1] == self.channels().to_dim(),
+            "int8 depthwise conv: input {x:?}, expected f32 with {} channels on axis 1",
+            self.channels()
+        );
+        let (oh, ow) = self.output_hw(x.shape[2].clone(), x.shape[3].clone());
+        let shape = [x.shape[0].clone(), x.shape[1].clone(), oh, ow];
+        Ok(tvec!(f32::datum_type().fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (kh, kw) = self.kernel;
+        let macs = inputs[0].shape.iter().product::<TDim>() * (kh * kw);
+        Ok(tvec!((Cost::FMA(i32::datum_type()), macs)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::product::tests::values;
+
+    /// The QDQ definition in f64: the dequantized input and weights convolved, plus the bias.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        weights: &[i8],
+        (kh, kw): (usize, usize),
+        [t, b, l, r]: [usize; 4],
+        xq: ActQuant,
+        w_scales: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let q = xq.quantizer();
+        let mut bytes = vec![0u8; x.len()];
+        q.quantize_bytes(x, &mut bytes);
+        let xd: Vec<f64> = bytes
+            .iter()
+            .map(|&b| xq.dequantize(q.value_of_byte(b)) as f64)
+            .collect();
+        let (oh, ow) = (h + t + b - kh + 1, w + l + r - kw + 1);
+        let mut out = vec![0f32; n * c * oh * ow];
+        for p in 0..n * c {
+            let ch = p % c;
+            let ws = w_scales[ch % w_scales.len()] as f64;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut s = 0f64;
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            let (iy, ix) = (oy + i, ox + j);
+                            if iy < t || ix < l || iy - t >= h || ix - l >= w {
+                                continue;
+                            }
+                            s += weights[(ch * kh + i) * kw + j] as f64
+                                * ws
+                                * xd[p * h * w + (iy - t) * w + ix - l];
+                        }
+                    }
+                    out[(p * oh + oy) * ow + ox] = (s + bias[ch] as f64) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn run(op: &QDepthwiseConv, x: Tensor, bias: &[f32]) -> Vec<f32> {
+        let out = op
+            .eval(
+                &EvalContext::out_of_plan(),
+                tvec!(x.into_tvalue(), tensor1(bias).into_tvalue()),
+            )
+            .unwrap();
+        out[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Against the f64 definition, with u8 and i8 inputs (zero points inside and at the edge
+    /// of the range), per-channel and per-tensor weight scales, odd plane sizes and
+    /// asymmetric padding, within f32 rounding.
+    #[test]
+    fn matches_the_dequantized_convolution() {
+        let u8_in = ActQuant {
+            scale: 0.05,
+            zero_point: 131,
+            signed: false,
+        };
+        let i8_in = ActQuant {
+            scale: 0.03,
+            zero_point: -128,
+            signed: true,
+        };
+        for (i, (n, c, h, w, kh, kw, pads)) in [
+            (1, 3, 9, 13, 7, 7, [3, 3, 3, 3]),
+            (2, 2, 7, 5, 7, 7, [3, 3, 3, 3]),
+            (1, 2, 1, 1, 7, 7, [3, 3, 3, 3]),
+            (1, 1, 16, 21, 7, 7, [1, 2, 0, 4]),
+            (1, 2, 6, 6, 3, 3, [1, 1, 1, 1]),
+            (1, 1, 4, 9, 2, 5, [0, 0, 2, 1]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let len = n * c * h * w;
+            let x: Vec<f32> = values(len, i as u32)
+                .iter()
+                .map(|&v| v as f32 * 0.06)
+                .collect();
+            let weights = values(c * kh * kw, 7 + i as u32);
+            let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.2).collect();
+            let per_channel: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.002).collect();
+            for (xq, w_scales) in [
+                (u8_in, &per_channel[..]),
+                (i8_in, &per_channel[..]),
+                (u8_in, &[0.02][..]),
+            ] {
+                let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, w_scales).unwrap();
+                let x = Tensor::from_shape(&[n, c, h, w], &x).unwrap();
+                let got = run(&op, x.clone(), &bias);
+                let want = reference(
+                    x.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(),
+                    (n, c, h, w),
+                    &weights,
+                    (kh, kw),
+                    pads,
+                    xq,
+                    w_scales,
+                    &bias,
+                );
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{n}x{c}x{h}x{w} {kh}x{kw} {pads:?}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The SDOT sums (where the CPU has them) against the scalar loop, bit for bit, with the
+    /// extreme bytes on both sides and planes whose rows end mid-block.
+    #[test]
+    fn sdot_sums_match_the_scalar_loop() {
+        let x = ActQuant {
+            scale: 1.0,
+            zero_point: 0,
+            signed: true,
+        };
+        for (h, w) in [(1, 1), (7, 8), (9, 13), (56, 56), (14, 17)] {
+            let mut weights = values(49, h as u32);
+            weights[0] = -128;
+            weights[48] = 127;
+            let op = QDepthwiseConv::new(&weights, (1, 7, 7), [3; 4], x, &[1.0]).unwrap();
+            let g = op.geometry(h, w).unwrap();
+            let mut padded = values(g.ph * g.row, w as u32);
+            padded[0] = -128;
+            let len = g.oh * g.ow + BLOCK;
+            let (mut want, mut got) = (vec![0; len], vec![0; len]);
+            sums_scalar(&padded, g, &weights, 17, &mut want);
+            sums(&padded, g, &weights, 17, &mut vec![], &mut got);
+            assert_eq!(got[..g.oh * g.ow], want[..g.oh * g.ow], "{h}x{w}");
+        }
+    }
+
+    #[test]
+    fn refuses_mismatched_weights_and_inputs() {
+        let x = ActQuant {
+            scale: 1.0,
+            zero_point: 0,
+            signed: true,
+        };
+        assert!(QDepthwiseConv::new(&[1; 10], (2, 2, 3), [0; 4], x, &[1.0]).is_err());
+        assert!(QDepthwiseConv::new(&[1; 12], (2, 2, 3), [0; 4], x, &[1.0; 3]).is_err());
+        let op = QDepthwiseConv::new(&[1; 12], (2, 2, 3), [0; 4], x, &[1.0]).unwrap();
+        let wrong_channels = Tensor::zero::<f32>(&[1, 3, 4, 4]).unwrap();
+        let result = op.eval(
+            &EvalContext::out_of_plan(),
+            tvec!(
+                wrong_channels.into_tvalue(),
+                tensor1(&[0f32; 2]).into_tvalue()
+            ),
+        );
+        assert!(result.is_err());
+        let too_small = Tensor::zero::<f32>(&[1, 2, 1, 1]).unwrap();
+        let result = op.eval(
+            &EvalContext::out_of_plan(),
+            tvec!(too_small.into_tvalue(), tensor1(&[0f32; 2]).into_tvalue()),
+        );
+        assert!(result.is_err());
+    }
+}
