@@ -7,9 +7,10 @@
 //! over its taps, computed as `Σ q · w − zp · Σ w` and scaled once by `x_scale · w_scale[c]`,
 //! plus the bias: the arithmetic of onnxruntime's integer convolutions, one rounding per output
 //! where the float path rounds once per tap. The output's own `Q → DQ`, where the model has
-//! one, stays in the graph, where tract's passes merge it with what follows (see
-//! `kernels::quantize`). u8 activations are stored as `q − 128` (with the zero point moved by −128),
-//! so that both operands are i8.
+//! one, stays in the graph: the model's passes merge it with the element-wise ops after it
+//! into one lookup (`kernels::quantize::QuantizeLookup`), cheaper than a second pass here. u8
+//! activations are stored as `q − 128` (with the zero point moved by −128), so that both
+//! operands are i8.
 //!
 //! With SDOT (7x7 kernels), each padded row is first expanded into overlapping windows of four
 //! bytes (`p[x], p[x+1], p[x+2], p[x+3]` for every `x`): one 16-byte load then holds four
@@ -41,7 +42,7 @@ fn has_sdot() -> bool {
     false
 }
 
-/// Outputs per block of the SDOT loop, and the multiple each row of sums is padded to.
+/// Outputs per block of the SDOT loop (a row's last block may run past the row).
 const BLOCK: usize = 8;
 /// Windows written per load by the expansion (a 16-byte load holds 12 whole windows).
 const WINDOWS_PER_LOAD: usize = 12;
