@@ -25,7 +25,7 @@
 //!
 //! Quantized depthwise convolutions (ConvNeXt's 7x7 `conv_dw`) are fused the same way into
 //! [`FUSED_DEPTHWISE_OP`] ([`fuse_depthwise`]) where our integer depthwise pays: on arm64 with
-//! SDOT, in channels-first graphs.
+//! SDOT.
 //!
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
@@ -91,17 +91,10 @@ pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
 /// [`FUSED_DEPTHWISE_OP`] node; returns how many. Conditions, each needed for the integer op to
 /// compute the same function: `C × 1 × kh × kw` int8 weights with zero point 0 and one scale
 /// per channel or one for all, stride and dilation 1, explicit (or no) padding, per-tensor
-/// input quantization whose quantize and dequantize agree. An output pair stays: tract merges
-/// it with the element-wise ops after it into one lookup. Channels-first graphs
-/// only (1x1-convolution exports): in MatMul-form graphs tract runs the blocks channels last,
-/// and this op, channels first, would put transposes around every depthwise convolution.
+/// input quantization whose quantize and dequantize agree. An output pair stays: the model's
+/// passes merge it with the element-wise ops after it into one lookup. In MatMul-form graphs
+/// tract moves the op channels last with the blocks around it.
 pub fn fuse_depthwise(graph: &mut GraphProto, pays: impl Fn(usize, usize) -> bool) -> usize {
-    let matmul_form = find_all(graph, None)
-        .iter()
-        .any(|m| int_attr_of(&m.node, "channels_last") == Some(1));
-    if matmul_form {
-        return 0;
-    }
     let ix = Index::new(graph);
     let matches: Vec<Match> = graph
         .node

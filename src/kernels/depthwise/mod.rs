@@ -709,7 +709,7 @@ pub fn is_supported_float(dt: DatumType) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn reference(
@@ -745,7 +745,7 @@ mod tests {
     }
 
     /// `[N, C, H, W]` data as `[N, H, W, C]`.
-    fn to_last(v: &[f32], (_, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+    pub(crate) fn to_last(v: &[f32], (_, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
         let mut out = vec![0f32; v.len()];
         for (i, value) in v.iter().enumerate() {
             let (b, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);

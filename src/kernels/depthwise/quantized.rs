@@ -17,8 +17,12 @@
 //! outputs' windows of four taps, and one `SDOT` against those taps' four weights (the same in
 //! every lane) adds 16 products. Per kernel row, 8 outputs take one load of three registers
 //! and four `SDOT`; the float kernel takes a fused multiply-add per tap and 4 outputs.
-//! Elsewhere the sums are a plain loop: the reference the SDOT loop is tested against, and the
-//! op's path on CPUs it is not fused for.
+//! Channels last (where tract moves a MatMul-form network's channels last: timm's exports),
+//! each padded row is expanded the other way: for each pixel and channel, the 4 values of that
+//! channel at the pixel and the 3 after it, so that one 64-byte load holds 16 channels' taps
+//! 0–3 (or 4–7) and four `SDOT` against the same taps' weights add 256 products.
+//! Elsewhere the sums are a plain loop: the reference the SDOT loops are tested against, and
+//! the op's path on CPUs it is not fused for.
 //!
 //! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
 //! `multithread::par_chunks_mut`.
@@ -29,6 +33,7 @@ use tract_onnx::tract_core::internal::*;
 
 use crate::kernels::qconv::ActQuant;
 use crate::kernels::quantize::FastQuantize;
+use crate::kernels::Layout;
 
 /// Whether the integer depthwise pays on this CPU: it needs SDOT, and takes 7x7 kernels.
 pub fn pays(kh: usize, kw: usize) -> bool {
@@ -42,14 +47,31 @@ fn has_sdot() -> bool {
     false
 }
 
+/// `acc += Σ` of the four products in each i32 lane of `x` and `w` (i8): one `SDOT`, for the
+/// functions with the dot-product extension enabled. Written as assembly: the intrinsic is not
+/// stable Rust yet.
+#[cfg(target_arch = "aarch64")]
+macro_rules! sdot {
+    ($acc:expr, $x:expr, $w:expr) => {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {x:v}.16b, {w:v}.16b",
+            acc = inout(vreg) $acc,
+            x = in(vreg) $x,
+            w = in(vreg) $w,
+            options(pure, nomem, nostack),
+        )
+    };
+}
+
 /// Outputs per block of the SDOT loop (a row's last block may run past the row).
 const BLOCK: usize = 8;
 /// Windows written per load by the expansion (a 16-byte load holds 12 whole windows).
 const WINDOWS_PER_LOAD: usize = 12;
 
 /// An int8 depthwise convolution with `kh × kw` kernels, stride and dilation 1, explicit
-/// padding, over `[N, C, H, W]` f32 (quantized on the way in); the bias `[C]` f32 is its second
-/// input. Output f32 `[N, C, H + top + bottom − kh + 1, W + left + right − kw + 1]`.
+/// padding, over `[N, C, H, W]` f32 (quantized on the way in; `[N, H, W, C]` once tract has
+/// moved the channels last); the bias `[C]` f32 is its second input. Output f32 in the input's
+/// layout with `H + top + bottom − kh + 1` rows and `W + left + right − kw + 1` columns.
 ///
 /// ```
 /// use convnext_edge::kernels::depthwise::quantized::QDepthwiseConv;
@@ -80,6 +102,7 @@ pub struct QDepthwiseConv {
     offsets: Vec<i32>,
     /// `x_scale · w_scale` per channel.
     scales: Vec<f32>,
+    layout: Layout,
 }
 
 impl Eq for QDepthwiseConv {}
@@ -95,9 +118,11 @@ struct Geometry {
     left: usize,
     oh: usize,
     ow: usize,
-    /// Padded plane rows and their length (with room for the expansion's loads).
+    /// Padded plane rows and their length (with room for the expansion's loads), and the
+    /// padded width.
     ph: usize,
     row: usize,
+    pw: usize,
 }
 
 impl QDepthwiseConv {
@@ -137,7 +162,16 @@ impl QDepthwiseConv {
             x,
             offsets,
             scales,
+            layout: Layout::ChannelsFirst,
         })
+    }
+
+    /// Axes of (C, H, W) in the rank-4 input.
+    fn axes(&self) -> (usize, usize, usize) {
+        match self.layout {
+            Layout::ChannelsFirst => (1, 2, 3),
+            Layout::ChannelsLast => (3, 1, 2),
+        }
     }
 
     fn channels(&self) -> usize {
@@ -170,6 +204,7 @@ impl QDepthwiseConv {
             ow,
             ph,
             row: pw.max(windows_per_row(span(ow)) + 16 - WINDOWS_PER_LOAD),
+            pw,
         })
     }
 
@@ -209,6 +244,249 @@ impl QDepthwiseConv {
         let scale = self.scales[c];
         for (o, &s) in out.iter_mut().zip(&scratch.sums) {
             *o = s as f32 * scale + bias;
+        }
+    }
+
+    /// Every output row of a channels-last batch (`n` images), rows split across the threads.
+    fn run_c_last(
+        &self,
+        xs: &[f32],
+        n: usize,
+        g: Geometry,
+        bias: &[f32],
+        ys: &mut [f32],
+    ) -> TractResult<()> {
+        let c = self.channels();
+        let mut quantized = vec![0i8; xs.len()];
+        self.x.quantize_i8(xs, &mut quantized);
+        // One pixel more than the padding: the expansion's last pixel reads 3 past itself.
+        let image = CLast::new(g, c);
+        let mut padded = vec![self.x.zero_point() as i8; n * image.len()];
+        for (src, dst) in quantized
+            .chunks_exact(g.h * g.w * c)
+            .zip(padded.chunks_exact_mut(image.len()))
+        {
+            for (y, row) in src.chunks_exact(g.w * c).enumerate() {
+                dst[image.at(y + g.top, g.left)..][..g.w * c].copy_from_slice(row);
+            }
+        }
+        let taps = g.kh * g.kw;
+        #[cfg(target_arch = "aarch64")]
+        if let Some(sdot) = c_last_sdot::Plan::new(self, g, &padded)? {
+            return par_chunks_mut(ys, g.ow * c, xs.len() * taps, |first, chunk| {
+                for (i, out) in chunk.chunks_mut(g.ow * c).enumerate() {
+                    let (img, y) = ((first + i) / g.oh, (first + i) % g.oh);
+                    sdot.row(img, y, bias, out);
+                }
+                Ok(())
+            });
+        }
+        par_chunks_mut(ys, g.ow * c, xs.len() * taps, |first, chunk| {
+            for (i, out) in chunk.chunks_mut(g.ow * c).enumerate() {
+                let (img, y) = ((first + i) / g.oh, (first + i) % g.oh);
+                let padded = &padded[img * image.len()..][..image.len()];
+                self.row_c_last(padded, image, y, g, bias, out);
+            }
+            Ok(())
+        })
+    }
+
+    /// Output row `y` of one channels-last image from its padded copy: the plain loop.
+    fn row_c_last(
+        &self,
+        padded: &[i8],
+        image: CLast,
+        y: usize,
+        g: Geometry,
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        let (c, taps) = (image.c, g.kh * g.kw);
+        for (x, pixel) in out.chunks_exact_mut(c).enumerate() {
+            for (ch, o) in pixel.iter_mut().enumerate() {
+                let w = &self.weights[ch * taps..][..taps];
+                let mut sum = self.offsets[ch];
+                for (ky, w) in w.chunks_exact(g.kw).enumerate() {
+                    let at = image.at(y + ky, x) + ch;
+                    for (kx, &w) in w.iter().enumerate() {
+                        sum += padded[at + kx * c] as i32 * w as i32;
+                    }
+                }
+                *o = sum as f32 * self.scales[ch] + bias[ch];
+            }
+        }
+    }
+}
+
+/// A channels-last padded image: `g.ph` rows of `g.pw + 1` pixels of `c` channels.
+#[derive(Debug, Clone, Copy)]
+struct CLast {
+    c: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl CLast {
+    fn new(g: Geometry, c: usize) -> CLast {
+        CLast {
+            c,
+            ph: g.ph,
+            pw: g.pw + 1,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ph * self.pw * self.c
+    }
+
+    /// Where pixel `x` of row `y` starts.
+    fn at(&self, y: usize, x: usize) -> usize {
+        (y * self.pw + x) * self.c
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod c_last_sdot {
+    use std::arch::aarch64::*;
+
+    use tract_linalg::multithread::par_chunks_mut;
+    use tract_onnx::prelude::TractResult;
+
+    use super::{has_sdot, CLast, Geometry, QDepthwiseConv};
+    use crate::kernels::neon::interleave4;
+
+    /// Channels per step: four `SDOT` of 4 channels.
+    const CHANNELS: usize = 16;
+
+    /// A channels-last batch expanded for `SDOT` (see the module docs), with the weights in
+    /// the same order.
+    pub(super) struct Plan<'a> {
+        op: &'a QDepthwiseConv,
+        g: Geometry,
+        c: usize,
+        /// Per padded row, pixel `x` (`0 ..= ow + 3`) and channel: the channel's values at
+        /// pixels `x .. x + 4`.
+        expanded: Vec<i8>,
+        /// Per kernel row, taps 0–3 then 4–6 (and a zero) of each channel.
+        weights: Vec<i8>,
+    }
+
+    impl<'a> Plan<'a> {
+        /// The plan where `SDOT` runs the op: 7x7 kernels, whole steps of channels.
+        pub(super) fn new(
+            op: &'a QDepthwiseConv,
+            g: Geometry,
+            padded: &[i8],
+        ) -> TractResult<Option<Plan<'a>>> {
+            let c = op.channels();
+            if (g.kh, g.kw) != (7, 7) || !c.is_multiple_of(CHANNELS) || !has_sdot() {
+                return Ok(None);
+            }
+            let mut weights = vec![0i8; 7 * 2 * c * 4];
+            for (ch, w) in op.weights.chunks_exact(49).enumerate() {
+                for (ky, row) in w.chunks_exact(7).enumerate() {
+                    for (kx, &v) in row.iter().enumerate() {
+                        weights[((ky * 2 + kx / 4) * c + ch) * 4 + kx % 4] = v;
+                    }
+                }
+            }
+            let image = CLast::new(g, c);
+            let pixels = g.ow + 4;
+            let mut expanded = vec![0i8; padded.len() / image.len() * g.ph * pixels * c * 4];
+            par_chunks_mut(
+                &mut expanded,
+                pixels * c * 4,
+                padded.len(),
+                |first, chunk| {
+                    for (i, dst) in chunk.chunks_exact_mut(pixels * c * 4).enumerate() {
+                        let (img, y) = ((first + i) / g.ph, (first + i) % g.ph);
+                        let src = &padded[img * image.len() + image.at(y, 0)..][..image.pw * c];
+                        expand(src, c, dst);
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok(Some(Plan {
+                op,
+                g,
+                c,
+                expanded,
+                weights,
+            }))
+        }
+
+        /// Output row `y` of image `img`.
+        pub(super) fn row(&self, img: usize, y: usize, bias: &[f32], out: &mut [f32]) {
+            let (g, c) = (self.g, self.c);
+            let pixels = g.ow + 4;
+            let rows = &self.expanded[(img * g.ph + y) * pixels * c * 4..][..7 * pixels * c * 4];
+            assert!(out.len() == g.ow * c && bias.len() == c);
+            // SAFETY: the CPU has SDOT (checked by `new`); the reads stay inside the 7 rows
+            // (pixel `x + 4 ≤ ow + 3`), the weights (7 × 2 × c × 4) and the per-channel
+            // vectors; the stores inside `out` (all asserted above or sized by `new`).
+            unsafe { self.row_sdot(rows, bias, out) }
+        }
+
+        /// [`Self::row`] on `rows`, the 7 expanded rows under it.
+        ///
+        /// # Safety
+        /// As `row` checks.
+        #[target_feature(enable = "dotprod")]
+        unsafe fn row_sdot(&self, rows: &[i8], bias: &[f32], out: &mut [f32]) {
+            let (g, c) = (self.g, self.c);
+            let row_len = (g.ow + 4) * c * 4;
+            // SAFETY: as `row` checked.
+            unsafe {
+                for x in 0..g.ow {
+                    for cb in (0..c).step_by(CHANNELS) {
+                        let offsets = self.op.offsets.as_ptr().add(cb);
+                        let mut acc: [int32x4_t; 4] =
+                            std::array::from_fn(|q| vld1q_s32(offsets.add(4 * q)));
+                        for ky in 0..7 {
+                            for half in 0..2 {
+                                let at = ky * row_len + ((x + 4 * half) * c + cb) * 4;
+                                let v = vld1q_s8_x4(rows.as_ptr().add(at));
+                                let w = vld1q_s8_x4(
+                                    self.weights.as_ptr().add(((ky * 2 + half) * c + cb) * 4),
+                                );
+                                sdot!(acc[0], v.0, w.0);
+                                sdot!(acc[1], v.1, w.1);
+                                sdot!(acc[2], v.2, w.2);
+                                sdot!(acc[3], v.3, w.3);
+                            }
+                        }
+                        for (q, acc) in acc.into_iter().enumerate() {
+                            let ch = cb + 4 * q;
+                            let v = vmulq_f32(
+                                vcvtq_f32_s32(acc),
+                                vld1q_f32(self.op.scales.as_ptr().add(ch)),
+                            );
+                            let v = vaddq_f32(v, vld1q_f32(bias.as_ptr().add(ch)));
+                            vst1q_f32(out.as_mut_ptr().add(x * c + ch), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One padded row (pixels of `c` channels, `dst.len() / (4c)` + 3 of them) expanded.
+    fn expand(src: &[i8], c: usize, dst: &mut [i8]) {
+        let pixels = dst.len() / (4 * c);
+        assert!(src.len() >= (pixels + 3) * c && c.is_multiple_of(CHANNELS));
+        for x in 0..pixels {
+            for cb in (0..c).step_by(CHANNELS) {
+                // SAFETY: NEON; reads pixels `x .. x + 4` of `src`, writes 64 bytes of pixel
+                // `x` of `dst` (asserted above).
+                unsafe {
+                    let at = |j: usize| vld1q_s8(src.as_ptr().add((x + j) * c + cb));
+                    let [q0, q1, q2, q3] = interleave4(at(0), at(1), at(2), at(3));
+                    vst1q_s8_x4(
+                        dst.as_mut_ptr().add((x * c + cb) * 4),
+                        int8x16x4_t(q0, q1, q2, q3),
+                    );
+                }
+            }
         }
     }
 }
@@ -321,17 +599,6 @@ mod sdot {
         sums: &mut [i32],
     ) {
         assert!(weights.len() == 49 && sums.len() >= g.oh * g.ow + BLOCK && g.ph >= g.oh + 6);
-        macro_rules! sdot {
-            ($acc:expr, $x:expr, $w:expr) => {
-                std::arch::asm!(
-                    "sdot {acc:v}.4s, {x:v}.16b, {w:v}.16b",
-                    acc = inout(vreg) $acc,
-                    x = in(vreg) $x,
-                    w = in(vreg) $w,
-                    options(pure, nomem, nostack),
-                )
-            };
-        }
         // SAFETY: as the caller promises; a block's loads read windows `x .. x + 12` of a row
         // with `x + 12 ≤ span + 4 ≤ windows_per_row(span)`, its stores `BLOCK` sums from
         // `y · ow + x` with `x + BLOCK ≤ span < ow + BLOCK`.
@@ -380,8 +647,9 @@ impl Op for QDepthwiseConv {
         let (kh, kw) = self.kernel;
         let sums = if pays(kh, kw) { "SDOT" } else { "scalar" };
         Ok(vec![format!(
-            "{} channels, {kh}x{kw} i8, pads {:?}, {sums}",
+            "{} channels, {kh}x{kw} i8, {:?}, pads {:?}, {sums}",
             self.channels(),
+            self.layout,
             self.pads
         )])
     }
@@ -396,9 +664,10 @@ impl EvalOp for QDepthwiseConv {
         let (x, bias) = args_2!(inputs);
         let shape = x.shape();
         let c = self.channels();
+        let (ca, ha, wa) = self.axes();
         ensure!(
-            shape.len() == 4 && shape[1] == c && x.datum_type() == f32::datum_type(),
-            "int8 depthwise conv: input {:?} {shape:?}, expected f32 with {c} channels on axis 1",
+            shape.len() == 4 && shape[ca] == c && x.datum_type() == f32::datum_type(),
+            "int8 depthwise conv: input {:?} {shape:?}, expected f32 with {c} channels on axis {ca}",
             x.datum_type()
         );
         let bias = bias.cast_to::<f32>()?;
@@ -408,24 +677,30 @@ impl EvalOp for QDepthwiseConv {
             "int8 depthwise conv: bias length {}",
             bias.len()
         );
-        let g = self.geometry(shape[2], shape[3])?;
+        let g = self.geometry(shape[ha], shape[wa])?;
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[shape[0], c, g.oh, g.ow])?;
+        let mut out_shape = [shape[0], 0, 0, 0];
+        (out_shape[ca], out_shape[ha], out_shape[wa]) = (c, g.oh, g.ow);
+        let mut out = Tensor::zero::<f32>(&out_shape)?;
         let plane_out = g.oh * g.ow;
         if plane_out > 0 {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
-            let taps = g.kh * g.kw;
-            par_chunks_mut(ys, plane_out, xs.len() * taps, |first, chunk| {
-                let mut scratch = Scratch::default();
-                for (i, out) in chunk.chunks_mut(plane_out).enumerate() {
-                    let p = first + i;
-                    let x = &xs[p * g.h * g.w..][..g.h * g.w];
-                    self.plane(x, p % c, bias[p % c], g, &mut scratch, out);
+            match self.layout {
+                Layout::ChannelsFirst => {
+                    par_chunks_mut(ys, plane_out, xs.len() * g.kh * g.kw, |first, chunk| {
+                        let mut scratch = Scratch::default();
+                        for (i, out) in chunk.chunks_mut(plane_out).enumerate() {
+                            let p = first + i;
+                            let x = &xs[p * g.h * g.w..][..g.h * g.w];
+                            self.plane(x, p % c, bias[p % c], g, &mut scratch, out);
+                        }
+                        Ok(())
+                    })?;
                 }
-                Ok(())
-            })?;
+                Layout::ChannelsLast => self.run_c_last(xs, shape[0], g, &bias, ys)?,
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -434,16 +709,47 @@ impl EvalOp for QDepthwiseConv {
 impl TypedOp for QDepthwiseConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let x = inputs[0];
+        let (ca, ha, wa) = self.axes();
         ensure!(
             x.datum_type == f32::datum_type()
                 && x.rank() == 4
-                && x.shape[1] == self.channels().to_dim(),
-            "int8 depthwise conv: input {x:?}, expected f32 with {} channels on axis 1",
+                && x.shape[ca] == self.channels().to_dim(),
+            "int8 depthwise conv: input {x:?}, expected f32 with {} channels on axis {ca}",
             self.channels()
         );
-        let (oh, ow) = self.output_hw(x.shape[2].clone(), x.shape[3].clone());
-        let shape = [x.shape[0].clone(), x.shape[1].clone(), oh, ow];
+        let mut shape = x.shape.to_tvec();
+        (shape[ha], shape[wa]) = self.output_hw(x.shape[ha].clone(), x.shape[wa].clone());
         Ok(tvec!(f32::datum_type().fact(shape)))
+    }
+
+    /// Moving the channels of the input (or output) from axis 1 to the last switches the op
+    /// channels last, the other wire moving the same way: how tract's `ChangeAxes` carries a
+    /// MatMul-form network's channels-last layout through it (as `QPointwiseConv` does)
+    /// instead of stopping at this op with transposes around it.
+    fn change_axes(
+        &self,
+        _model: &TypedModel,
+        _node: &TypedNode,
+        io: InOut,
+        change: &AxisOp,
+    ) -> TractResult<Option<AxisChangeConsequence>> {
+        if !matches!(io, InOut::In(0) | InOut::Out(0))
+            || self.layout != Layout::ChannelsFirst
+            || *change != AxisOp::Move(1, 3)
+        {
+            return Ok(None);
+        }
+        let channels_last = QDepthwiseConv {
+            layout: Layout::ChannelsLast,
+            ..self.clone()
+        };
+        Ok(Some(AxisChangeConsequence {
+            substitute_op: Some(Box::new(channels_last)),
+            wire_changes: tvec!(
+                (InOut::In(0), change.clone()),
+                (InOut::Out(0), change.clone())
+            ),
+        }))
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -505,6 +811,11 @@ mod tests {
         out
     }
 
+    /// `len` f32 inputs in ±7.7 from a seed.
+    fn inputs(len: usize, seed: u32) -> Vec<f32> {
+        values(len, seed).iter().map(|&v| v as f32 * 0.06).collect()
+    }
+
     fn run(op: &QDepthwiseConv, x: Tensor, bias: &[f32]) -> Vec<f32> {
         let out = op
             .eval(
@@ -546,11 +857,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let len = n * c * h * w;
-            let x: Vec<f32> = values(len, i as u32)
-                .iter()
-                .map(|&v| v as f32 * 0.06)
-                .collect();
+            let x = inputs(n * c * h * w, i as u32);
             let weights = values(c * kh * kw, 7 + i as u32);
             let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.2).collect();
             let per_channel: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.002).collect();
@@ -579,6 +886,47 @@ mod tests {
                         "{n}x{c}x{h}x{w} {kh}x{kw} {pads:?}: {g} vs {w}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Channels last computes what channels first does, bit for bit (the same integer sums
+    /// and float epilogue), with channel counts a whole number of SDOT steps and not, batches,
+    /// and a 1-pixel-wide plane.
+    #[test]
+    fn channels_last_matches_channels_first() {
+        use crate::kernels::depthwise::tests::to_last;
+        let xq = ActQuant {
+            scale: 0.05,
+            zero_point: 131,
+            signed: false,
+        };
+        for (i, (n, c, h, w)) in [(1, 16, 9, 13), (2, 32, 7, 7), (1, 5, 6, 11), (1, 48, 4, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            for (kh, kw, pads) in [(7, 7, [3; 4]), (3, 3, [1, 0, 2, 1])] {
+                let x = inputs(n * c * h * w, i as u32);
+                let weights = values(c * kh * kw, 3 + i as u32);
+                let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.1 - 0.7).collect();
+                let scales: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.001).collect();
+                let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, &scales).unwrap();
+                let first = run(&op, Tensor::from_shape(&[n, c, h, w], &x).unwrap(), &bias);
+                let last_op = QDepthwiseConv {
+                    layout: Layout::ChannelsLast,
+                    ..op.clone()
+                };
+                let x_last = Tensor::from_shape(&[n, h, w, c], &to_last(&x, (n, c, h, w)));
+                let last = run(&last_op, x_last.unwrap(), &bias);
+                let (oh, ow) = (
+                    h + pads[0] + pads[1] + 1 - kh,
+                    w + pads[2] + pads[3] + 1 - kw,
+                );
+                assert_eq!(
+                    last,
+                    to_last(&first, (n, c, oh, ow)),
+                    "{n}x{c}x{h}x{w} {kh}x{kw}"
+                );
             }
         }
     }
