@@ -616,12 +616,10 @@ fn match_depthwise(
     op: &NodeProto,
     pays: &dyn Fn(usize, usize) -> bool,
 ) -> Option<Match> {
-    let ones = |name| ints_attr_of(op, name).is_none_or(|v| v.iter().all(|&x| x == 1));
-    let auto_pad = op.attribute.iter().find(|a| a.name == "auto_pad");
     if op.op_type != "Conv"
-        || !ones("strides")
-        || !ones("dilations")
-        || auto_pad.is_some_and(|a| a.s != b"NOTSET")
+        || !all_ones(op, "strides")
+        || !all_ones(op, "dilations")
+        || !matches!(auto_pad(op), None | Some(b"NOTSET"))
     {
         return None;
     }
@@ -943,22 +941,26 @@ fn patch_size(conv: &NodeProto) -> Option<i64> {
 }
 
 fn is_pointwise(conv: &NodeProto) -> bool {
-    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
-    ones("strides") && ones("kernel_shape") && plain_window(conv)
+    all_ones(conv, "strides") && all_ones(conv, "kernel_shape") && plain_window(conv)
 }
 
 /// One group, no dilation, no padding (explicit or automatic).
 fn plain_window(conv: &NodeProto) -> bool {
-    let ones = |name| ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1));
-    let auto_pad = conv
-        .attribute
-        .iter()
-        .find(|a| a.name == "auto_pad")
-        .map(|a| a.s.as_slice());
     int_attr_of(conv, "group").unwrap_or(1) == 1
-        && ones("dilations")
+        && all_ones(conv, "dilations")
         && ints_attr_of(conv, "pads").is_none_or(|v| v.iter().all(|&x| x == 0))
-        && matches!(auto_pad, None | Some(b"NOTSET") | Some(b"VALID"))
+        && matches!(auto_pad(conv), None | Some(b"NOTSET") | Some(b"VALID"))
+}
+
+/// Whether the ints attribute `name` is absent (1 by default) or all ones.
+fn all_ones(conv: &NodeProto, name: &str) -> bool {
+    ints_attr_of(conv, name).is_none_or(|v| v.iter().all(|&x| x == 1))
+}
+
+/// A convolution's `auto_pad`, if set.
+fn auto_pad(conv: &NodeProto) -> Option<&[u8]> {
+    let attr = conv.attribute.iter().find(|a| a.name == "auto_pad");
+    attr.map(|a| a.s.as_slice())
 }
 
 fn is_scalar(t: &TensorProto) -> bool {

@@ -257,33 +257,29 @@ impl QDepthwiseConv {
         ys: &mut [f32],
     ) -> TractResult<()> {
         let c = self.channels();
-        let mut quantized = vec![0i8; xs.len()];
-        self.x.quantize_i8(xs, &mut quantized);
         // One pixel more than the padding: the expansion's last pixel reads 3 past itself.
         let image = CLast::new(g, c);
         let mut padded = vec![self.x.zero_point() as i8; n * image.len()];
-        for (src, dst) in quantized
+        // Rows of `w · c` values, quantized straight into the padded copy.
+        for (src, dst) in xs
             .chunks_exact(g.h * g.w * c)
             .zip(padded.chunks_exact_mut(image.len()))
         {
             for (y, row) in src.chunks_exact(g.w * c).enumerate() {
-                dst[image.at(y + g.top, g.left)..][..g.w * c].copy_from_slice(row);
+                let at = image.at(y + g.top, g.left);
+                self.x.quantize_i8(row, &mut dst[at..][..g.w * c]);
             }
         }
-        let taps = g.kh * g.kw;
         #[cfg(target_arch = "aarch64")]
-        if let Some(sdot) = c_last_sdot::Plan::new(self, g, &padded)? {
-            return par_chunks_mut(ys, g.ow * c, xs.len() * taps, |first, chunk| {
-                for (i, out) in chunk.chunks_mut(g.ow * c).enumerate() {
-                    let (img, y) = ((first + i) / g.oh, (first + i) % g.oh);
-                    sdot.row(img, y, bias, out);
-                }
-                Ok(())
-            });
-        }
-        par_chunks_mut(ys, g.ow * c, xs.len() * taps, |first, chunk| {
+        let sdot = c_last_sdot::Plan::new(self, g, &padded)?;
+        par_chunks_mut(ys, g.ow * c, xs.len() * g.kh * g.kw, |first, chunk| {
             for (i, out) in chunk.chunks_mut(g.ow * c).enumerate() {
                 let (img, y) = ((first + i) / g.oh, (first + i) % g.oh);
+                #[cfg(target_arch = "aarch64")]
+                if let Some(sdot) = &sdot {
+                    sdot.row(img, y, bias, out);
+                    continue;
+                }
                 let padded = &padded[img * image.len()..][..image.len()];
                 self.row_c_last(padded, image, y, g, bias, out);
             }
