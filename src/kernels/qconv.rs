@@ -121,10 +121,9 @@ enum Table {
 }
 
 impl Lookup {
-    /// `out = table[quantize(v)]`; `idx` is scratch of the same length.
-    fn apply<T: Emit>(&self, v: &[f32], idx: &mut [u8], out: &mut [T]) -> TractResult<()> {
+    /// `out = table[idx]`, `idx` the quantized bytes of the output values.
+    fn gather<T: Emit>(&self, idx: &[u8], out: &mut [T]) -> TractResult<()> {
         let table = T::table(&self.table).context("integer 1x1 conv: output type mismatch")?;
-        self.index.quantize_bytes(v, idx);
         T::gather(table, idx, out);
         Ok(())
     }
@@ -625,6 +624,25 @@ impl QPointwiseConv {
         }
     }
 
+    /// The quantization the op applies to an f32 input before anything else; `None` when it
+    /// depends on the input (dynamic quantization).
+    pub(crate) fn input_quantizer(&self) -> Option<FastQuantize> {
+        (!self.dynamic).then(|| self.x.to_i8())
+    }
+
+    /// Every value the op can output when that is a short list (its output is quantized and
+    /// f32): the output quantization's values, or the lookup table that follows it.
+    pub(crate) fn outputs(&self) -> Option<Vec<f32>> {
+        match (&self.lookup, self.y) {
+            (Some(lookup), _) => match &lookup.table {
+                Table::F32(t) => Some(t.to_vec()),
+                Table::I8(_) => None,
+            },
+            (None, Some(y)) => Some(y.fake().outputs()),
+            (None, None) => None,
+        }
+    }
+
     /// The datum type of the output.
     fn output_type(&self) -> DatumType {
         match self.emit {
@@ -935,23 +953,28 @@ impl QPointwiseConv {
         for (i, o) in out.chunks_mut(row_len).enumerate() {
             let a = sums.row(i);
             let r = first + i;
+            // Channels first, the row is an output channel.
+            let channel = || Row {
+                offset: q.offset[r],
+                scale: q.scale[r],
+                bias: bias[r],
+            };
             let row = |o: &mut [f32]| match self.layout {
-                Layout::ChannelsFirst => {
-                    let row = Row {
-                        offset: q.offset[r],
-                        scale: q.scale[r],
-                        bias: bias[r],
-                    };
-                    channel_row(a, o, row, e);
-                }
-                Layout::ChannelsLast => {
-                    position_row(a, o, &q.offset, &q.scale, bias, e);
-                }
+                Layout::ChannelsFirst => channel_row(a, o, channel(), e),
+                Layout::ChannelsLast => position_row(a, o, &q.offset, &q.scale, bias, e),
             };
             match &self.lookup {
                 Some(lookup) => {
-                    row(&mut values);
-                    lookup.apply(&values, &mut idx, o)?;
+                    match self.layout {
+                        Layout::ChannelsFirst => {
+                            channel_codes(a, &mut idx, channel(), e, lookup.index, &mut values)
+                        }
+                        Layout::ChannelsLast => {
+                            row(&mut values);
+                            lookup.index.quantize_bytes(&values, &mut idx);
+                        }
+                    }
+                    lookup.gather(&idx, o)?;
                 }
                 None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
             }
@@ -1211,45 +1234,83 @@ impl Patches {
 }
 
 /// `group[dx · n + at + i] = src[i · s + dx]` for every `dx < s` and `i < src.len() / s`: a
-/// row of patches split by pixel column. On aarch64, sixteen patches at a time for sides 2
-/// and 4 (`LD2` / `LD4` de-interleave as they load).
+/// row of patches split by pixel column. On aarch64 with NEON for sides 2 and 4
+/// ([`deinterleave_neon`]); the scalar loop for other sides and rows of fewer than 8 patches.
 fn deinterleave(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize) {
     let len = src.len() / s;
-    #[allow(unused_mut)]
-    let mut done = 0;
     #[cfg(target_arch = "aarch64")]
-    {
-        use std::arch::aarch64::{vld2q_s8, vld4q_s8, vst1q_s8};
-        while done + 16 <= len && matches!(s, 2 | 4) {
-            let from = src[done * s..][..16 * s].as_ptr();
-            let mut to = |dx: usize| group[dx * n + at + done..][..16].as_mut_ptr();
-            // SAFETY: NEON; the load reads the 16 · s bytes at `from`, each store 16 bytes at
-            // a checked slice.
-            unsafe {
-                if s == 2 {
+    if deinterleave_neon(src, s, group, at, n) {
+        return;
+    }
+    for dx in 0..s {
+        let dst = &mut group[dx * n + at..][..len];
+        // `chunks`, not `step_by`: the compiler makes a plain loop of it (step_by cost ~20
+        // instructions a byte here).
+        for (d, pixels) in dst.iter_mut().zip(src[dx..].chunks(s)) {
+            *d = pixels[0];
+        }
+    }
+}
+
+/// [`deinterleave`] for sides 2 and 4 and at least 8 patches: `LD2` / `LD4` de-interleave as
+/// they load, 16 patches at a time, then 8, the last 8 ending at the row's end (over patches
+/// already written, with the same values) so that no patch is left to a scalar loop. Returns
+/// whether it did the row. ConvNeXt's downsampling rows are 7 to 28 patches long, so without
+/// the 8-patch steps most of them went through the scalar loop.
+#[cfg(target_arch = "aarch64")]
+fn deinterleave_neon(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize) -> bool {
+    use std::arch::aarch64::{vld2_s8, vld2q_s8, vld4_s8, vld4q_s8, vst1_s8, vst1q_s8};
+    let len = src.len() / s;
+    if !matches!(s, 2 | 4) || len < 8 {
+        return false;
+    }
+    // Patches `i .. i + width` (16 or 8).
+    #[inline(always)]
+    fn step(src: &[i8], s: usize, group: &mut [i8], at: usize, n: usize, i: usize, width: usize) {
+        let from = src[i * s..][..width * s].as_ptr();
+        let mut to = |dx: usize| group[dx * n + at + i..][..width].as_mut_ptr();
+        // SAFETY: NEON; each load reads the `width · s` bytes at `from`, each store `width`
+        // bytes at a checked slice.
+        unsafe {
+            match (s, width) {
+                (2, 16) => {
                     let v = vld2q_s8(from);
                     vst1q_s8(to(0), v.0);
                     vst1q_s8(to(1), v.1);
-                } else {
+                }
+                (4, 16) => {
                     let v = vld4q_s8(from);
                     vst1q_s8(to(0), v.0);
                     vst1q_s8(to(1), v.1);
                     vst1q_s8(to(2), v.2);
                     vst1q_s8(to(3), v.3);
                 }
+                (2, _) => {
+                    let v = vld2_s8(from);
+                    vst1_s8(to(0), v.0);
+                    vst1_s8(to(1), v.1);
+                }
+                _ => {
+                    let v = vld4_s8(from);
+                    vst1_s8(to(0), v.0);
+                    vst1_s8(to(1), v.1);
+                    vst1_s8(to(2), v.2);
+                    vst1_s8(to(3), v.3);
+                }
             }
-            done += 16;
         }
     }
-    // The rest, if the NEON blocks left any (else `src[done · s + dx..]` starts past the end).
-    if done < len {
-        for dx in 0..s {
-            let dst = &mut group[dx * n + at + done..][..len - done];
-            for (d, v) in dst.iter_mut().zip(src[done * s + dx..].iter().step_by(s)) {
-                *d = *v;
-            }
-        }
+    let mut i = 0;
+    while i + 16 <= len {
+        step(src, s, group, at, n, i, 16);
+        i += 16;
     }
+    while i < len {
+        let last = i.min(len - 8);
+        step(src, s, group, at, n, last, 8);
+        i = last + 8;
+    }
+    true
 }
 
 /// One output channel's epilogue constants.
@@ -1329,9 +1390,133 @@ fn finish(acc: i32, offset: i32, scale: f32, bias: f32, e: Epilogue) -> f32 {
 multiversion! {
     /// One output channel of a channels-first product.
     fn channel_row(acc: &[i32], out: &mut [f32], row: Row, e: Epilogue) {
-        for (a, y) in acc.iter().zip(out.iter_mut()) {
+        let done = channel_row_prefix(acc, out, row, e);
+        for (a, y) in acc[done..].iter().zip(out[done..].iter_mut()) {
             *y = finish(*a, row.offset, row.scale, row.bias, e);
         }
+    }
+}
+
+/// One output channel's values (as [`channel_row`] computes them) quantized by `index` into
+/// `idx`, in one pass on aarch64; `values` is scratch of the same length.
+fn channel_codes(
+    acc: &[i32],
+    idx: &mut [u8],
+    row: Row,
+    e: Epilogue,
+    index: FastQuantize,
+    values: &mut [f32],
+) {
+    let done = channel_codes_prefix(acc, idx, row, e, index);
+    let rest = acc.len().min(idx.len()) - done;
+    channel_row(&acc[done..], &mut values[..rest], row, e);
+    index.quantize_bytes(&values[..rest], &mut idx[done..][..rest]);
+}
+
+/// `(acc + offset) · scale + bias` of one output channel, four values at a time in NEON
+/// registers: the scalar [`finish`]'s operations in its order, so the same values.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct Affine4 {
+    offset: std::arch::aarch64::int32x4_t,
+    scale: std::arch::aarch64::float32x4_t,
+    bias: std::arch::aarch64::float32x4_t,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Affine4 {
+    #[inline(always)]
+    fn new(row: Row) -> Affine4 {
+        use std::arch::aarch64::{vdupq_n_f32, vdupq_n_s32};
+        // SAFETY: NEON is in the aarch64 baseline.
+        unsafe {
+            Affine4 {
+                offset: vdupq_n_s32(row.offset),
+                scale: vdupq_n_f32(row.scale),
+                bias: vdupq_n_f32(row.bias),
+            }
+        }
+    }
+
+    /// The sixteen values of the sums at `p`.
+    ///
+    /// # Safety
+    /// `p` points to sixteen readable i32.
+    #[inline(always)]
+    unsafe fn values(&self, p: *const i32) -> [std::arch::aarch64::float32x4_t; 4] {
+        use std::arch::aarch64::*;
+        unsafe {
+            let a = vld1q_s32_x4(p);
+            [a.0, a.1, a.2, a.3].map(|a| {
+                let v = vcvtq_f32_s32(vaddq_s32(a, self.offset));
+                vaddq_f32(vmulq_f32(v, self.scale), self.bias)
+            })
+        }
+    }
+}
+
+/// [`channel_row`] of the leading values, sixteen at a time on aarch64 where the epilogue has
+/// no `mid` quantization; returns how many.
+#[inline(always)]
+fn channel_row_prefix(acc: &[i32], out: &mut [f32], row: Row, e: Epilogue) -> usize {
+    #[cfg(target_arch = "aarch64")]
+    {
+        use super::quantize::Fq4;
+        use std::arch::aarch64::{float32x4_t, float32x4x4_t, vst1q_f32_x4};
+        if e.mid.is_some() {
+            return 0;
+        }
+        let f = Affine4::new(row);
+        let n = acc.len().min(out.len());
+        // SAFETY: NEON is in the aarch64 baseline; each step reads acc[at..at + 16] and writes
+        // out[at..at + 16] with at + 16 <= n.
+        let run = |post: &dyn Fn(float32x4_t) -> float32x4_t| unsafe {
+            super::neon::blocks(n, |at| {
+                let [a, b, c, d] = f.values(acc.as_ptr().add(at)).map(post);
+                vst1q_f32_x4(out.as_ptr().add(at) as *mut f32, float32x4x4_t(a, b, c, d));
+            })
+        };
+        match e.y.map(Fq4::new) {
+            Some(y) => run(&|v| y.apply(v)),
+            None => run(&|v| v),
+        }
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let _ = (acc, out, row, e);
+        0
+    }
+}
+
+/// [`channel_codes`] of the leading values, sixteen at a time on aarch64 where the epilogue
+/// has neither `mid` nor `y` (a lookup's index is the output quantization); returns how many.
+#[inline(always)]
+fn channel_codes_prefix(
+    acc: &[i32],
+    idx: &mut [u8],
+    row: Row,
+    e: Epilogue,
+    index: FastQuantize,
+) -> usize {
+    #[cfg(target_arch = "aarch64")]
+    {
+        if e.mid.is_some() || e.y.is_some() {
+            return 0;
+        }
+        let (f, q) = (Affine4::new(row), index.sixteen());
+        // SAFETY: NEON is in the aarch64 baseline; each step reads acc[at..at + 16] and writes
+        // idx[at..at + 16] with at + 16 <= both lengths.
+        unsafe {
+            super::neon::blocks(acc.len().min(idx.len()), |at| {
+                let bytes = q.bytes_of(f.values(acc.as_ptr().add(at)));
+                std::arch::aarch64::vst1q_u8(idx.as_mut_ptr().add(at), bytes);
+            })
+        }
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        let _ = (acc, idx, row, e, index);
+        0
     }
 }
 
@@ -1605,8 +1790,8 @@ mod tests {
     }
 
     /// A convolution over `s × s` patches (stem- and downsampling-like, with a partial last
-    /// row and column dropped, rows of more than 16 patches for the NEON split and rows of
-    /// exactly 16 or 32, which it takes whole) against the 1x1 reference on the patches
+    /// row and column dropped, rows of 8 to 32 patches for the NEON split, with and without
+    /// an overlapping last step, and rows too short for it) against the 1x1 reference on the patches
     /// gathered in f32, channels first and channels last.
     #[test]
     fn patches_match_the_product_of_the_gathered_input() {
@@ -1618,6 +1803,8 @@ mod tests {
             (3, 4, 8, 70, 4),
             (3, 5, 8, 64, 4),
             (4, 6, 4, 64, 2),
+            (2, 3, 5, 24, 2),
+            (3, 4, 4, 32, 4),
         ]
         .iter()
         .enumerate()

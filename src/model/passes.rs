@@ -16,6 +16,13 @@
 //!   three become one in-place op, `y = table[quantize(x)]` with the dequantized table
 //!   precomputed ([`QuantizeLookup`]): the same values, one pass instead of three.
 //!
+//! - **Redundant fake quantizations**: a [`FakeQuantize`] is dropped where it cannot change
+//!   what the graph computes: when each value its input can take is one it leaves as it is (the
+//!   input comes from an op whose output is already quantized to the same steps: the pairs on
+//!   both sides of a `Transpose` tract removed), or when each reader quantizes its input again to
+//!   the same steps before anything else (our integer ops after a LayerNorm's output pair). Both
+//!   conditions are checked on every code of the quantization, so the result is bit-identical.
+//!
 //! - **Constant casts**: a `Cast` of a constant becomes the cast constant (tract's own folding
 //!   stops at 4 MiB, and an f16 model run in f32 has a cast after every weight).
 //!
@@ -49,8 +56,10 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::{DataFormat, GeluExact};
 
+use crate::kernels::depthwise::quantized::QDepthwiseConv;
 use crate::kernels::depthwise::{self, DepthwiseConv};
 use crate::kernels::gelu::GeluF32;
+use crate::kernels::qconv::QPointwiseConv;
 use crate::kernels::quantize::{FakeQuantize, FastQuantize, QuantizeLookup};
 use crate::kernels::Layout;
 
@@ -60,6 +69,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         + fast_quantize(model)?
         + fuse_quantize_lookup_dequantize(model)?
         + fuse_quantize_dequantize(model)?
+        + drop_redundant_fake_quantize(model)?
         + depthwise(model)?
         + gelu_in_f32(model)?
         + f32_linear(model)?)
@@ -194,15 +204,18 @@ fn depthwise(model: &mut TypedModel) -> TractResult<usize> {
     Ok(swapped)
 }
 
+/// The element-wise op of `node` when it is a `T`.
+fn mini_op<T: ElementWiseMiniOp>(node: &TypedNode) -> Option<&T> {
+    node.op_as::<ElementWiseOp>()
+        .and_then(|ew| ew.0.downcast_ref::<T>())
+}
+
 /// A FastQuantize node whose only consumer is a DequantizeLinearF32, and the fused op.
 fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, FakeQuantize)>> {
     let outputs = model.output_outlets()?;
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
-        let Some(q) = node
-            .op_as::<ElementWiseOp>()
-            .and_then(|ew| ew.0.downcast_ref::<FastQuantize>())
-        else {
+        let Some(q) = mini_op::<FastQuantize>(node) else {
             continue;
         };
         if outputs.contains(&OutletId::new(id, 0)) {
@@ -226,15 +239,14 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, F
 /// previous) and its fused op.
 fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize, QuantizeLookup)>> {
     let outputs = model.output_outlets()?;
-    let mini = |id: usize| model.nodes()[id].op_as::<ElementWiseOp>().map(|ew| &ew.0);
     for id in model.eval_order()? {
-        let Some(q) = mini(id).and_then(|m| m.downcast_ref::<FastQuantize>()) else {
+        let Some(q) = mini_op::<FastQuantize>(&model.nodes()[id]) else {
             continue;
         };
         let Some(lut_node) = model.single_succ(id)? else {
             continue;
         };
-        let Some(lut) = mini(lut_node.id).and_then(|m| m.downcast_ref::<LookupTable>()) else {
+        let Some(lut) = mini_op::<LookupTable>(lut_node) else {
             continue;
         };
         let Some(dq) = model.single_succ(lut_node.id)? else {
@@ -257,6 +269,77 @@ fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize,
         }
     }
     Ok(None)
+}
+
+/// Every value `node`'s output can take, when it is one of a short list: the output of a
+/// fake quantization, a quantized lookup, or an integer op with a quantized f32 output.
+fn possible_outputs(node: &TypedNode) -> Option<Vec<f32>> {
+    if let Some(fq) = mini_op::<FakeQuantize>(node) {
+        return Some(fq.outputs());
+    }
+    if let Some(lookup) = mini_op::<QuantizeLookup>(node) {
+        return Some(lookup.outputs());
+    }
+    node.op_as::<QPointwiseConv>().and_then(|op| op.outputs())
+}
+
+/// The quantization `node` applies to its first input before anything else, if it does.
+fn input_quantizer(node: &TypedNode) -> Option<FastQuantize> {
+    if let Some(q) = mini_op::<FastQuantize>(node) {
+        return Some(*q);
+    }
+    if let Some(fq) = mini_op::<FakeQuantize>(node) {
+        return Some(fq.quantizer());
+    }
+    if let Some(lookup) = mini_op::<QuantizeLookup>(node) {
+        return Some(lookup.quantizer());
+    }
+    if let Some(op) = node.op_as::<QDepthwiseConv>() {
+        return Some(op.input_quantizer());
+    }
+    node.op_as::<QPointwiseConv>()
+        .and_then(|op| op.input_quantizer())
+}
+
+/// A [`FakeQuantize`] node that cannot change the result (see the module docs).
+fn next_redundant_fake_quantize(model: &TypedModel) -> TractResult<Option<usize>> {
+    let outputs = model.output_outlets()?;
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        let Some(fq) = mini_op::<FakeQuantize>(node) else {
+            continue;
+        };
+        if outputs.contains(&OutletId::new(id, 0)) {
+            continue;
+        }
+        let input = node.inputs[0];
+        let input_fixed = input.slot == 0
+            && possible_outputs(&model.nodes()[input.node]).is_some_and(|vs| fq.fixes(&vs));
+        let readers = &node.outputs[0].successors;
+        let readers_requantize = !readers.is_empty()
+            && readers.iter().all(|inlet| {
+                inlet.slot == 0
+                    && input_quantizer(&model.nodes()[inlet.node])
+                        .is_some_and(|q| fq.invisible_to(&q))
+            });
+        if input_fixed || readers_requantize {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes, one at a time, the fake quantizations that cannot change the result.
+fn drop_redundant_fake_quantize(model: &mut TypedModel) -> TractResult<usize> {
+    let mut dropped = 0;
+    while let Some(id) = next_redundant_fake_quantize(model)? {
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, model.nodes()[id].inputs[0])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), input)?;
+        patch.apply(model)?;
+        dropped += 1;
+    }
+    Ok(dropped)
 }
 
 fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractResult<usize> {
@@ -345,4 +428,74 @@ fn gelu_in_f32(model: &mut TypedModel) -> TractResult<usize> {
         swapped += 1;
     }
     Ok(swapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x` through the element-wise `ops` in a row.
+    fn chain(ops: Vec<Box<dyn ElementWiseMiniOp>>) -> TypedModel {
+        let mut model = TypedModel::default();
+        let mut wire = model.add_source("x", f32::fact([512])).unwrap();
+        for (i, op) in ops.into_iter().enumerate() {
+            wire = model
+                .wire_node(format!("op{i}"), ElementWiseOp(op, None), &[wire])
+                .unwrap()[0];
+        }
+        model.select_output_outlets(&[wire]).unwrap();
+        model
+    }
+
+    fn output(model: &TypedModel) -> Tensor {
+        let x: Vec<f32> = (0..512).map(|i| (i as f32 - 256.0) * 0.037).collect();
+        let plan = model.clone().into_runnable().unwrap();
+        let out = plan.run(tvec!(tensor1(&x).into_tvalue())).unwrap();
+        out[0].clone().into_tensor()
+    }
+
+    fn fake_quantizations(model: &TypedModel) -> usize {
+        let order = model.eval_order().unwrap();
+        order
+            .iter()
+            .filter(|&&id| mini_op::<FakeQuantize>(&model.nodes()[id]).is_some())
+            .count()
+    }
+
+    /// A repeated pair and a pair before a quantizer of the same steps go; pairs of other
+    /// steps stay; the outputs do not change.
+    #[test]
+    fn drops_only_fake_quantizations_that_change_nothing() {
+        let act = FastQuantize::new(20.0, 131, false);
+        let fq = || Box::new(FakeQuantize::new(act, 0.05, 131));
+        let other = || {
+            Box::new(FakeQuantize::new(
+                FastQuantize::new(10.0, 128, false),
+                0.1,
+                128,
+            ))
+        };
+        let i8_form = || Box::new(FastQuantize::new(20.0, 3, true));
+        let cases: [(Vec<Box<dyn ElementWiseMiniOp>>, usize); 4] = [
+            (vec![fq(), fq()], 1),
+            (vec![fq(), i8_form()], 1),
+            (vec![other(), fq()], 0),
+            (vec![fq(), Box::new(FastQuantize::new(16.0, 131, false))], 0),
+        ];
+        for (i, (ops, dropped)) in cases.into_iter().enumerate() {
+            let before = chain(ops);
+            let mut after = before.clone();
+            assert_eq!(
+                drop_redundant_fake_quantize(&mut after).unwrap(),
+                dropped,
+                "case {i}"
+            );
+            assert_eq!(
+                fake_quantizations(&after),
+                fake_quantizations(&before) - dropped,
+                "case {i}"
+            );
+            assert_eq!(output(&after), output(&before), "case {i}");
+        }
+    }
 }

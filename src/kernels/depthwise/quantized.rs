@@ -166,6 +166,11 @@ impl QDepthwiseConv {
         })
     }
 
+    /// The quantization the op applies to its input before anything else.
+    pub(crate) fn input_quantizer(&self) -> FastQuantize {
+        self.x
+    }
+
     /// Axes of (C, H, W) in the rank-4 input.
     fn axes(&self) -> (usize, usize, usize) {
         match self.layout {
