@@ -74,17 +74,22 @@ pub(crate) struct Kernel {
     tile: Tile,
     /// [`store_steps`] for `kstep`.
     store: StoreVector,
-    /// One whole step of a lane panel from `kstep` rows of a `k × lanes` source, faster than
+    /// Whole steps of a lane panel from `kstep` rows each of a `k × lanes` source, faster than
     /// byte by byte, with how many bytes of each row it reads.
     transpose: Option<(Transpose, usize)>,
+    /// A tile of the same rows computing only the first lanes of a panel, and how many: for a
+    /// last panel that holds no more (convnext_atto's 49, 196 and 784 positions leave 1 or 4
+    /// lanes of 12), where the whole tile would multiply zeros.
+    narrow: Option<(usize, Tile)>,
 }
 
 /// A tile kernel: `rows` rows (`steps` steps) by one panel of `lanes` lanes into `rows` rows
 /// of sums at a stride.
 type Tile = unsafe fn(&[Elem], &[Elem], usize, &mut [i32], usize);
 
-/// See [`Kernel::transpose`]: `(src, stride, step)`.
-type Transpose = unsafe fn(*const i8, usize, &mut [Elem]);
+/// See [`Kernel::transpose`]: `(src, stride, steps, panel)`, the first `steps` steps of
+/// `panel` from `src`'s rows, one call per panel (a call per step cost as much as the step).
+type Transpose = unsafe fn(*const i8, usize, usize, &mut [Elem]);
 
 /// See [`store_steps`].
 type StoreVector = fn(&[i8], &mut [Elem], usize, usize);
@@ -192,17 +197,9 @@ impl LanePanels {
                         let whole = (0..k / kstep)
                             .take_while(|&s| inside(s) <= src.len())
                             .count();
-                        for (s, step) in panel
-                            .chunks_exact_mut(width * kstep)
-                            .take(whole)
-                            .enumerate()
-                        {
-                            // SAFETY: the kernel's CPU (it is this CPU's); the reads are
-                            // inside `src` (`inside`).
-                            unsafe {
-                                transpose(src[s * kstep * stride + l0..].as_ptr(), stride, step)
-                            };
-                        }
+                        // SAFETY: the kernel's CPU (it is this CPU's); the reads are inside
+                        // `src` (`inside`), the panel holds `k / kstep` whole steps.
+                        unsafe { transpose(src[l0..].as_ptr(), stride, whole, panel) };
                         whole
                     }
                     _ => 0,
@@ -361,13 +358,17 @@ fn run_blocks<T: Send>(
             };
             let panels = lanes.data.chunks_exact(kernel.panel_len(kernel.lanes, k));
             for (p, panel) in panels.enumerate() {
+                let tile = match kernel.narrow {
+                    Some((n, narrow)) if width - p * kernel.lanes <= n => narrow,
+                    _ => kernel.tile,
+                };
                 for t in 0..tiles {
                     // SAFETY: `available()` checked the CPU; the panel holds `steps` steps
                     // of its lanes, `src` whole tiles from `t`, and `sums` from
                     // `t · rows · ld + p · lanes` holds a tile's rows of a panel's lanes at
                     // stride `ld` (`ld` covers every panel).
                     unsafe {
-                        (kernel.tile)(
+                        tile(
                             panel,
                             &src[t * tile_len..],
                             steps,
@@ -410,6 +411,7 @@ mod arch {
         tile,
         store: store_steps::<KSTEP>,
         transpose: None,
+        narrow: None,
     };
 
     /// The kernel for this CPU.
@@ -483,7 +485,8 @@ mod arch {
         kstep: 16,
         tile: tile_smull,
         store: store_steps::<16>,
-        transpose: Some((transpose_step, 4)),
+        transpose: Some((transpose_steps, 4)),
+        narrow: None,
     };
 
     /// `SDOT` by element: a tile of 8 rows × 12 lanes in 24 accumulators of 4 lanes each,
@@ -495,7 +498,8 @@ mod arch {
         kstep: 4,
         tile: tile_sdot,
         store: store_steps::<4>,
-        transpose: Some((zip_step, 16)),
+        transpose: Some((zip_steps, 16)),
+        narrow: Some((4, tile_sdot_4)),
     };
 
     /// The kernel for this CPU: `SDOT` where it has it, else `SMULL`.
@@ -528,12 +532,49 @@ mod arch {
         idx
     };
 
+    /// The first `steps` steps (of `len` bytes) of a panel, each written by `step` from the
+    /// `kstep` rows of `src` (at `stride`) after the previous step's.
+    #[inline(always)]
+    fn each_step(
+        (len, kstep): (usize, usize),
+        (src, stride, steps): (*const i8, usize, usize),
+        panel: &mut [i8],
+        step: impl Fn(*const i8, &mut [i8]),
+    ) {
+        for (s, out) in panel.chunks_exact_mut(len).take(steps).enumerate() {
+            step(src.wrapping_add(s * kstep * stride), out)
+        }
+    }
+
+    /// [`transpose_step`] for the first `steps` steps of an [`SMULL`] panel.
+    ///
+    /// # Safety
+    /// Reads `src[k · stride..][..4]` for `k < 16 · steps`.
+    unsafe fn transpose_steps(src: *const i8, stride: usize, steps: usize, panel: &mut [i8]) {
+        // SAFETY: as the caller promises.
+        each_step((64, 16), (src, stride, steps), panel, |p, out| unsafe {
+            transpose_step(p, stride, out)
+        })
+    }
+
+    /// [`zip_step`] for the first `steps` steps of an [`SDOT`] panel.
+    ///
+    /// # Safety
+    /// Reads `src[k · stride..][..16]` for `k < 4 · steps`.
+    unsafe fn zip_steps(src: *const i8, stride: usize, steps: usize, panel: &mut [i8]) {
+        // SAFETY: as the caller promises.
+        each_step((48, 4), (src, stride, steps), panel, |p, out| unsafe {
+            zip_step(p, stride, out)
+        })
+    }
+
     /// One whole step of an [`SMULL`] panel (16 values of k for its 4 lanes) from the 16 rows
     /// of four bytes at `src + k · stride`: the rows' words loaded into four registers, then
     /// each lane's bytes gathered from them by one `TBL`, instead of 64 byte moves.
     ///
     /// # Safety
     /// Reads `src[k · stride..][..4]` for `k < 16`.
+    #[inline(always)]
     unsafe fn transpose_step(src: *const i8, stride: usize, step: &mut [i8]) {
         assert_eq!(step.len(), 64);
         // SAFETY: the reads as the caller promises, the store into `step` (checked).
@@ -557,6 +598,7 @@ mod arch {
     ///
     /// # Safety
     /// Reads `src[k · stride..][..16]` for `k < 4`.
+    #[inline(always)]
     unsafe fn zip_step(src: *const i8, stride: usize, step: &mut [i8]) {
         assert_eq!(step.len(), 48);
         // SAFETY: the reads as the caller promises, the store into `step` (checked).
@@ -610,13 +652,48 @@ mod arch {
         }
     }
 
+    /// One step of [`tile_sdot`]: 3 registers of lanes, 2 of rows, 24 `SDOT`.
+    macro_rules! sdot_step {
+        () => {
+            concat!(
+                "ld1 {{v0.16b, v1.16b, v2.16b}}, [{panel}], #48\n",
+                "ld1 {{v3.16b, v4.16b}}, [{rows}], #32\n",
+                "sdot v8.4s, v0.16b, v3.4b[0]\n",
+                "sdot v9.4s, v1.16b, v3.4b[0]\n",
+                "sdot v10.4s, v2.16b, v3.4b[0]\n",
+                "sdot v11.4s, v0.16b, v3.4b[1]\n",
+                "sdot v12.4s, v1.16b, v3.4b[1]\n",
+                "sdot v13.4s, v2.16b, v3.4b[1]\n",
+                "sdot v14.4s, v0.16b, v3.4b[2]\n",
+                "sdot v15.4s, v1.16b, v3.4b[2]\n",
+                "sdot v16.4s, v2.16b, v3.4b[2]\n",
+                "sdot v17.4s, v0.16b, v3.4b[3]\n",
+                "sdot v18.4s, v1.16b, v3.4b[3]\n",
+                "sdot v19.4s, v2.16b, v3.4b[3]\n",
+                "sdot v20.4s, v0.16b, v4.4b[0]\n",
+                "sdot v21.4s, v1.16b, v4.4b[0]\n",
+                "sdot v22.4s, v2.16b, v4.4b[0]\n",
+                "sdot v23.4s, v0.16b, v4.4b[1]\n",
+                "sdot v24.4s, v1.16b, v4.4b[1]\n",
+                "sdot v25.4s, v2.16b, v4.4b[1]\n",
+                "sdot v26.4s, v0.16b, v4.4b[2]\n",
+                "sdot v27.4s, v1.16b, v4.4b[2]\n",
+                "sdot v28.4s, v2.16b, v4.4b[2]\n",
+                "sdot v29.4s, v0.16b, v4.4b[3]\n",
+                "sdot v30.4s, v1.16b, v4.4b[3]\n",
+                "sdot v31.4s, v2.16b, v4.4b[3]\n",
+            )
+        };
+    }
+
     /// One [`SDOT`] tile. A step is 3 registers of lanes (4 lanes × 4 bytes each) and 2 of
     /// rows (4 rows × 4 bytes); `SDOT` by element multiplies a lane register by one row's 4
     /// bytes, adding 16 products into 4 outputs: 24 `SDOT` and 2 loads per 384 products, where
     /// a 4 × 4 tile with one output per accumulator took 16 and 5 per 256, and reduced each
     /// accumulator at the end. Accumulator `v(8 + 3·r + q)` holds row `r`'s lanes `4q..4q + 4`.
-    /// Written as assembly: the intrinsic is not stable Rust yet, and with an accumulator per
-    /// `asm!` the compiler spilled a third of them.
+    /// The loop does two steps (an odd one first), so that its count and branch are paid once
+    /// per 48 `SDOT`. Written as assembly: the intrinsic is not stable Rust yet, and with an
+    /// accumulator per `asm!` the compiler spilled a third of them.
     ///
     /// # Safety
     /// A CPU with SDOT; `panel` and `rows` hold `steps` whole steps, `out` the tile.
@@ -635,34 +712,14 @@ mod arch {
                 "movi v24.4s, #0", "movi v25.4s, #0", "movi v26.4s, #0", "movi v27.4s, #0",
                 "movi v28.4s, #0", "movi v29.4s, #0", "movi v30.4s, #0", "movi v31.4s, #0",
                 "cbz {steps}, 2f",
-                "1:",
-                "ld1 {{v0.16b, v1.16b, v2.16b}}, [{panel}], #48",
-                "ld1 {{v3.16b, v4.16b}}, [{rows}], #32",
-                "sdot v8.4s, v0.16b, v3.4b[0]",
-                "sdot v9.4s, v1.16b, v3.4b[0]",
-                "sdot v10.4s, v2.16b, v3.4b[0]",
-                "sdot v11.4s, v0.16b, v3.4b[1]",
-                "sdot v12.4s, v1.16b, v3.4b[1]",
-                "sdot v13.4s, v2.16b, v3.4b[1]",
-                "sdot v14.4s, v0.16b, v3.4b[2]",
-                "sdot v15.4s, v1.16b, v3.4b[2]",
-                "sdot v16.4s, v2.16b, v3.4b[2]",
-                "sdot v17.4s, v0.16b, v3.4b[3]",
-                "sdot v18.4s, v1.16b, v3.4b[3]",
-                "sdot v19.4s, v2.16b, v3.4b[3]",
-                "sdot v20.4s, v0.16b, v4.4b[0]",
-                "sdot v21.4s, v1.16b, v4.4b[0]",
-                "sdot v22.4s, v2.16b, v4.4b[0]",
-                "sdot v23.4s, v0.16b, v4.4b[1]",
-                "sdot v24.4s, v1.16b, v4.4b[1]",
-                "sdot v25.4s, v2.16b, v4.4b[1]",
-                "sdot v26.4s, v0.16b, v4.4b[2]",
-                "sdot v27.4s, v1.16b, v4.4b[2]",
-                "sdot v28.4s, v2.16b, v4.4b[2]",
-                "sdot v29.4s, v0.16b, v4.4b[3]",
-                "sdot v30.4s, v1.16b, v4.4b[3]",
-                "sdot v31.4s, v2.16b, v4.4b[3]",
+                "tbz {steps}, #0, 1f",
+                sdot_step!(),
                 "subs {steps}, {steps}, #1",
+                "b.eq 2f",
+                "1:",
+                sdot_step!(),
+                sdot_step!(),
+                "subs {steps}, {steps}, #2",
                 "b.ne 1b",
                 "2:",
                 "st1 {{v8.4s, v9.4s, v10.4s}}, [{out}], {ld}",
@@ -684,6 +741,60 @@ mod arch {
                 out("v18") _, out("v19") _, out("v20") _, out("v21") _, out("v22") _,
                 out("v23") _, out("v24") _, out("v25") _, out("v26") _, out("v27") _,
                 out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack),
+            );
+        }
+    }
+
+    /// [`tile_sdot`] for the first 4 lanes of its panel alone (the panel's first register of
+    /// each step): 8 `SDOT` and 2 loads per step, where the whole tile takes 24 and 2. Only
+    /// those 4 lanes of each row of `out` are written.
+    ///
+    /// # Safety
+    /// As [`tile_sdot`].
+    #[target_feature(enable = "dotprod")]
+    unsafe fn tile_sdot_4(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
+        debug_assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
+        debug_assert!(out.len() >= 7 * ld + 4);
+        // SAFETY: reads the first 16 bytes of each of `steps` steps of `panel` and `steps`
+        // steps of `rows`, writes 8 rows of 4 values of `out` at stride `ld`: within the
+        // lengths asserted above.
+        unsafe {
+            std::arch::asm!(
+                "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
+                "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
+                "cbz {steps}, 2f",
+                "1:",
+                "ld1 {{v0.16b}}, [{panel}], {step}",
+                "ld1 {{v3.16b, v4.16b}}, [{rows}], #32",
+                "sdot v8.4s, v0.16b, v3.4b[0]",
+                "sdot v9.4s, v0.16b, v3.4b[1]",
+                "sdot v10.4s, v0.16b, v3.4b[2]",
+                "sdot v11.4s, v0.16b, v3.4b[3]",
+                "sdot v12.4s, v0.16b, v4.4b[0]",
+                "sdot v13.4s, v0.16b, v4.4b[1]",
+                "sdot v14.4s, v0.16b, v4.4b[2]",
+                "sdot v15.4s, v0.16b, v4.4b[3]",
+                "subs {steps}, {steps}, #1",
+                "b.ne 1b",
+                "2:",
+                "st1 {{v8.4s}}, [{out}], {ld}",
+                "st1 {{v9.4s}}, [{out}], {ld}",
+                "st1 {{v10.4s}}, [{out}], {ld}",
+                "st1 {{v11.4s}}, [{out}], {ld}",
+                "st1 {{v12.4s}}, [{out}], {ld}",
+                "st1 {{v13.4s}}, [{out}], {ld}",
+                "st1 {{v14.4s}}, [{out}], {ld}",
+                "st1 {{v15.4s}}, [{out}], {ld}",
+                panel = inout(reg) panel.as_ptr() => _,
+                rows = inout(reg) rows.as_ptr() => _,
+                steps = inout(reg) steps => _,
+                out = inout(reg) out.as_mut_ptr() => _,
+                ld = in(reg) ld * 4,
+                step = in(reg) 48usize,
+                out("v0") _, out("v3") _, out("v4") _,
+                out("v8") _, out("v9") _, out("v10") _, out("v11") _, out("v12") _,
+                out("v13") _, out("v14") _, out("v15") _,
                 options(nostack),
             );
         }
@@ -754,8 +865,10 @@ pub(crate) mod tests {
         assert_eq!(transposed, lanes);
     }
 
-    /// Odd sizes (k across steps, lanes and rows across tiles) with weights as onnxruntime
-    /// writes them ([−127, 127], which `exact_for` requires on arm64) and rows holding −128.
+    /// Odd sizes (k across steps, odd and even numbers of them; lanes and rows across tiles,
+    /// last panels of 1 to 4 lanes for a narrow tile and of more for the whole one) with
+    /// weights as onnxruntime writes them ([−127, 127], which `exact_for` requires on arm64)
+    /// and rows holding −128.
     #[test]
     fn matches_the_scalar_product() {
         if !available() {
@@ -771,6 +884,7 @@ pub(crate) mod tests {
             (33, 5, 700),
             (12, 8, 3),
             (25, 13, 17),
+            (49, 28, 16),
         ] {
             let a: Vec<i8> = values(m * k, 1).iter().map(|&v| v.max(-127)).collect();
             let mut b = values(n * k, 2);

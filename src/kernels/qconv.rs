@@ -134,6 +134,9 @@ trait Emit: Datum + Copy {
     fn table(t: &Table) -> Option<&[Self; 256]>;
     /// The row itself when the epilogue can write f32 into it directly.
     fn plain(row: &mut [Self]) -> Option<&mut [f32]>;
+    /// The row and the table as bytes when the output is one byte a value: a lookup can
+    /// then write the row directly.
+    fn bytes<'a>(row: &'a mut [Self], table: &'a Table) -> Option<(&'a mut [u8], &'a [u8; 256])>;
     /// `out[i] = table[idx[i]]`.
     fn gather(table: &[Self; 256], idx: &[u8], out: &mut [Self]) {
         for (o, &i) in out.iter_mut().zip(idx) {
@@ -152,6 +155,9 @@ impl Emit for f32 {
     fn plain(row: &mut [f32]) -> Option<&mut [f32]> {
         Some(row)
     }
+    fn bytes<'a>(_: &'a mut [f32], _: &'a Table) -> Option<(&'a mut [u8], &'a [u8; 256])> {
+        None
+    }
 }
 
 impl Emit for i8 {
@@ -163,6 +169,16 @@ impl Emit for i8 {
     }
     fn plain(_: &mut [i8]) -> Option<&mut [f32]> {
         None
+    }
+    fn bytes<'a>(row: &'a mut [i8], table: &'a Table) -> Option<(&'a mut [u8], &'a [u8; 256])> {
+        let table = Self::table(table)?;
+        // SAFETY: i8 and u8 have the same size and alignment.
+        unsafe {
+            Some((
+                std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut u8, row.len()),
+                &*(table as *const [i8; 256] as *const [u8; 256]),
+            ))
+        }
     }
     fn gather(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
         gather_i8(table, idx, out)
@@ -964,18 +980,25 @@ impl QPointwiseConv {
                 Layout::ChannelsLast => position_row(a, o, &q.offset, &q.scale, bias, e),
             };
             match &self.lookup {
-                Some(lookup) => {
-                    match self.layout {
-                        Layout::ChannelsFirst => {
-                            channel_codes(a, &mut idx, channel(), e, lookup.index, &mut values)
-                        }
-                        Layout::ChannelsLast => {
-                            row(&mut values);
-                            lookup.index.quantize_bytes(&values, &mut idx);
-                        }
+                Some(lookup) => match (self.layout, T::bytes(o, &lookup.table)) {
+                    (Layout::ChannelsFirst, Some((out, table))) => {
+                        let index = lookup.index;
+                        channel_codes(a, out, channel(), e, index, &mut values, Some(table))
                     }
-                    lookup.gather(&idx, o)?;
-                }
+                    (layout, _) => {
+                        match layout {
+                            Layout::ChannelsFirst => {
+                                let index = lookup.index;
+                                channel_codes(a, &mut idx, channel(), e, index, &mut values, None)
+                            }
+                            Layout::ChannelsLast => {
+                                row(&mut values);
+                                lookup.index.quantize_bytes(&values, &mut idx);
+                            }
+                        }
+                        lookup.gather(&idx, o)?;
+                    }
+                },
                 None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
             }
         }
@@ -1398,7 +1421,8 @@ multiversion! {
 }
 
 /// One output channel's values (as [`channel_row`] computes them) quantized by `index` into
-/// `idx`, in one pass on aarch64; `values` is scratch of the same length.
+/// `idx`, or with a `table`, the table's bytes for them: in one pass on aarch64; `values` is
+/// scratch of the same length.
 fn channel_codes(
     acc: &[i32],
     idx: &mut [u8],
@@ -1406,11 +1430,18 @@ fn channel_codes(
     e: Epilogue,
     index: FastQuantize,
     values: &mut [f32],
+    table: Option<&[u8; 256]>,
 ) {
-    let done = channel_codes_prefix(acc, idx, row, e, index);
+    let done = channel_codes_prefix(acc, idx, row, e, index, table);
     let rest = acc.len().min(idx.len()) - done;
     channel_row(&acc[done..], &mut values[..rest], row, e);
-    index.quantize_bytes(&values[..rest], &mut idx[done..][..rest]);
+    let idx = &mut idx[done..][..rest];
+    index.quantize_bytes(&values[..rest], idx);
+    if let Some(table) = table {
+        for b in idx.iter_mut() {
+            *b = table[*b as usize];
+        }
+    }
 }
 
 /// `(acc + offset) · scale + bias` of one output channel, four values at a time in NEON
@@ -1497,6 +1528,7 @@ fn channel_codes_prefix(
     row: Row,
     e: Epilogue,
     index: FastQuantize,
+    table: Option<&[u8; 256]>,
 ) -> usize {
     #[cfg(target_arch = "aarch64")]
     {
@@ -1504,18 +1536,26 @@ fn channel_codes_prefix(
             return 0;
         }
         let (f, q) = (Affine4::new(row), index.sixteen());
+        let n = acc.len().min(idx.len());
         // SAFETY: NEON is in the aarch64 baseline; each step reads acc[at..at + 16] and writes
-        // idx[at..at + 16] with at + 16 <= both lengths.
+        // idx[at..at + 16] with at + 16 <= n.
         unsafe {
-            super::neon::blocks(acc.len().min(idx.len()), |at| {
-                let bytes = q.bytes_of(f.values(acc.as_ptr().add(at)));
-                std::arch::aarch64::vst1q_u8(idx.as_mut_ptr().add(at), bytes);
-            })
+            let codes = |at: usize| q.bytes_of(f.values(acc.as_ptr().add(at)));
+            let out = idx.as_mut_ptr();
+            match table {
+                Some(t) => super::neon::blocks(n, |at| {
+                    let bytes = super::neon::lookup16(t, codes(at));
+                    std::arch::aarch64::vst1q_u8(out.add(at), bytes);
+                }),
+                None => super::neon::blocks(n, |at| {
+                    std::arch::aarch64::vst1q_u8(out.add(at), codes(at));
+                }),
+            }
         }
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
-        let _ = (acc, idx, row, e, index);
+        let _ = (acc, idx, row, e, index, table);
         0
     }
 }
