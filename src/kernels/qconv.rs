@@ -980,25 +980,23 @@ impl QPointwiseConv {
                 Layout::ChannelsLast => position_row(a, o, &q.offset, &q.scale, bias, e),
             };
             match &self.lookup {
-                Some(lookup) => match (self.layout, T::bytes(o, &lookup.table)) {
-                    (Layout::ChannelsFirst, Some((out, table))) => {
-                        let index = lookup.index;
-                        channel_codes(a, out, channel(), e, index, &mut values, Some(table))
-                    }
-                    (layout, _) => {
-                        match layout {
-                            Layout::ChannelsFirst => {
-                                let index = lookup.index;
-                                channel_codes(a, &mut idx, channel(), e, index, &mut values, None)
-                            }
-                            Layout::ChannelsLast => {
-                                row(&mut values);
-                                lookup.index.quantize_bytes(&values, &mut idx);
-                            }
+                Some(lookup) => {
+                    let index = lookup.index;
+                    match (self.layout, T::bytes(o, &lookup.table)) {
+                        (Layout::ChannelsFirst, Some((out, table))) => {
+                            channel_codes(a, out, channel(), e, index, &mut values, Some(table))
                         }
-                        lookup.gather(&idx, o)?;
+                        (Layout::ChannelsFirst, None) => {
+                            channel_codes(a, &mut idx, channel(), e, index, &mut values, None);
+                            lookup.gather(&idx, o)?;
+                        }
+                        (Layout::ChannelsLast, _) => {
+                            row(&mut values);
+                            index.quantize_bytes(&values, &mut idx);
+                            lookup.gather(&idx, o)?;
+                        }
                     }
-                },
+                }
                 None => row(T::plain(o).context("integer 1x1 conv: i8 output without table")?),
             }
         }

@@ -210,17 +210,21 @@ fn mini_op<T: ElementWiseMiniOp>(node: &TypedNode) -> Option<&T> {
         .and_then(|ew| ew.0.downcast_ref::<T>())
 }
 
+/// The nodes whose element-wise op is a `T` and whose output is not a model output (a pass
+/// may replace them), in evaluation order, with their op.
+fn inner_mini_ops<T: ElementWiseMiniOp>(model: &TypedModel) -> TractResult<Vec<(usize, &T)>> {
+    let outputs = model.output_outlets()?;
+    Ok(model
+        .eval_order()?
+        .into_iter()
+        .filter(|&id| !outputs.contains(&OutletId::new(id, 0)))
+        .filter_map(|id| mini_op::<T>(&model.nodes()[id]).map(|op| (id, op)))
+        .collect())
+}
+
 /// A FastQuantize node whose only consumer is a DequantizeLinearF32, and the fused op.
 fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, FakeQuantize)>> {
-    let outputs = model.output_outlets()?;
-    for id in model.eval_order()? {
-        let node = &model.nodes()[id];
-        let Some(q) = mini_op::<FastQuantize>(node) else {
-            continue;
-        };
-        if outputs.contains(&OutletId::new(id, 0)) {
-            continue;
-        }
+    for (id, q) in inner_mini_ops::<FastQuantize>(model)? {
         let Some(succ) = model.single_succ(id)? else {
             continue;
         };
@@ -239,10 +243,7 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, F
 /// previous) and its fused op.
 fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize, QuantizeLookup)>> {
     let outputs = model.output_outlets()?;
-    for id in model.eval_order()? {
-        let Some(q) = mini_op::<FastQuantize>(&model.nodes()[id]) else {
-            continue;
-        };
+    for (id, q) in inner_mini_ops::<FastQuantize>(model)? {
         let Some(lut_node) = model.single_succ(id)? else {
             continue;
         };
@@ -255,10 +256,7 @@ fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize,
         let Some(dq_op) = dq.op_as::<DequantizeLinearF32>() else {
             continue;
         };
-        if [id, lut_node.id]
-            .iter()
-            .any(|&n| outputs.contains(&OutletId::new(n, 0)))
-        {
+        if outputs.contains(&OutletId::new(lut_node.id, 0)) {
             continue;
         }
         let signed =
@@ -303,15 +301,8 @@ fn input_quantizer(node: &TypedNode) -> Option<FastQuantize> {
 
 /// A [`FakeQuantize`] node that cannot change the result (see the module docs).
 fn next_redundant_fake_quantize(model: &TypedModel) -> TractResult<Option<usize>> {
-    let outputs = model.output_outlets()?;
-    for id in model.eval_order()? {
+    for (id, fq) in inner_mini_ops::<FakeQuantize>(model)? {
         let node = &model.nodes()[id];
-        let Some(fq) = mini_op::<FakeQuantize>(node) else {
-            continue;
-        };
-        if outputs.contains(&OutletId::new(id, 0)) {
-            continue;
-        }
         let input = node.inputs[0];
         let input_fixed = input.slot == 0
             && possible_outputs(&model.nodes()[input.node]).is_some_and(|vs| fq.fixes(&vs));

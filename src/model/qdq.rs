@@ -1640,22 +1640,28 @@ mod tests {
         y.as_slice::<f32>().unwrap().to_vec()
     }
 
+    /// A graph of `node` from the f32 input `x` to the f32 output `y`.
+    fn float_graph(node: Vec<NodeProto>, initializer: Vec<TensorProto>) -> GraphProto {
+        let io = |name: &str| typed_value(name, Some(FLOAT));
+        GraphProto {
+            node,
+            initializer,
+            input: vec![io("x")],
+            output: vec![io("y")],
+            ..Default::default()
+        }
+    }
+
     /// x → DynamicQuantizeLinear → ConvInteger(2x2, per-channel weight zero points) → Cast
     fn conv_integer_graph() -> GraphProto {
         let mut dql = node("DynamicQuantizeLinear", &["x"], "xq");
         dql.output.extend(["xs".into(), "xz".into()]);
         let w: Vec<u8> = (0..3 * 2 * 2 * 2).map(|i| (i * 37 % 251) as u8).collect();
-        let io = |name: &str| typed_value(name, Some(FLOAT));
-        GraphProto {
-            node: vec![
+        float_graph(
+            vec![
                 dql,
                 NodeProto {
-                    attribute: vec![tract_onnx::pb::AttributeProto {
-                        name: "kernel_shape".into(),
-                        r#type: 7,
-                        ints: vec![2, 2],
-                        ..Default::default()
-                    }],
+                    attribute: vec![ints_attr("kernel_shape", &[2, 2])],
                     ..node("ConvInteger", &["xq", "w", "xz", "wz"], "acc")
                 },
                 NodeProto {
@@ -1663,14 +1669,11 @@ mod tests {
                     ..node("Cast", &["acc"], "y")
                 },
             ],
-            initializer: vec![
+            vec![
                 init("w", UINT8, vec![3, 2, 2, 2], w),
                 init("wz", UINT8, vec![3], vec![0, 128, 255]),
             ],
-            input: vec![io("x")],
-            output: vec![io("y")],
-            ..Default::default()
-        }
+        )
     }
 
     #[test]
@@ -1715,10 +1718,9 @@ mod tests {
     /// `x → Q → DQ → Conv(3x3 depthwise, 2 channels, padding 1 above and below, 2 on the
     /// right) → Q → DQ`.
     fn depthwise_graph() -> GraphProto {
-        let io = |name: &str| typed_value(name, Some(FLOAT));
         let w: Vec<u8> = (0..18).map(|i| (i * 29 % 255) as u8).collect();
-        GraphProto {
-            node: vec![
+        float_graph(
+            vec![
                 node("QuantizeLinear", &["x", "s", "z"], "xq"),
                 node("DequantizeLinear", &["xq", "s", "z"], "xd"),
                 NodeProto {
@@ -1736,7 +1738,7 @@ mod tests {
                 node("QuantizeLinear", &["c", "ys", "z"], "cq"),
                 node("DequantizeLinear", &["cq", "ys", "z"], "y"),
             ],
-            initializer: vec![
+            vec![
                 scalar_init("s", 0.05),
                 init("z", UINT8, vec![], vec![128]),
                 init("w", INT8, vec![2, 1, 3, 3], w),
@@ -1745,10 +1747,7 @@ mod tests {
                 floats_init("b", &[0.3, -0.2]),
                 scalar_init("ys", 0.05),
             ],
-            input: vec![io("x")],
-            output: vec![io("y")],
-            ..Default::default()
-        }
+        )
     }
 
     /// Fused where the integer op pays (asked of `pays`), into one node that computes what
