@@ -254,7 +254,8 @@ unsafe fn tile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::product::tests::{triple_loop, values};
+    use crate::kernels::product::tests::triple_loop;
+    use crate::kernels::test_values as values;
 
     #[test]
     fn matches_the_scalar_product_on_odd_shapes() {

@@ -24,6 +24,15 @@ use half::f16;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 
+/// Deterministic i8 values spread over the whole range, for the integer kernels' tests on every
+/// architecture.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<i8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8 as i8)
+        .collect()
+}
+
 /// Where the channels are: `[N, C, …]` (NCHW; a 1x1 conv) or `[…, C]` (NHWC; a MatMul by a
 /// constant, PyTorch's `Linear`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -804,12 +804,7 @@ mod arch {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    pub(crate) fn values(n: usize, seed: u32) -> Vec<i8> {
-        (0..n as u32)
-            .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8 as i8)
-            .collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Checks the product against `expected` (row-major, `lanes` sums per row): each block's
     /// sums as `finish` is handed them, and that every row of the output was handed over.

@@ -816,7 +816,7 @@ impl TypedOp for QDepthwiseConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::product::tests::values;
+    use crate::kernels::test_values as values;
 
     /// The QDQ definition in f64: the dequantized input and weights convolved, plus the bias.
     #[allow(clippy::too_many_arguments)]
