@@ -1,6 +1,6 @@
 //! Image in, top-K classes out: a [`Model`] with its preprocessing and labels.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use serde::Serialize;
@@ -10,6 +10,47 @@ use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::model::Model;
 use crate::preprocess::{Preprocess, Preset};
+
+/// Extensions of the image files [`image_files`] collects from directories (any case).
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// The images that `paths` name: a file as given, a directory as every JPEG/PNG file under it,
+/// recursively, in sorted path order (files of other types in a directory are passed over).
+///
+/// ```
+/// let files = convnext_edge::classify::image_files(&["models/digits/samples".into()]).unwrap();
+/// assert_eq!(files.len(), 10);
+/// assert!(files[0].ends_with("0.png"));
+/// ```
+pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let start = files.len();
+            collect_images(path, &mut files)?;
+            files[start..].sort();
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            collect_images(&path, files)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+        {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
 
 /// One of the top-K classes of an image.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -12,7 +12,8 @@
 //! - [`camera`]: frame sources (V4L2, pipes, files, recordings, a test pattern) and frame → RGB.
 //! - [`display`]: sinks for live results (image files, JSON lines, HTTP live view, framebuffer,
 //!   panels) and the embedded-graphics overlay.
-//! - [`live`]: the camera loop tying sources, a classifier and sinks together.
+//! - [`live`]: the camera loop tying sources, a classifier and sinks together; [`config`] its
+//!   flags as a TOML file, for running it as a service.
 //! - [`profile`]: time per node and per op type of one inference.
 //! - [`npy`]: raw tensors in and out, for parity checks against other runtimes.
 //! - [`bench`](mod@bench): latency benchmarking (round-robin configurations, statistics, reports).
@@ -29,6 +30,7 @@
 pub mod bench;
 pub mod camera;
 pub mod classify;
+pub mod config;
 pub mod display;
 pub mod error;
 pub mod kernels;

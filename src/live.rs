@@ -30,9 +30,9 @@ use std::time::{Duration, Instant, SystemTime};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::camera::{convert, ErrorKind, Frame, FrameSource, SourceError};
+use crate::camera::{convert, Backoff, ErrorKind, Frame, FrameSource, SourceError};
 use crate::classify::{Classifier, Prediction};
-use crate::display::{overlay, Sink, SinkError, View};
+use crate::display::{overlay, Sink, SinkError, SinkErrorKind, View};
 
 /// Milliseconds spent in each stage for one frame.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -287,7 +287,7 @@ fn capture_loop(mut source: Box<dyn FrameSource>, shared: &Shared, opts: &LiveOp
                     slot.corrupt += 1;
                     slot.notes.push(Note::Skipped(e.to_string()));
                 }
-                ErrorKind::Disconnected => {
+                ErrorKind::Disconnected | ErrorKind::Missing => {
                     if !reconnect(source.as_mut(), e, shared, opts) {
                         return;
                     }
@@ -311,8 +311,9 @@ fn reconnect(
     shared: &Shared,
     opts: &LiveOptions,
 ) -> bool {
-    let mut wait = opts.backoff;
+    let mut backoff = Backoff::new(opts.backoff, opts.backoff_max);
     loop {
+        let wait = backoff.next_wait();
         {
             let mut slot = shared.lock();
             slot.notes.push(Note::Reconnecting(error.clone(), wait));
@@ -331,7 +332,7 @@ fn reconnect(
                 slot.notes.push(Note::Reconnected);
                 return true;
             }
-            Err(e) if e.kind == ErrorKind::Disconnected => error = e,
+            Err(e) if matches!(e.kind, ErrorKind::Disconnected | ErrorKind::Missing) => error = e,
             Err(e) => {
                 let fatal = (e.kind == ErrorKind::Config).then_some(e);
                 shared.lock().ended = Some(fatal);
@@ -339,7 +340,6 @@ fn reconnect(
                 return false;
             }
         }
-        wait = (wait * 2).min(opts.backoff_max);
     }
 }
 
@@ -368,6 +368,8 @@ impl Acc {
 struct Looper<'a> {
     opts: &'a LiveOptions,
     had_sinks: bool,
+    /// The last sink's reader went away (a closed pipe): the run ends as if stopped.
+    readers_gone: bool,
     start: Instant,
     stats: LiveStats,
     acc: [Acc; 6],
@@ -387,6 +389,7 @@ impl<'a> Looper<'a> {
         Looper {
             opts,
             had_sinks: sinks > 0,
+            readers_gone: false,
             start: Instant::now(),
             stats: LiveStats::default(),
             acc: Default::default(),
@@ -438,7 +441,7 @@ impl<'a> Looper<'a> {
                     Note::Reconnected => on_event(Event::Reconnected),
                 }
             }
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || self.readers_gone {
                 return Ok(());
             }
             match (frame, ended) {
@@ -577,7 +580,11 @@ impl<'a> Looper<'a> {
                     self.stats.sinks_failed += 1;
                     sinks.remove(i);
                     if sinks.is_empty() && self.had_sinks {
-                        return Err(e.into());
+                        if e.kind != SinkErrorKind::Closed {
+                            return Err(e.into());
+                        }
+                        self.readers_gone = true;
+                        return Ok(());
                     }
                     on_event(Event::SinkFailed(&e));
                 }

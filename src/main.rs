@@ -1,12 +1,17 @@
 //! The `convnext-edge` command line: parses arguments, calls the library, prints.
+//!
+//! Exit status: 0 on success, also when standard output is closed early (`| head -n1`) and when
+//! `camera` is stopped by SIGINT, SIGTERM or SIGHUP; 1 when the command failed (for `classify`
+//! and `bench`: when any image or configuration failed); 2 for a usage error (a bad flag or
+//! value, a bad `--config` file).
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use std::io::IsTerminal;
-
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use convnext_edge::bench::{self, BenchSpec, Cpus, Stop};
 use convnext_edge::machine::Sysfs;
 use convnext_edge::model::inspect::Info;
@@ -29,13 +34,20 @@ struct Cli {
     /// Run quantized models on tract's float path, not our integer kernels (for comparison).
     #[arg(long, global = true)]
     float_only: bool,
+    /// More log detail on stderr (-v debug, -vv trace); RUST_LOG, when set, replaces -v/-q.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log detail on stderr: errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Classify JPEG/PNG images and print the top-K classes.
+    /// Classify JPEG/PNG images (folders: every image under them, sorted) and print the top-K
+    /// classes.
     Classify {
         #[arg(long)]
         model: PathBuf,
@@ -133,11 +145,20 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct CameraArgs {
+    /// The model (or `model` in --config).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// Read the flags from a TOML file, one key per flag (`source-timeout = 30`); flags given
+    /// here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// v4l2:/dev/videoN, pipe:-, pipe:CMD, files:GLOB, replay:FILE or test.
     #[arg(long, default_value = "v4l2:/dev/video0")]
     source: String,
+    /// Wait this many seconds (or `forever`) for a source that is not there yet, such as a USB
+    /// camera still enumerating at boot.
+    #[arg(long, value_name = "SECONDS|forever", default_value = "0")]
+    source_timeout: convnext_edge::camera::SourceTimeout,
     /// Frame size to ask the camera for, or the size of raw frames on a pipe (WxH).
     #[arg(long, value_parser = convnext_edge::camera::parse_size)]
     size: Option<(u32, u32)>,
@@ -150,7 +171,7 @@ struct CameraArgs {
     /// Start files and recordings again at their end.
     #[arg(long = "loop")]
     looped: bool,
-    /// Stop after N processed frames (default: until the source ends or Ctrl-C).
+    /// Stop after N processed frames (default: until the source ends or a stop signal).
     #[arg(long)]
     frames: Option<u64>,
     /// Where results go: png:DIR, jpeg:DIR, jsonl:FILE|-, http:[ADDR:]PORT, fb:/dev/fbN,
@@ -166,7 +187,8 @@ struct CameraArgs {
     labels: Option<PathBuf>,
     #[arg(long)]
     preprocess: Option<Preset>,
-    /// Write the run's counts and stage timings as JSON to FILE (`-` = stdout) at the end.
+    /// Write the run's counts and stage timings as JSON to FILE (`-` = stdout, which then
+    /// carries nothing else) at the end.
     #[arg(long)]
     stats: Option<PathBuf>,
 }
@@ -178,24 +200,138 @@ struct ImageResult<'a> {
     latency_ms: f64,
 }
 
+/// A mistake in how the program was called: exit status 2, as for clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output is gone (`| head -n1`): nothing more to say, to anyone.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            log::error!("{e:#}");
+            if e.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Logs go to stderr: `error:`/`warning:`-prefixed lines, or under systemd (stderr connected to
+/// the journal) with the `<N>` priority prefixes journald reads, since it stamps the time itself.
+fn init_logging(verbose: u8, quiet: bool) {
+    use log::LevelFilter;
+    let ours = match (quiet, verbose) {
+        (true, _) => LevelFilter::Error,
+        (false, 0) => LevelFilter::Info,
+        (false, 1) => LevelFilter::Debug,
+        (false, _) => LevelFilter::Trace,
+    };
+    let journald = stderr_is_journal();
+    let mut builder = env_logger::Builder::new();
+    match std::env::var("RUST_LOG") {
+        // As set, like any Rust program: `RUST_LOG=warn` or `RUST_LOG=convnext_edge=debug`.
+        Ok(filters) => builder.parse_filters(&filters),
+        // Other crates (tract) only warn; ours at the level -v/-q ask for.
+        Err(_) => builder
+            .filter_level(ours.min(LevelFilter::Warn))
+            .filter_module("convnext_edge", ours),
+    }
+    .format(move |buf, record| {
+        use log::Level;
+        if journald {
+            let priority = match record.level() {
+                Level::Error => 3,
+                Level::Warn => 4,
+                Level::Info => 6,
+                Level::Debug | Level::Trace => 7,
+            };
+            return writeln!(buf, "<{priority}>{}", record.args());
+        }
+        let prefix = match record.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info => "",
+            Level::Debug => "debug: ",
+            Level::Trace => "trace: ",
+        };
+        writeln!(buf, "{prefix}{}", record.args())
+    })
+    .init();
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is the journal; the
+/// check against stderr's own device and inode keeps a child whose stderr was redirected plain.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = var.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let meta = std::fs::File::from(fd).metadata();
+    meta.is_ok_and(|m| dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()))
+}
+
+/// Writes a line to stdout; an error (a closed pipe) ends the command through `?`.
+fn out(line: std::fmt::Arguments) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(line)?;
+    stdout.write_all(b"\n")
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        out(format_args!($($arg)*))
+    };
+}
+
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     if let Command::Bench(args) = cli.command {
         return run_bench(args, cli.threads, cli.input_size, cli.float_only);
     }
-    anyhow::ensure!(
-        cli.threads.len() <= 1,
-        "--threads takes one number here (lists are for bench)"
-    );
+    let mut cli = cli;
+    if let Command::Camera(args) = &mut cli.command {
+        let sub = matches.subcommand_matches("camera").unwrap_or(matches);
+        apply_config(
+            args,
+            &mut cli.threads,
+            &mut cli.input_size,
+            &mut cli.float_only,
+            sub,
+        )?;
+    }
+    if cli.threads.len() > 1 {
+        return Err(usage(
+            "--threads takes one number here (lists are for bench)",
+        ));
+    }
     let options = LoadOptions {
         threads: cli.threads.first().copied(),
         input_size: cli.input_size,
@@ -216,6 +352,8 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|p| Labels::from_file(&p, model.classes()))
                 .transpose()?;
             let classifier = Classifier::new(model, preprocess, labels)?;
+            let images = convnext_edge::classify::image_files(&images)?;
+            anyhow::ensure!(!images.is_empty(), "no JPEG or PNG images found");
             let mut failed = 0;
             for image in images {
                 let start = std::time::Instant::now();
@@ -225,7 +363,7 @@ fn run(cli: Cli) -> Result<()> {
                         print_predictions(&image, &preds, latency_ms, json)?;
                     }
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        log::error!("{e}");
                         failed += 1;
                     }
                 }
@@ -260,17 +398,17 @@ fn run(cli: Cli) -> Result<()> {
             let x = tract_onnx::prelude::Tensor::zero::<f32>(&[1, 3, h, w])?;
             let p = convnext_edge::profile::profile(&model, x, runs)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
+                outln!("{}", serde_json::to_string_pretty(&p)?)?;
             } else {
-                print!("{}", p.render(top));
+                outln!("{}", p.render(top).trim_end())?;
             }
         }
         Command::Info { model, json } => {
             let info = Info::gather(&model, &options)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                outln!("{}", serde_json::to_string_pretty(&info)?)?;
             } else {
-                println!("{info}");
+                outln!("{info}")?;
             }
         }
     }
@@ -291,11 +429,11 @@ fn print_predictions(
             latency_ms,
         })
         .context("encoding JSON")?;
-        println!("{line}");
+        outln!("{line}")?;
     } else {
-        println!("{name} ({latency_ms:.1} ms)");
+        outln!("{name} ({latency_ms:.1} ms)")?;
         for p in preds {
-            println!("  {:>6.2}%  {:<5} {}", p.prob * 100.0, p.index, p.label);
+            outln!("  {:>6.2}%  {:<5} {}", p.prob * 100.0, p.index, p.label)?;
         }
     }
     Ok(())
@@ -337,7 +475,7 @@ fn run_bench(
         float_only,
         pipeline_image: args.pipeline,
     };
-    let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     let report = if json_to_stdout || !std::io::stderr().is_terminal() {
         bench::run(&spec, &Sysfs::default(), &mut bench::Quiet)
     } else {
@@ -351,14 +489,12 @@ fn run_bench(
         write_output(path, &report.csv())?;
     }
     if !json_to_stdout {
-        print!(
-            "{}",
-            if args.markdown {
-                report.markdown()
-            } else {
-                report.table()
-            }
-        );
+        let text = if args.markdown {
+            report.markdown()
+        } else {
+            report.table()
+        };
+        outln!("{}", text.trim_end())?;
     }
     let failed = report
         .results
@@ -373,13 +509,79 @@ fn run_bench(
     Ok(())
 }
 
+/// Fills the camera flags not given on the command line from `--config`.
+fn apply_config(
+    args: &mut CameraArgs,
+    threads: &mut Vec<usize>,
+    input_size: &mut Option<usize>,
+    float_only: &mut bool,
+    matches: &ArgMatches,
+) -> Result<()> {
+    let Some(path) = &args.config else {
+        return Ok(());
+    };
+    let cfg = convnext_edge::config::CameraConfig::load(path).map_err(|e| usage(e.to_string()))?;
+    let unset = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
+    macro_rules! fill {
+        ($($key:ident => $arg:expr, $wrap:expr);* $(;)?) => {$(
+            if let Some(v) = cfg.$key {
+                if unset(stringify!($key)) {
+                    $arg = $wrap(v);
+                }
+            }
+        )*};
+    }
+    fill! {
+        model => args.model, Some;
+        source => args.source, std::convert::identity;
+        source_timeout => args.source_timeout, std::convert::identity;
+        size => args.size, Some;
+        fps => args.fps, Some;
+        format => args.format, Some;
+        looped => args.looped, std::convert::identity;
+        frames => args.frames, Some;
+        sink => args.sink, std::convert::identity;
+        top => args.top, std::convert::identity;
+        every => args.every, std::convert::identity;
+        labels => args.labels, Some;
+        preprocess => args.preprocess, Some;
+        stats => args.stats, Some;
+        threads => *threads, |n| vec![n];
+        input_size => *input_size, Some;
+        float_only => *float_only, std::convert::identity;
+    }
+    Ok(())
+}
+
 fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
     use convnext_edge::{camera, display, live};
     use std::sync::atomic::{AtomicBool, Ordering};
     static STOP: AtomicBool = AtomicBool::new(false);
-    anyhow::ensure!(args.every >= 1, "--every must be at least 1");
-    anyhow::ensure!(args.top >= 1, "--top must be at least 1");
-    let model = Model::load(&args.model, options)?;
+    let model_path = args
+        .model
+        .ok_or_else(|| usage("no model: give --model, or `model` in the --config file"))?;
+    if args.every == 0 {
+        return Err(usage("--every must be at least 1"));
+    }
+    if args.top == 0 {
+        return Err(usage("--top must be at least 1"));
+    }
+    let stats_to_stdout = args.stats.as_deref() == Some(Path::new("-"));
+    if stats_to_stdout && args.sink.iter().any(|s| s == "jsonl:-") {
+        return Err(usage(
+            "--stats - and --sink jsonl:- both want standard output; send one to a file",
+        ));
+    }
+    // SIGINT, SIGTERM and SIGHUP: the loop finishes its frame, the sinks flush, stats are written.
+    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
+        .context("installing the signal handler")?;
+    let start = std::time::Instant::now();
+    let model = Model::load(&model_path, options)?;
+    log::debug!(
+        "{} loaded in {:.0} ms",
+        model_path.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let labels = args
         .labels
         .map(|p| Labels::from_file(&p, model.classes()))
@@ -397,16 +599,27 @@ fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
         looped: args.looped,
         max_frame_bytes: camera::DEFAULT_MAX_FRAME_BYTES,
     };
-    let source = camera::open(&args.source, &source_opts)?;
-    ctrlc::set_handler(|| STOP.store(true, Ordering::Relaxed))
-        .context("installing Ctrl-C handler")?;
+    let source = camera::open_waiting(
+        &args.source,
+        &source_opts,
+        args.source_timeout.0,
+        camera::Backoff::default(),
+        &STOP,
+        &mut |e, wait| log::warn!("{e}; trying again in {:.2} s", wait.as_secs_f32()),
+    )?;
+    let Some(source) = source else {
+        log::info!("stopped while waiting for {}", args.source);
+        return Ok(());
+    };
+    log::debug!("{} opened", source.name());
     let opts = live::LiveOptions {
         top: args.top,
         every: args.every,
         frames: args.frames,
         ..Default::default()
     };
-    // With no sink, results are printed; otherwise a status line once a second on stderr.
+    // With no sink, results are printed (on stderr when stdout carries the stats); otherwise a
+    // status line once a second.
     let print_results = args.sink.is_empty();
     let mut last_status = std::time::Instant::now();
     let stats = live::run(
@@ -422,32 +635,41 @@ fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
                     .iter()
                     .map(|p| format!("{} {:.1}%", p.label, p.prob * 100.0))
                     .collect();
-                println!(
+                let line = format!(
                     "frame {:>6}  {:>6.1} ms  {}",
                     r.frame,
                     r.stages_ms.infer,
                     top.join(", ")
                 );
+                if stats_to_stdout {
+                    eprintln!("{line}");
+                } else if outln!("{line}").is_err() {
+                    // The reader is gone: end as if stopped.
+                    STOP.store(true, Ordering::Relaxed);
+                }
             }
             live::Event::Frame(r) => {
                 if last_status.elapsed().as_secs_f32() >= 1.0 {
                     last_status = std::time::Instant::now();
                     let top = r.top.first().map_or("", |p| p.label.as_str());
-                    eprintln!(
+                    log::info!(
                         "frame {:>6}  {:>5.1} fps  infer {:>6.1} ms  dropped {}  {top}",
-                        r.frame, r.fps, r.stages_ms.infer, r.dropped
+                        r.frame,
+                        r.fps,
+                        r.stages_ms.infer,
+                        r.dropped
                     );
                 }
             }
-            live::Event::Skipped(why) => eprintln!("warning: skipped {why}"),
+            live::Event::Skipped(why) => log::warn!("skipped {why}"),
             live::Event::Reconnecting(e, wait) => {
-                eprintln!("warning: {e}; reopening in {:.2} s", wait.as_secs_f32())
+                log::warn!("{e}; reopening in {:.2} s", wait.as_secs_f32())
             }
-            live::Event::Reconnected => eprintln!("source reopened"),
-            live::Event::SinkFailed(e) => eprintln!("error: {e} (sink dropped, others go on)"),
+            live::Event::Reconnected => log::info!("source reopened"),
+            live::Event::SinkFailed(e) => log::error!("{e} (sink dropped, others go on)"),
         },
     )?;
-    eprintln!(
+    log::info!(
         "{} frames processed in {:.1} s ({:.1} fps): {} classified, {} dropped, {} corrupt, \
          {} reconnects",
         stats.processed,
@@ -458,7 +680,7 @@ fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
         stats.corrupt,
         stats.reconnects
     );
-    eprintln!(
+    log::info!(
         "mean ms: decode {:.2}  preprocess {:.2}  infer {:.2}  overlay {:.2}  sinks {:.2}",
         stats.decode.mean_ms,
         stats.preprocess.mean_ms,
@@ -472,10 +694,9 @@ fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
     Ok(())
 }
 
-fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
-    if path == std::path::Path::new("-") {
-        println!("{text}");
-        Ok(())
+fn write_output(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        Ok(outln!("{text}")?)
     } else {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }

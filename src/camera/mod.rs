@@ -34,6 +34,7 @@ mod stream;
 mod v4l2;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use pattern::TestPattern;
@@ -150,8 +151,12 @@ pub enum ErrorKind {
     Disconnected,
     /// A finite source (files, a recording, stdin) has no more frames.
     EndOfStream,
-    /// The source cannot work as asked (bad spec, unsupported format, no such device).
+    /// The source cannot work as asked (bad spec, unsupported format).
     Config,
+    /// The device or file is not there (yet): a USB camera that has not enumerated at boot,
+    /// a recording not yet written. [`open_waiting`] waits for it; the live loop retries it as
+    /// a disconnection.
+    Missing,
 }
 
 /// A failure of a frame source, naming the source.
@@ -231,6 +236,107 @@ pub fn open(spec: &str, opts: &SourceOptions) -> Result<Box<dyn FrameSource>, So
     }
 }
 
+/// How long [`open_waiting`] waits for a missing source: seconds (`0`: not at all) or
+/// `forever`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SourceTimeout(pub Option<Duration>);
+
+impl std::str::FromStr for SourceTimeout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "forever" {
+            return Ok(SourceTimeout(None));
+        }
+        s.parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .map(|d| SourceTimeout(Some(d)))
+            .ok_or_else(|| format!("expected seconds (>= 0) or 'forever', got '{s}'"))
+    }
+}
+
+/// Waits between attempts to reach a source: `first`, then twice as long each time up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff { next: first, max }
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+impl Default for Backoff {
+    /// 0.25 s doubling to 5 s.
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(5))
+    }
+}
+
+/// [`open`], waiting for a source that is [`ErrorKind::Missing`] with `backoff` between tries,
+/// for at most `timeout` (`None`: for ever), or until `stop` is set. `on_wait` sees each miss
+/// and the wait before the next try. The last error is returned when the time is up; `Ok(None)`
+/// when `stop` ended the wait.
+///
+/// ```
+/// use std::sync::atomic::AtomicBool;
+/// use std::time::Duration;
+/// use convnext_edge::camera::{self, Backoff, ErrorKind, SourceOptions};
+/// let stop = AtomicBool::new(false);
+/// let mut misses = 0;
+/// let err = camera::open_waiting(
+///     "replay:/nonexistent/capture.mjpeg",
+///     &SourceOptions::default(),
+///     Some(Duration::from_millis(30)),
+///     Backoff::new(Duration::from_millis(10), Duration::from_millis(10)),
+///     &stop,
+///     &mut |_, _| misses += 1,
+/// )
+/// .err()
+/// .unwrap();
+/// assert_eq!(err.kind, ErrorKind::Missing);
+/// assert!(misses >= 2);
+/// ```
+pub fn open_waiting(
+    spec: &str,
+    opts: &SourceOptions,
+    timeout: Option<Duration>,
+    mut backoff: Backoff,
+    stop: &AtomicBool,
+    on_wait: &mut dyn FnMut(&SourceError, Duration),
+) -> Result<Option<Box<dyn FrameSource>>, SourceError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let err = match open(spec, opts) {
+            Ok(source) => return Ok(Some(source)),
+            Err(e) if e.kind == ErrorKind::Missing => e,
+            Err(e) => return Err(e),
+        };
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err(err);
+        }
+        let wait = backoff.next_wait().min(left.unwrap_or(Duration::MAX));
+        on_wait(&err, wait);
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+    }
+}
+
 #[cfg(feature = "v4l2")]
 fn open_v4l2(
     spec: &str,
@@ -303,6 +409,48 @@ mod tests {
         assert_eq!(PixelFormat::Nv12.frame_len(640, 480), Some(460_800));
         assert_eq!(PixelFormat::I420.frame_len(5, 3), Some(15 + 2 * 6));
         assert_eq!(PixelFormat::Mjpeg.frame_len(640, 480), None);
+    }
+
+    #[test]
+    fn source_timeouts_parse() {
+        let t = |s: &str| s.parse::<SourceTimeout>().map(|t| t.0);
+        assert_eq!(t("forever"), Ok(None));
+        assert_eq!(t("2.5"), Ok(Some(Duration::from_millis(2500))));
+        assert_eq!(t("0"), Ok(Some(Duration::ZERO)));
+        assert!(t("-1").unwrap_err().contains("'forever'"));
+        assert!(t("soon").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(250), ms(1000));
+        let waits: Vec<_> = (0..4).map(|_| b.next_wait()).collect();
+        assert_eq!(waits, [ms(250), ms(500), ms(1000), ms(1000)]);
+    }
+
+    #[test]
+    fn open_waiting_stops_on_the_flag_and_fails_fast_on_config_errors() {
+        let stop = AtomicBool::new(true);
+        let opts = SourceOptions::default();
+        let r = open_waiting(
+            "files:/nonexistent/*.png",
+            &opts,
+            None,
+            Backoff::default(),
+            &stop,
+            &mut |_, _| {},
+        );
+        assert!(matches!(r, Ok(None)));
+        let r = open_waiting(
+            "usb0",
+            &opts,
+            None,
+            Backoff::default(),
+            &stop,
+            &mut |_, _| {},
+        );
+        assert_eq!(r.err().unwrap().kind, ErrorKind::Config);
     }
 
     #[test]

@@ -222,7 +222,12 @@ impl FrameSource for StreamSource {
             }
             Origin::File(path) => Box::new(std::io::BufReader::new(
                 std::fs::File::open(&*path).map_err(|e| {
-                    SourceError::new(ErrorKind::Config, &name, format!("{}: {e}", path.display()))
+                    let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                        ErrorKind::Missing
+                    } else {
+                        ErrorKind::Config
+                    };
+                    SourceError::new(kind, &name, format!("{}: {e}", path.display()))
                 })?,
             )),
             Origin::Command { cmd, child } => {
@@ -306,7 +311,11 @@ impl FileSource {
         };
         files.sort();
         if files.is_empty() {
-            return Err(config(format!("no files match '{pattern}'")));
+            return Err(SourceError::new(
+                ErrorKind::Missing,
+                name,
+                format!("no files match '{pattern}'"),
+            ));
         }
         let raw = |p: &PathBuf| {
             let f = opts.format.unwrap_or(PixelFormat::from_extension(p));

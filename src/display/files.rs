@@ -126,7 +126,14 @@ impl Sink for JsonlSink {
         self.out
             .write_all(&line)
             .and_then(|()| self.out.flush())
-            .map_err(|e| SinkError::new(SinkErrorKind::Write, &self.name, e.to_string()))
+            .map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    SinkErrorKind::Closed
+                } else {
+                    SinkErrorKind::Write
+                };
+                SinkError::new(kind, &self.name, e.to_string())
+            })
     }
 
     fn name(&self) -> &str {

@@ -43,8 +43,11 @@ use crate::live::FrameReport;
 pub enum SinkErrorKind {
     /// The device is not there or cannot be opened (panel absent, no framebuffer).
     Unavailable,
-    /// Writing failed (disk full, broken pipe, bus error).
+    /// Writing failed (disk full, bus error).
     Write,
+    /// The reader went away (the pipe a `jsonl:-` sink writes to was closed): when it was the
+    /// last sink the run ends normally.
+    Closed,
     /// The spec is wrong.
     Config,
 }

@@ -98,8 +98,8 @@ impl V4l2Source {
         Ok(s)
     }
 
-    /// `first`: a missing device is a configuration error when opening, but an unplugged camera
-    /// when reopening.
+    /// `first`: a missing device is not there yet when opening, but an unplugged camera when
+    /// reopening.
     fn start(&mut self, first: bool) -> Result<(), (ErrorKind, String)> {
         let gone = |e: std::io::Error| {
             (
@@ -110,7 +110,8 @@ impl V4l2Source {
         let config = |m: String| (ErrorKind::Config, format!("{}: {m}", self.path.display()));
         let dev = Device::open(&self.path).map_err(|e| {
             if first && e.kind() == io::ErrorKind::NotFound {
-                config("no such device".into())
+                let path = self.path.display();
+                (ErrorKind::Missing, format!("{path}: no such device"))
             } else {
                 gone(e)
             }

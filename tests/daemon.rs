@@ -1,0 +1,328 @@
+//! The binary as a service runs it: stop signals, a camera that appears late, a reader that
+//! goes away, the configuration file, log levels and exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root;
+
+const MODEL: &str = "models/digits/convnext_digits_int8.onnx";
+const RECORDING: &str = "tests/data/camera/digits.mjpeg";
+
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_convnext-edge"));
+    c.args(args)
+        .args(["--threads", "1"])
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    command(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits for the child to exit, killing it (and failing) after `limit`.
+fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stop_signals_finish_the_run_write_stats_and_exit_0() {
+    for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = dir.path().join("stats.json");
+        let mut child = command(&[
+            "camera", "--model", MODEL, "--source", "test", "--fps", "20",
+        ])
+        .args(["--stats", stats.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        // Running for real once the first frame is printed.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("frame"), "{first}");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let status = wait_for(&mut child, Duration::from_secs(20));
+        assert!(status.success(), "signal {signal}: {status:?}");
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        assert!(s["processed"].as_u64().unwrap() >= 1, "{s}");
+    }
+}
+
+#[test]
+fn a_source_missing_at_start_is_waited_for_and_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("capture.mjpeg");
+    let spec = format!("replay:{}", recording.display());
+    let mut child = command(&["camera", "--model", MODEL, "--source", &spec, "--fps", "0"])
+        .args(["--source-timeout", "30", "--top", "1", "--sink", "jsonl:-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Appears whole, as a camera node does.
+    let partial = dir.path().join("capture.part");
+    std::fs::copy(root().join(RECORDING), &partial).unwrap();
+    std::fs::rename(&partial, &recording).unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 10, "{stdout}");
+    let tries = stderr.matches("trying again in").count();
+    assert!(tries >= 2, "one log line per attempt expected: {stderr}");
+    assert!(stderr.contains("capture.mjpeg"), "{stderr}");
+}
+
+#[test]
+fn a_source_still_missing_after_the_timeout_fails_naming_it() {
+    let o = run(&[
+        "camera",
+        "--model",
+        MODEL,
+        "--source",
+        "replay:/nonexistent/capture.mjpeg",
+        "--source-timeout",
+        "0.6",
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("trying again in"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("/nonexistent/capture.mjpeg"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_status_0() {
+    // More output than a pipe holds, so that writes after the reader left must fail.
+    let images = vec!["models/digits/samples/7.png"; 400];
+    let mut child = command(&["classify", "--json", "--model", MODEL])
+        .args(&images)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"label\":\"7\""), "{first}");
+    // The reader is dropped: `| head -n1`.
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(text(&out.stderr), "");
+
+    let mut child = command(&["camera", "--model", MODEL, "--source", "test", "--fps", "0"])
+        .args(["--sink", "jsonl:-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    let err = text(&child.wait_with_output().unwrap().stderr);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
+fn stats_to_stdout_is_the_only_thing_there() {
+    let o = run(&[
+        "camera",
+        "--model",
+        MODEL,
+        "--source",
+        "replay:tests/data/camera/digits.mjpeg",
+        "--fps",
+        "0",
+        "--stats",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["processed"], 10);
+    assert_eq!(text(&o.stderr).matches("frame ").count(), 10);
+    let o = run(&[
+        "camera", "--model", MODEL, "--source", "test", "--stats", "-", "--sink", "jsonl:-",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("standard output"));
+}
+
+#[test]
+fn classify_takes_folders_recursively_in_sorted_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = root().join("models/digits/samples");
+    for (rel, digit) in [
+        ("b/2.png", 2),
+        ("a/z/9.PNG", 9),
+        ("a/1.png", 1),
+        ("c.png", 3),
+    ] {
+        let to = dir.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(samples.join(format!("{digit}.png")), to).unwrap();
+    }
+    std::fs::write(dir.path().join("a/notes.txt"), "not an image").unwrap();
+    let o = run(&[
+        "classify",
+        "--json",
+        "--top",
+        "1",
+        "--model",
+        MODEL,
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let seen: Vec<(String, String)> = text(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let image = Path::new(v["image"].as_str().unwrap())
+                .strip_prefix(dir.path())
+                .unwrap()
+                .display()
+                .to_string();
+            (image, v["top"][0]["label"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let expected = [
+        ("a/1.png", "1"),
+        ("a/z/9.PNG", "9"),
+        ("b/2.png", "2"),
+        ("c.png", "3"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+    let empty = tempfile::tempdir().unwrap();
+    let o = run(&["classify", "--model", MODEL, empty.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no JPEG or PNG images"));
+}
+
+#[test]
+fn the_config_file_sets_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("camera.toml");
+    let model = root().join(MODEL);
+    let recording = root().join(RECORDING);
+    std::fs::write(
+        &config,
+        format!(
+            "model = '{}'\nsource = 'replay:{}'\nfps = 0\nframes = 4\ntop = 1\nsink = ['jsonl:-']\n\
+             source-timeout = 'forever'\nthreads = 1\n",
+            model.display(),
+            recording.display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let o = run(&["camera", "--config", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 4);
+    let o = run(&["camera", "--config", c, "--frames", "2"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 2);
+
+    std::fs::write(&config, "source = 'test'\nframes = 1\nframe-rate = 30\n").unwrap();
+    let o = run(&["camera", "--model", MODEL, "--config", c]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("camera.toml") && err.contains("line 3"),
+        "{err}"
+    );
+    assert!(err.contains("frame-rate"), "{err}");
+    std::fs::write(&config, "size = 'big'\n").unwrap();
+    let o = run(&["camera", "--model", MODEL, "--config", c]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 1") && err.contains("WxH"), "{err}");
+}
+
+#[test]
+fn log_levels_and_the_journal_format() {
+    let args = [
+        "camera",
+        "--model",
+        MODEL,
+        "--source",
+        "replay:tests/data/camera/digits.mjpeg",
+        "--fps",
+        "0",
+        "--sink",
+        "jsonl:/dev/null",
+    ];
+    let o = run(&args);
+    assert!(text(&o.stderr).contains("10 frames processed"));
+    let o = run(&[&args[..], &["-q"]].concat());
+    assert!(o.status.success());
+    assert_eq!(text(&o.stderr), "");
+    let o = command(&args).env("RUST_LOG", "warn").output().unwrap();
+    assert_eq!(text(&o.stderr), "");
+    let o = run(&[&args[..], &["-v"]].concat());
+    assert!(text(&o.stderr).contains("debug: "), "{}", text(&o.stderr));
+
+    // Under systemd, stderr is the journal and JOURNAL_STREAM names it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("journal");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let status = command(&[&args[..3], &["--source", "replay:/nonexistent.mjpeg"]].concat())
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let journal = std::fs::read_to_string(&log).unwrap();
+    assert!(journal.starts_with("<3>"), "{journal}");
+    assert!(journal.contains("/nonexistent.mjpeg"), "{journal}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_1() {
+    assert_eq!(run(&["classify", "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(run(&["camera", "--source", "test"]).status.code(), Some(2));
+    let o = run(&["classify", "--model", "/nonexistent.onnx", "x.png"]);
+    assert_eq!(o.status.code(), Some(1));
+}
