@@ -13,6 +13,16 @@ use common::root;
 
 const MODEL: &str = "models/digits/convnext_digits_int8.onnx";
 const RECORDING: &str = "tests/data/camera/digits.mjpeg";
+/// The ten digits recorded as MJPEG, unpaced.
+const REPLAY: [&str; 7] = [
+    "camera",
+    "--model",
+    MODEL,
+    "--source",
+    "replay:tests/data/camera/digits.mjpeg",
+    "--fps",
+    "0",
+];
 
 fn command(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_convnext-edge"));
@@ -47,24 +57,32 @@ fn wait_for(child: &mut Child, limit: Duration) -> ExitStatus {
     }
 }
 
+/// Starts the command with its output piped and returns it once it has printed a line, with
+/// that line; its stdout is then closed.
+fn spawn_until_first_line(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    (child, first)
+}
+
 #[test]
 fn stop_signals_finish_the_run_write_stats_and_exit_0() {
     for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
         let dir = tempfile::tempdir().unwrap();
         let stats = dir.path().join("stats.json");
-        let mut child = command(&[
+        let mut c = command(&[
             "camera", "--model", MODEL, "--source", "test", "--fps", "20",
-        ])
-        .args(["--stats", stats.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ]);
+        c.args(["--stats", stats.to_str().unwrap()]);
         // Running for real once the first frame is printed.
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
+        let (mut child, first) = spawn_until_first_line(c);
         assert!(first.starts_with("frame"), "{first}");
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -129,16 +147,9 @@ fn a_source_still_missing_after_the_timeout_fails_naming_it() {
 fn a_closed_stdout_ends_quietly_with_status_0() {
     // More output than a pipe holds, so that writes after the reader left must fail.
     let images = vec!["models/digits/samples/7.png"; 400];
-    let mut child = command(&["classify", "--json", "--model", MODEL])
-        .args(&images)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut c = command(&["classify", "--json", "--model", MODEL]);
+    c.args(&images);
+    let (mut child, first) = spawn_until_first_line(c);
     assert!(first.contains("\"label\":\"7\""), "{first}");
     // The reader is dropped: `| head -n1`.
     let status = wait_for(&mut child, Duration::from_secs(60));
@@ -146,16 +157,9 @@ fn a_closed_stdout_ends_quietly_with_status_0() {
     assert!(status.success(), "{status:?}");
     assert_eq!(text(&out.stderr), "");
 
-    let mut child = command(&["camera", "--model", MODEL, "--source", "test", "--fps", "0"])
-        .args(["--sink", "jsonl:-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut c = command(&["camera", "--model", MODEL, "--source", "test", "--fps", "0"]);
+    c.args(["--sink", "jsonl:-"]);
+    let (mut child, _) = spawn_until_first_line(c);
     let status = wait_for(&mut child, Duration::from_secs(60));
     let err = text(&child.wait_with_output().unwrap().stderr);
     assert!(status.success(), "{err}");
@@ -164,17 +168,7 @@ fn a_closed_stdout_ends_quietly_with_status_0() {
 
 #[test]
 fn stats_to_stdout_is_the_only_thing_there() {
-    let o = run(&[
-        "camera",
-        "--model",
-        MODEL,
-        "--source",
-        "replay:tests/data/camera/digits.mjpeg",
-        "--fps",
-        "0",
-        "--stats",
-        "-",
-    ]);
+    let o = run(&[&REPLAY[..], &["--stats", "-"]].concat());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["processed"], 10);
@@ -282,17 +276,7 @@ fn the_config_file_sets_flags_and_the_command_line_wins() {
 
 #[test]
 fn log_levels_and_the_journal_format() {
-    let args = [
-        "camera",
-        "--model",
-        MODEL,
-        "--source",
-        "replay:tests/data/camera/digits.mjpeg",
-        "--fps",
-        "0",
-        "--sink",
-        "jsonl:/dev/null",
-    ];
+    let args = [&REPLAY[..], &["--sink", "jsonl:/dev/null"]].concat();
     let o = run(&args);
     assert!(text(&o.stderr).contains("10 frames processed"));
     let o = run(&[&args[..], &["-q"]].concat());
