@@ -5,8 +5,10 @@
 # glibc is older than the 2.35 a Debian 12 gnu build needs); Raspberry Pi boards default to gnu
 # (Pi OS bookworm) — pass --musl for Pi OS bullseye or older. --tuned adds the board's
 # -C target-cpu (faster, but the binary then needs that core: an A76 build gets SIGILL on A72).
-# --profile picks a Cargo profile other than release (CI's armv7 smoke run uses `smoke`).
-# Output: target/cross/BOARD/convnext-edge-BOARD.tar.gz
+# --profile picks a Cargo profile other than release (CI's armv7 smoke run uses `smoke`;
+# cross/release.sh uses `dist`: LTO, one codegen unit, stripped).
+# Output: $CARGO_TARGET_DIR/cross/BOARD/convnext-edge-BOARD.tar.gz (CARGO_TARGET_DIR: target).
+# The `amd64` board is this machine's own target, built where `cargo build` puts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { echo "usage: cross/build.sh BOARD [--musl|--gnu] [--tuned] [--profile NAME]; boards: $(grep -v '^#' cross/boards.tsv | cut -f1 | tr '\n' ' ')" >&2; exit 2; }
@@ -36,12 +38,23 @@ fi
 rustup target list --installed | grep -qx "$target" || { echo "cross/build.sh: Rust target $target missing; run cross/setup.sh" >&2; exit 1; }
 flags=${RUSTFLAGS:-}
 [ $tuned = 1 ] && flags="$flags -C target-cpu=$tuned_cpu"
-RUSTFLAGS="$flags" cargo build --profile "$profile" --target "$target" --bin convnext-edge
+target_dir=${CARGO_TARGET_DIR:-target}
+profile_dir=$profile
+[ "$profile" = dev ] && profile_dir=debug
+host=$(rustc -vV | sed -n 's/^host: //p')
+if [ "$target" = "$host" ]; then
+  # The host's own build (what `cargo build`/`cargo test` already made), not a second one.
+  RUSTFLAGS="$flags" cargo build --profile "$profile" --bin convnext-edge
+  binary=$target_dir/$profile_dir/convnext-edge
+else
+  RUSTFLAGS="$flags" cargo build --profile "$profile" --target "$target" --bin convnext-edge
+  binary=$target_dir/$target/$profile_dir/convnext-edge
+fi
 
-out=target/cross/$board
+out=$target_dir/cross/$board
 stage=$out/convnext-edge-$board
 rm -rf "$stage" && mkdir -p "$stage"
-cp "target/$target/$profile/convnext-edge" "$stage/"
+cp "$binary" "$stage/"
 cp models/digits/convnext_digits_int8.onnx models/digits/labels.txt "$stage/"
 cp -r models/digits/samples "$stage/"
 cat > "$stage/README.txt" <<TXT
