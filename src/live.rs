@@ -66,6 +66,12 @@ pub struct FrameReport {
     pub fps: f32,
     /// Frames dropped so far because a newer one arrived first.
     pub dropped: u64,
+    /// Corrupt frames skipped so far (by the source or in decoding).
+    pub corrupt: u64,
+    /// Times the source was reopened so far.
+    pub reconnects: u64,
+    /// Sinks that failed so far (and were dropped).
+    pub sink_errors: u64,
     /// The file the frame came from, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
@@ -370,6 +376,8 @@ struct Looper<'a> {
     had_sinks: bool,
     /// The last sink's reader went away (a closed pipe): the run ends as if stopped.
     readers_gone: bool,
+    /// Corrupt frames the capture thread skipped so far (added to the stats at the end).
+    source_corrupt: u64,
     start: Instant,
     stats: LiveStats,
     acc: [Acc; 6],
@@ -390,6 +398,7 @@ impl<'a> Looper<'a> {
             opts,
             had_sinks: sinks > 0,
             readers_gone: false,
+            source_corrupt: 0,
             start: Instant::now(),
             stats: LiveStats::default(),
             acc: Default::default(),
@@ -425,6 +434,8 @@ impl<'a> Looper<'a> {
                     .unwrap_or_else(|p| p.into_inner());
                 let frame = slot.frame.take();
                 self.stats.dropped = slot.dropped;
+                self.source_corrupt = slot.corrupt;
+                self.stats.reconnects = slot.reconnects;
                 let notes = std::mem::take(&mut slot.notes);
                 let ended = if frame.is_none() {
                     slot.ended.clone()
@@ -535,6 +546,9 @@ impl<'a> Looper<'a> {
             stages_ms: times,
             fps: self.fps,
             dropped: self.stats.dropped,
+            corrupt: self.stats.corrupt + self.source_corrupt,
+            reconnects: self.stats.reconnects,
+            sink_errors: self.stats.sinks_failed,
             origin: frame.origin.as_ref().map(|p| p.display().to_string()),
         };
         let t = Instant::now();

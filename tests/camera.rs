@@ -622,6 +622,9 @@ fn dummy_report() -> live::FrameReport {
         stages_ms: StageTimes::default(),
         fps: 30.0,
         dropped: 0,
+        corrupt: 0,
+        reconnects: 0,
+        sink_errors: 0,
         origin: None,
     }
 }

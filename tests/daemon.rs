@@ -310,3 +310,72 @@ fn usage_errors_exit_2_and_failures_1() {
     let o = run(&["classify", "--model", "/nonexistent.onnx", "x.png"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn metrics_are_scraped_from_the_http_sink_while_it_runs() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sink = format!("http:127.0.0.1:{port}");
+    let mut child = command(&[
+        "camera", "--model", MODEL, "--source", "test", "--fps", "30",
+    ])
+    .args(["--every", "2", "--sink", &sink])
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scrape = loop {
+        assert!(Instant::now() < deadline, "no metrics from {url}");
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(response) = ureq::get(&url).call() else {
+            continue;
+        };
+        let kind = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+        let text = response.into_body().read_to_string().unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let processed = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "convnext_edge_frames_processed_total");
+        if matches!(processed.map(|s| &s.value), Some(prometheus_parse::Value::Counter(n)) if *n >= 6.0)
+        {
+            break scrape;
+        }
+    };
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_for(&mut child, Duration::from_secs(20)).success());
+    let value = |name: &str, stage: Option<&str>| {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && stage.is_none_or(|st| s.labels.get("stage") == Some(st)))
+            .unwrap_or_else(|| panic!("no {name}"));
+        match &s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(b) => b.last().unwrap().count,
+            v => panic!("{name}: {v:?}"),
+        }
+    };
+    let processed = value("convnext_edge_frames_processed_total", None);
+    let classified = value("convnext_edge_frames_classified_total", None);
+    assert_eq!(classified, (processed / 2.0).ceil(), "--every 2");
+    assert_eq!(value("convnext_edge_latency_seconds", None), processed);
+    assert_eq!(
+        value("convnext_edge_stage_seconds", Some("decode")),
+        processed
+    );
+    assert_eq!(
+        value("convnext_edge_stage_seconds", Some("infer")),
+        classified
+    );
+}

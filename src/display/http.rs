@@ -1,6 +1,7 @@
 //! `http:ADDR:PORT` — a live view for headless boards: a page at `/` showing an MJPEG stream of
-//! the annotated frames (`/stream.mjpg`) and the latest result (`/result.json`), served by a
-//! small std-only HTTP/1.1 server (three fixed routes do not need a web framework).
+//! the annotated frames (`/stream.mjpg`), the latest result (`/result.json`) and the run's
+//! counters and latency histograms for Prometheus (`/metrics`, [`super::metrics`]), served by a
+//! small std-only HTTP/1.1 server (four fixed routes do not need a web framework).
 //!
 //! A bare port (`http:8080`) binds to 127.0.0.1: exposing the camera to the network is the
 //! user's choice (`http:0.0.0.0:8080`).
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::metrics::Metrics;
 use super::{encode_jpeg, Sink, SinkError, SinkErrorKind, View};
 
 /// Concurrent connections served; more are refused with 503 so memory stays bounded.
@@ -24,6 +26,7 @@ struct Latest {
     seq: u64,
     jpeg: Arc<Vec<u8>>,
     json: Arc<String>,
+    metrics: Metrics,
 }
 
 struct State {
@@ -112,6 +115,7 @@ impl Sink for HttpSink {
         let mut latest = self.state.latest();
         latest.seq += 1;
         latest.json = json;
+        latest.metrics.observe(report);
         if let Some(j) = jpeg {
             latest.jpeg = j;
         }
@@ -197,6 +201,15 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
             "text/html; charset=utf-8",
             PAGE.as_bytes(),
         ),
+        "/metrics" => {
+            let text = state.latest().metrics.render();
+            respond(
+                &stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+            )
+        }
         "/result.json" => {
             let json = Arc::clone(&state.latest().json);
             respond(&stream, "200 OK", "application/json", json.as_bytes())

@@ -29,6 +29,7 @@
 pub mod fb;
 mod files;
 pub mod http;
+pub mod metrics;
 pub mod overlay;
 pub mod panel;
 
