@@ -379,3 +379,172 @@ fn metrics_are_scraped_from_the_http_sink_while_it_runs() {
         classified
     );
 }
+
+/// Debian's mosquitto on a loopback port, for as long as it lives.
+struct Broker {
+    child: Child,
+    config: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Broker {
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        Broker::run(config, port)
+    }
+
+    fn run(config: std::path::PathBuf, port: u16) -> Broker {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, config }
+    }
+
+    /// Kills it outright, as a crash or a power cut would.
+    fn kill(mut self) -> std::path::PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.config.clone()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the MQTT test can run: CI installs mosquitto and requires it.
+fn have_mosquitto() -> bool {
+    let found = ["mosquitto", "mosquitto_sub"].iter().all(|tool| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let required = std::env::var_os("CONVNEXT_EDGE_MQTT_TESTS").is_some();
+    assert!(
+        found || !required,
+        "CONVNEXT_EDGE_MQTT_TESTS is set but mosquitto is missing"
+    );
+    if !found {
+        eprintln!("skipped: Debian's mosquitto and mosquitto-clients are not installed");
+    }
+    found
+}
+
+#[test]
+fn mqtt_reports_survive_a_broker_that_dies_and_comes_back() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = Broker::start(dir.path(), port);
+    let received = dir.path().join("received.txt");
+    let mut subscriber = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"])
+        .args(["-t", "cam/test", "-t", "homeassistant/#"])
+        .stdout(std::fs::File::create(&received).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let stats = dir.path().join("stats.json");
+    let sink = format!("mqtt://127.0.0.1:{port}/cam/test");
+    let frames = 400;
+    let mut camera = command(&[
+        "camera", "--model", MODEL, "--source", "test", "--fps", "40",
+    ])
+    .args([
+        "--top",
+        "1",
+        "--frames",
+        &frames.to_string(),
+        "--sink",
+        &sink,
+    ])
+    .args(["--stats", stats.to_str().unwrap()])
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let config = broker.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let _broker = Broker::run(config, port);
+    let status = wait_for(&mut camera, Duration::from_secs(60));
+    let err = text(&camera.wait_with_output().unwrap().stderr);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    assert!(status.success(), "{err}");
+
+    // No camera frame was lost while the broker was away.
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["processed"], frames, "{s}");
+    // The dropped messages are counted, and with the queued ones make up every report.
+    let counts = err
+        .lines()
+        .find(|l| l.contains("reports queued"))
+        .unwrap_or_else(|| panic!("no counts in {err}"));
+    let numbers: Vec<u64> = counts
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    let (queued, dropped) = (numbers[0], numbers[2]);
+    assert!(
+        dropped > 0,
+        "a 3 s outage at 40 fps overflows the queue: {counts}"
+    );
+    assert_eq!(queued + dropped, frames, "{counts}");
+    assert!(err.contains("reconnected after"), "{err}");
+
+    let got = std::fs::read_to_string(&received).unwrap();
+    let indices: Vec<u64> = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("cam/test "))
+        .map(|json| {
+            serde_json::from_str::<serde_json::Value>(json).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let announced = got
+        .lines()
+        .filter(|l| l.starts_with("homeassistant/sensor/convnext_edge_cam_test/top1/config "))
+        .count();
+    assert!(announced >= 2, "discovery on each connection: {announced}");
+    assert!(
+        indices.iter().any(|&i| i < 80),
+        "published before the outage"
+    );
+    assert!(indices.iter().any(|&i| i > 300), "published again after it");
+    assert!(
+        indices.len() as u64 >= queued / 2,
+        "{} of {queued} arrived",
+        indices.len()
+    );
+}

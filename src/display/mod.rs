@@ -30,6 +30,7 @@ pub mod fb;
 mod files;
 pub mod http;
 pub mod metrics;
+pub mod mqtt;
 pub mod overlay;
 pub mod panel;
 
@@ -110,6 +111,7 @@ pub fn open(spec: &str) -> Result<Box<dyn Sink>, SinkError> {
         )?)),
         "jsonl" => Ok(Box::new(JsonlSink::create(spec, arg)?)),
         "http" => Ok(Box::new(http::HttpSink::bind(spec, arg)?)),
+        "mqtt" | "mqtts" => Ok(Box::new(mqtt::MqttSink::connect(spec, spec)?)),
         "fb" => Ok(Box::new(fb::FbSink::open(
             spec,
             arg.as_ref(),
@@ -118,8 +120,8 @@ pub fn open(spec: &str) -> Result<Box<dyn Sink>, SinkError> {
         "ssd1306" => panel::open_ssd1306(spec, arg),
         "st7789" => panel::open_st7789(spec, arg),
         _ => Err(config(
-            "unknown sink (expected png:DIR, jpeg:DIR, jsonl:FILE, http:ADDR:PORT, fb:/dev/fbN, \
-             ssd1306:/dev/i2c-N or st7789:/dev/spidevX.Y)",
+            "unknown sink (expected png:DIR, jpeg:DIR, jsonl:FILE, http:ADDR:PORT, \
+             mqtt://HOST[:PORT]/TOPIC, fb:/dev/fbN, ssd1306:/dev/i2c-N or st7789:/dev/spidevX.Y)",
         )),
     }
 }
