@@ -22,6 +22,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 
 use crate::camera::{PixelFormat, SourceTimeout};
+use crate::display::trigger::{Action, Trigger};
 use crate::error::{Error, Result};
 use crate::preprocess::Preset;
 
@@ -46,6 +47,9 @@ pub struct CameraConfig {
     #[serde(default, deserialize_with = "parsed")]
     pub preprocess: Option<Preset>,
     pub stats: Option<PathBuf>,
+    #[serde(default, deserialize_with = "parsed_list")]
+    pub on: Option<Vec<Trigger>>,
+    pub on_interval: Option<f64>,
     #[serde(default, deserialize_with = "parsed")]
     pub source_timeout: Option<SourceTimeout>,
     pub threads: Option<usize>,
@@ -72,6 +76,11 @@ impl CameraConfig {
         let dir = path.parent().unwrap_or(Path::new(""));
         for p in [&mut cfg.model, &mut cfg.labels].into_iter().flatten() {
             *p = dir.join(&*p);
+        }
+        for t in cfg.on.iter_mut().flatten() {
+            if let Action::Save(folder) = &mut t.action {
+                *folder = dir.join(&*folder);
+            }
         }
         // `-` (standard output) is not a file.
         if let Some(p) = cfg.stats.as_mut().filter(|p| p.as_os_str() != "-") {
@@ -101,6 +110,18 @@ where
         Text::Float(f) => f.to_string(),
     };
     T::parse(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn parsed_list<'de, D, T>(d: D) -> std::result::Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Parse,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| T::parse(s).map_err(serde::de::Error::custom))
+        .collect::<std::result::Result<Vec<T>, _>>()
+        .map(Some)
 }
 
 /// The flag's own parser for each parsed key.
@@ -133,6 +154,12 @@ impl Parse for Preset {
     }
 }
 
+impl Parse for Trigger {
+    fn parse(s: &str) -> std::result::Result<Self, String> {
+        via_from_str(s)
+    }
+}
+
 impl Parse for SourceTimeout {
     fn parse(s: &str) -> std::result::Result<Self, String> {
         via_from_str(s)
@@ -153,7 +180,8 @@ mod tests {
             "model = 'm.onnx'\nsource = 'v4l2:/dev/video2'\nsize = '640x480'\nfps = 15\n\
              format = 'yuyv'\nloop = true\nframes = 9\nsink = ['http:8080', 'jsonl:-']\ntop = 2\n\
              every = 3\nlabels = '/l.txt'\npreprocess = 'torchvision'\nstats = '-'\n\
-             source-timeout = 30\nthreads = 4\ninput-size = 160\nfloat-only = false\n",
+             source-timeout = 30\nthreads = 4\ninput-size = 160\nfloat-only = false\n\
+             on = ['cat:0.7=save:cats']\non-interval = 2.5\n",
         )
         .unwrap();
         assert_eq!(cfg.model.unwrap(), Path::new("/etc/cam/m.onnx"));
@@ -173,6 +201,10 @@ mod tests {
             (Some(2), Some(3), Some(4))
         );
         assert_eq!((cfg.input_size, cfg.float_only), (Some(160), Some(false)));
+        let on = cfg.on.unwrap();
+        assert_eq!(on[0].label, "cat");
+        assert_eq!(on[0].action, Action::Save("/etc/cam/cats".into()));
+        assert_eq!(cfg.on_interval, Some(2.5));
     }
 
     #[test]
@@ -190,6 +222,8 @@ mod tests {
         assert!(m.contains("line 1") && m.contains("top"), "{m}");
         let m = msg("source-timeout = -5\n");
         assert!(m.contains("'forever'"), "{m}");
+        let m = msg("on = ['cat=mail:me']\n");
+        assert!(m.contains("line 1") && m.contains("exec:CMD"), "{m}");
         let m = msg("source = \n");
         assert!(m.contains("line 1"), "{m}");
     }

@@ -191,6 +191,13 @@ struct CameraArgs {
     /// carries nothing else) at the end.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// When LABEL is the top class with at least MIN_PROB (default 0.5), run a command or save
+    /// the annotated frame (repeatable), e.g. 'cat:0.8=save:/var/lib/cats'.
+    #[arg(long, value_name = "LABEL[:MIN_PROB]=exec:CMD|save:DIR")]
+    on: Vec<convnext_edge::display::trigger::Trigger>,
+    /// Seconds between two firings of one --on trigger.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    on_interval: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -546,6 +553,8 @@ fn apply_config(
         labels => args.labels, Some;
         preprocess => args.preprocess, Some;
         stats => args.stats, Some;
+        on => args.on, std::convert::identity;
+        on_interval => args.on_interval, std::convert::identity;
         threads => *threads, |n| vec![n];
         input_size => *input_size, Some;
         float_only => *float_only, std::convert::identity;
@@ -587,11 +596,22 @@ fn run_camera(args: CameraArgs, options: &LoadOptions) -> Result<()> {
         .map(|p| Labels::from_file(&p, model.classes()))
         .transpose()?;
     let mut classifier = Classifier::new(model, args.preprocess, labels)?;
-    let sinks = args
+    let interval = std::time::Duration::try_from_secs_f64(args.on_interval).map_err(|_| {
+        usage(format!(
+            "--on-interval must be >= 0, got {}",
+            args.on_interval
+        ))
+    })?;
+    let mut sinks = args
         .sink
         .iter()
         .map(|s| display::open(s))
         .collect::<Result<Vec<_>, _>>()?;
+    for trigger in args.on {
+        sinks.push(Box::new(display::trigger::TriggerSink::new(
+            trigger, interval,
+        )?));
+    }
     let source_opts = camera::SourceOptions {
         size: args.size,
         fps: args.fps,

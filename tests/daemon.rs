@@ -548,3 +548,55 @@ fn mqtt_reports_survive_a_broker_that_dies_and_comes_back() {
         indices.len()
     );
 }
+
+#[test]
+fn triggers_run_commands_and_save_frames_at_most_once_per_interval() {
+    for (interval, fires) in [("0", 3), ("60", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("fired.txt");
+        let saves = dir.path().join("threes");
+        let exec = format!(
+            "7:0.3=exec:echo \"$CONVNEXT_LABEL $CONVNEXT_FRAME\" >> {}",
+            log.display()
+        );
+        let save = format!("3:0.3=save:{}", saves.display());
+        let o = run(&[
+            &REPLAY[..],
+            &[
+                "--loop",
+                "--frames",
+                "30",
+                "--top",
+                "1",
+                "--sink",
+                "jsonl:/dev/null",
+            ],
+            &["--on", &exec, "--on", &save, "--on-interval", interval],
+        ]
+        .concat());
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(&format!("--on 7: fired {fires} times")));
+        // The commands run in the background: give the last one a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lines = loop {
+            let lines = std::fs::read_to_string(&log).unwrap_or_default();
+            if lines.lines().count() >= fires || Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(lines.lines().count(), fires, "{lines}");
+        assert!(lines.lines().all(|l| l.starts_with("7 ")), "{lines}");
+        let saved: Vec<_> = std::fs::read_dir(&saves).unwrap().flatten().collect();
+        assert_eq!(saved.len(), fires);
+        for f in saved {
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(name.starts_with("3-") && name.ends_with(".jpg"), "{name}");
+            let img = image::open(f.path()).unwrap();
+            assert!(img.width() > 0);
+        }
+    }
+    let o = run(&[&REPLAY[..], &["--on", "7=mail:me"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("exec:CMD"));
+}

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod overlay;
 pub mod panel;
+pub mod trigger;
 
 use image::RgbImage;
 
