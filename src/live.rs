@@ -48,7 +48,7 @@ pub struct StageTimes {
 }
 
 /// The result of one processed frame, as sinks and callers see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FrameReport {
     /// The frame's number in its source.
     pub frame: u64,

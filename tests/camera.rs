@@ -608,9 +608,6 @@ fn the_framebuffer_sink_letterboxes_into_a_file_standing_in_for_dev_fb0() {
 
 fn dummy_report() -> live::FrameReport {
     live::FrameReport {
-        frame: 0,
-        index: 0,
-        unix_ms: 0,
         latency_ms: 1.0,
         classified: true,
         top: vec![Prediction {
@@ -619,13 +616,8 @@ fn dummy_report() -> live::FrameReport {
             prob: 0.5,
             logit: 1.0,
         }],
-        stages_ms: StageTimes::default(),
         fps: 30.0,
-        dropped: 0,
-        corrupt: 0,
-        reconnects: 0,
-        sink_errors: 0,
-        origin: None,
+        ..Default::default()
     }
 }
 

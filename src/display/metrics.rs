@@ -177,12 +177,8 @@ mod tests {
 
     fn report(classified: bool, infer_ms: f32) -> FrameReport {
         FrameReport {
-            frame: 0,
-            index: 0,
-            unix_ms: 0,
             latency_ms: 30.0,
             classified,
-            top: Vec::new(),
             stages_ms: StageTimes {
                 decode: 2.0,
                 infer: infer_ms,
@@ -193,7 +189,7 @@ mod tests {
             corrupt: 2,
             reconnects: 1,
             sink_errors: 1,
-            origin: None,
+            ..Default::default()
         }
     }
 

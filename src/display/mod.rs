@@ -12,10 +12,9 @@
 //!
 //! ```
 //! use convnext_edge::display::{self, overlay, View};
-//! # use convnext_edge::{live::{FrameReport, StageTimes}, Prediction};
+//! # use convnext_edge::{live::FrameReport, Prediction};
 //! # let top = vec![Prediction { index: 7, label: "7".into(), prob: 0.9, logit: 3.0 }];
-//! # let report = FrameReport { frame: 0, index: 0, unix_ms: 0, latency_ms: 1.0, classified: true,
-//! #     top, stages_ms: StageTimes::default(), fps: 30.0, dropped: 0, origin: None };
+//! # let report = FrameReport { classified: true, top, fps: 30.0, ..Default::default() };
 //! let dir = tempfile::tempdir()?;
 //! let mut sink = display::open(&format!("png:{}", dir.path().display()))?;
 //! let frame = image::RgbImage::new(320, 240);
