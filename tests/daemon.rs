@@ -244,13 +244,14 @@ fn the_config_file_sets_flags_and_the_command_line_wins() {
         &config,
         format!(
             "model = '{}'\nsource = 'replay:{}'\nfps = 0\nframes = 4\ntop = 1\nsink = ['jsonl:-']\n\
-             source-timeout = 'forever'\nthreads = 1\n",
+             source-timeout = 'forever'\nthreads = 0\n",
             model.display(),
             recording.display()
         ),
     )
     .unwrap();
     let c = config.to_str().unwrap();
+    // `threads = 0` would fail; the `--threads 1` every run here is given wins, global as it is.
     let o = run(&["camera", "--config", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().count(), 4);
