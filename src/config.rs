@@ -15,7 +15,6 @@
 //! # Ok::<(), convnext_edge::Error>(())
 //! ```
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -129,42 +128,24 @@ trait Parse: Sized {
     fn parse(s: &str) -> std::result::Result<Self, String>;
 }
 
-fn via_from_str<T: FromStr>(s: &str) -> std::result::Result<T, String>
-where
-    T::Err: Display,
-{
-    s.parse().map_err(|e: T::Err| e.to_string())
-}
-
 impl Parse for Size {
     fn parse(s: &str) -> std::result::Result<Self, String> {
         crate::camera::parse_size(s)
     }
 }
 
-impl Parse for PixelFormat {
-    fn parse(s: &str) -> std::result::Result<Self, String> {
-        via_from_str(s)
-    }
+/// Types whose flag parses them with `FromStr`.
+macro_rules! parse_via_from_str {
+    ($($t:ty),*) => {$(
+        impl Parse for $t {
+            fn parse(s: &str) -> std::result::Result<Self, String> {
+                s.parse().map_err(|e: <$t as FromStr>::Err| e.to_string())
+            }
+        }
+    )*};
 }
 
-impl Parse for Preset {
-    fn parse(s: &str) -> std::result::Result<Self, String> {
-        via_from_str(s)
-    }
-}
-
-impl Parse for Trigger {
-    fn parse(s: &str) -> std::result::Result<Self, String> {
-        via_from_str(s)
-    }
-}
-
-impl Parse for SourceTimeout {
-    fn parse(s: &str) -> std::result::Result<Self, String> {
-        via_from_str(s)
-    }
-}
+parse_via_from_str!(PixelFormat, Preset, Trigger, SourceTimeout);
 
 #[cfg(test)]
 mod tests {
