@@ -85,7 +85,7 @@ impl Sink for ImageDirSink {
     }
 }
 
-/// One JSON object per classified frame ([`FrameReport`](crate::live::FrameReport)), flushed
+/// One JSON object per classified frame ([`FrameReport`](super::FrameReport)), flushed
 /// line by line so another program can follow it live.
 pub struct JsonlSink {
     name: String,

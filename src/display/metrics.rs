@@ -10,7 +10,7 @@
 
 use std::fmt::Write;
 
-use crate::live::FrameReport;
+use super::FrameReport;
 
 /// Upper bounds of the latency buckets, in seconds: 0.5 ms (a decode) to 2.5 s (an inference
 /// on a Pi Zero).
@@ -18,7 +18,7 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// The loop's stages, in the order of [`crate::live::StageTimes`].
+/// The loop's stages, in the order of [`super::StageTimes`].
 const STAGES: [&str; 6] = ["wait", "decode", "preprocess", "infer", "overlay", "sinks"];
 
 #[derive(Debug, Clone, Default)]
@@ -172,7 +172,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::StageTimes;
+    use crate::display::StageTimes;
     use prometheus_parse::{Scrape, Value};
 
     fn report(classified: bool, infer_ms: f32) -> FrameReport {

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use convnext_edge::display::{self, overlay, View};
-//! # use convnext_edge::{live::FrameReport, Prediction};
+//! # use convnext_edge::{display::FrameReport, Prediction};
 //! # let top = vec![Prediction { index: 7, label: "7".into(), prob: 0.9, logit: 3.0 }];
 //! # let report = FrameReport { classified: true, top, fps: 30.0, ..Default::default() };
 //! let dir = tempfile::tempdir()?;
@@ -32,13 +32,14 @@ pub mod metrics;
 pub mod mqtt;
 pub mod overlay;
 pub mod panel;
+mod report;
 pub mod trigger;
 
 use image::RgbImage;
 
 pub use files::{ImageDirSink, ImageFormat, JsonlSink};
 
-use crate::live::FrameReport;
+pub use report::{FrameReport, StageTimes};
 
 /// What went wrong with a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use ssd1306::mode::BufferedGraphicsMode;
 use ssd1306::prelude::*;
 use ssd1306::Ssd1306;
 
+use super::FrameReport;
 use super::{fit, overlay, Sink, SinkError, SinkErrorKind, View};
-use crate::live::FrameReport;
 
 /// Draws the top result on a monochrome panel of at least 128x64: label, probability with a
 /// bar, and the frame rate.

@@ -1,5 +1,6 @@
 //! Any ONNX graph through the classifier load pipeline minus the classifier contract:
-//! protobuf size checks → [`rewrite`] → tract parse and typing → precision
+//! protobuf size checks → [`onnx::rewrite`](super::onnx) (the same rewrites as
+//! classifier loading) → tract parse and typing → precision
 //! handling → our [`passes`](super::passes) → optimisation. This is how the ONNX backend node
 //! tests (a suite no one here wrote) check that our rewrites and passes keep each op's meaning;
 //! [`Graph::load_plain`] gives plain tract on the same file, to tell tract's own failures from
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use super::{
-    check_axes, check_tensor_sizes, decode, plan_for, rewrite, stage_error, stage_error_str,
-    DEFAULT_MAX_TENSOR_BYTES,
+    check_axes, check_tensor_sizes, decode, onnx, plan_for, stage_error, stage_error_str,
+    IntegerPath, DEFAULT_MAX_TENSOR_BYTES,
 };
 use crate::error::{catch_panic, Error, Result};
 use crate::precision::{self, Precision};
@@ -32,11 +33,10 @@ impl Graph {
             let mut proto = decode(path, &bytes)?;
             check_tensor_sizes(path, &proto, DEFAULT_MAX_TENSOR_BYTES)?;
             check_axes(path, &proto)?;
-            rewrite::apply(&mut proto)
-                .map_err(stage_error_str(path, "graph rewrite"))?
-                .fuse_quantized(&mut proto);
+            onnx::rewrite(&mut proto, IntegerPath::Auto.enabled())
+                .map_err(stage_error_str(path, "graph rewrite"))?;
             let dir = path.parent().and_then(|d| d.to_str());
-            let typed = super::onnx()
+            let typed = onnx::parser()
                 .parse(&proto, dir)
                 .and_then(|p| p.model.into_typed())
                 .map_err(stage_error(path, "ONNX parsing and typing"))?;

@@ -15,7 +15,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::Cost;
 
-use super::rewrite::{int_attr_of, ints_attr_of};
+use super::onnx::proto::{int_attr_of, ints_attr_of};
 use super::{fmt_dims, LoadOptions, Model, Signature};
 use crate::error::{Error, Result};
 

@@ -1,7 +1,7 @@
 //! Loading an ONNX ConvNeXt classifier into a runnable tract plan, and running it.
 //!
 //! The pipeline: read the file → decode the protobuf → check it looks like an image classifier
-//! (one NCHW 3-channel input, one `[batch, classes]` output) → [`rewrite`] exporter and
+//! (one NCHW 3-channel input, one `[batch, classes]` output) → [`onnx::rewrite`] exporter and
 //! quantizer quirks into standard ONNX → tract parse (external `*.onnx.data` weights resolve
 //! relative to the model's folder) → fix the input fact (symbolic batch kept, spatial size
 //! from the file or `input_size`) → type analysis → optimisation → runnable plan with its own
@@ -12,13 +12,10 @@
 
 pub mod graph;
 pub mod inspect;
-pub mod layer_norm;
-#[cfg(target_arch = "x86_64")]
-pub mod linear;
-pub mod long_matmul;
-pub mod passes;
-pub mod qdq;
-pub mod rewrite;
+pub(crate) mod onnx;
+pub(crate) mod passes;
+
+pub use onnx::Rewrites;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -210,7 +207,7 @@ pub(crate) struct Io {
     width: usize,
     classes: usize,
     metadata: HashMap<String, String>,
-    rewrites: rewrite::Rewrites,
+    rewrites: Rewrites,
 }
 
 impl Model {
@@ -371,7 +368,7 @@ impl Model {
     }
 
     /// The quirk rewrites applied while loading.
-    pub fn rewrites(&self) -> &rewrite::Rewrites {
+    pub fn rewrites(&self) -> &Rewrites {
         &self.io.rewrites
     }
 
@@ -532,17 +529,10 @@ pub(crate) fn typed_model(
     )?;
     check_axes(path, &proto)?;
     let sig = Signature::of(path, &proto)?;
-    let mut rewrites =
-        rewrite::apply(&mut proto).map_err(stage_error_str(path, "graph rewrite"))?;
-    if options.integer.enabled() {
-        rewrites.fuse_quantized(&mut proto);
-    }
-    rewrites.integer_ops_to_float(&mut proto);
-    if !passes::own_f32_linear() {
-        rewrites.split_long_matmuls(&mut proto);
-    }
+    let rewrites = onnx::rewrite(&mut proto, options.integer.enabled())
+        .map_err(stage_error_str(path, "graph rewrite"))?;
     let dir = path.parent().and_then(|d| d.to_str());
-    let parsed = onnx()
+    let parsed = onnx::parser()
         .parse(&proto, dir)
         .map_err(stage_error(path, "ONNX parsing"))?;
     if !parsed.unresolved_inputs.is_empty() {
@@ -597,14 +587,6 @@ pub(crate) fn typed_model(
         rewrites,
     };
     Ok((typed, io))
-}
-
-/// tract's ONNX front end with our own nodes' parsers registered.
-pub(crate) fn onnx() -> tract_onnx::Onnx {
-    let mut onnx = tract_onnx::onnx();
-    qdq::register(&mut onnx);
-    layer_norm::register(&mut onnx);
-    onnx
 }
 
 /// Worker threads when none are asked for: every core the process may use.

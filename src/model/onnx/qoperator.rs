@@ -24,63 +24,12 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb::{self, AttributeProto, GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{self, GraphProto, NodeProto, TensorProto};
+
+use super::proto::{dt, float_attr, float_attr_of, input, int_attr, int_attr_of, ints_attr, op};
+use super::Rewrites;
 
 const MS_DOMAIN: &str = "com.microsoft";
-const ONNX_FLOAT16: i32 = 10;
-const ATTR_FLOAT: i32 = 1;
-const ATTR_INT: i32 = 2;
-const ATTR_INTS: i32 = 7;
-
-/// What was rewritten, by kind and count, for `info` and logs.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Rewrites(pub Vec<(String, usize)>);
-
-impl Rewrites {
-    /// Hands QDQ models' depthwise convolutions (where this CPU runs them on SDOT), 1x1
-    /// convolutions and convolutions over patches to the integer kernels ([`super::qdq`]).
-    pub fn fuse_quantized(&mut self, model: &mut pb::ModelProto) {
-        if let Some(graph) = model.graph.as_mut() {
-            let pays = crate::kernels::depthwise::quantized::pays;
-            let n = super::qdq::fuse_depthwise(graph, pays);
-            self.record("QDQ depthwise Conv → integer", n);
-            let n = super::qdq::fuse_pointwise(graph);
-            self.record("QDQ 1x1 (or patch) Conv/MatMul → integer", n);
-        }
-    }
-
-    /// Adds `n` rewrites of a kind, if there were any.
-    fn record(&mut self, what: &str, n: usize) {
-        if n > 0 {
-            self.0.push((what.into(), n));
-        }
-    }
-
-    /// Integer products left after [`Self::fuse_quantized`] run in f32 where tract's int8
-    /// kernel is slow, grouped convolutions everywhere ([`super::qdq::integer_ops_to_float`]).
-    pub fn integer_ops_to_float(&mut self, model: &mut pb::ModelProto) {
-        let grouped_only = !crate::kernels::qconv::tract_int8_kernels_slow();
-        if let Some(graph) = model.graph.as_mut() {
-            let n = super::qdq::integer_ops_to_float(graph, grouped_only);
-            self.record("ConvInteger/MatMulInteger → f32", n);
-        }
-    }
-
-    /// Splits products by long constant weights along their depth ([`super::long_matmul`]).
-    pub fn split_long_matmuls(&mut self, model: &mut pb::ModelProto) {
-        if let Some(graph) = model.graph.as_mut() {
-            let n = super::long_matmul::split(graph);
-            self.record("MatMul split along its depth", n);
-        }
-    }
-
-    fn add(&mut self, what: &str) {
-        match self.0.iter_mut().find(|(k, _)| k == what) {
-            Some((_, n)) => *n += 1,
-            None => self.0.push((what.to_owned(), 1)),
-        }
-    }
-}
 
 /// Applies every rewrite to the model's main graph. Errors name the node that cannot be
 /// expressed (for example a QLinearGlobalAveragePool over channels-last data).
@@ -361,7 +310,7 @@ impl<'a> Editor<'a> {
                 .input
                 .iter()
                 .filter_map(|i| self.initializer(i))
-                .any(|t| t.data_type == ONNX_FLOAT16)
+                .any(|t| t.data_type == dt::FLOAT16)
     }
 
     /// Gemm(A, B, [C]) with alpha = beta = 1 and A not transposed: MatMul(A, B or Bᵀ) + C.
@@ -398,67 +347,6 @@ impl<'a> Editor<'a> {
         }
         nodes
     }
-}
-
-pub(crate) fn input(node: &NodeProto, i: usize) -> String {
-    node.input.get(i).cloned().unwrap_or_default()
-}
-
-pub(crate) fn op(
-    op_type: &str,
-    input: Vec<String>,
-    output: Vec<String>,
-    attribute: Vec<AttributeProto>,
-) -> NodeProto {
-    NodeProto {
-        input,
-        output,
-        op_type: op_type.to_owned(),
-        attribute,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.to_owned(),
-        r#type: ATTR_INT,
-        i,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.to_owned(),
-        r#type: ATTR_INTS,
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.to_owned(),
-        r#type: ATTR_FLOAT,
-        f,
-        ..Default::default()
-    }
-}
-
-pub(crate) fn int_attr_of(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
-}
-
-pub(crate) fn ints_attr_of<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.ints.as_slice())
-}
-
-fn float_attr_of(node: &NodeProto, name: &str) -> Option<f32> {
-    node.attribute.iter().find(|a| a.name == name).map(|a| a.f)
 }
 
 #[cfg(test)]

@@ -24,14 +24,12 @@
 
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
-use super::rewrite::{input, op};
+use super::proto::{dt, input, op};
 
 /// Depths above this are split (ConvNeXt-T/S/B's last-stage `fc2`: 3072, 4096).
 pub const LONG_K: usize = 2048;
 /// The deepest part: panels of one tile stay under a third of a 512 KB L2.
 pub const PART_K: usize = 1536;
-
-const ONNX_INT64: i32 = 7;
 
 /// Splits every such product in `graph`; returns how many.
 pub fn split(graph: &mut GraphProto) -> usize {
@@ -141,7 +139,7 @@ fn int64s(name: &str, v: &[i64]) -> TensorProto {
     TensorProto {
         name: name.to_owned(),
         dims: vec![v.len() as i64],
-        data_type: ONNX_INT64,
+        data_type: dt::INT64,
         int64_data: v.to_vec(),
         ..Default::default()
     }
@@ -153,8 +151,6 @@ mod tests {
     use tract_onnx::pb::type_proto::{Tensor as TensorType, Value};
     use tract_onnx::pb::{ModelProto, OperatorSetIdProto, TypeProto, ValueInfoProto};
     use tract_onnx::prelude::*;
-
-    const FLOAT: i32 = 1;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -168,7 +164,7 @@ mod tests {
         let mut init = TensorProto {
             name: "w".into(),
             dims: vec![k as i64, n as i64],
-            data_type: FLOAT,
+            data_type: dt::FLOAT,
             ..Default::default()
         };
         if raw {
@@ -180,7 +176,7 @@ mod tests {
             name: name.into(),
             r#type: Some(TypeProto {
                 value: Some(Value::TensorType(TensorType {
-                    elem_type: FLOAT,
+                    elem_type: dt::FLOAT,
                     shape: None,
                 })),
                 ..Default::default()
@@ -211,7 +207,10 @@ mod tests {
             graph: Some(graph),
             ..Default::default()
         };
-        let mut model = crate::model::onnx().parse(&proto, None).unwrap().model;
+        let mut model = crate::model::onnx::parser()
+            .parse(&proto, None)
+            .unwrap()
+            .model;
         model
             .set_input_fact(0, f32::fact([2, 3, k]).into())
             .unwrap();

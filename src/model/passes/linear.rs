@@ -47,7 +47,7 @@ use crate::kernels::gelu::GeluF32;
 use crate::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
 use crate::kernels::Layout;
 
-use super::passes::{per_channel_bias, stride_one_pads};
+use super::conv::{per_channel_bias, stride_one_pads};
 
 /// Replaces every `Linear` the module docs describe; returns how many.
 pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {

@@ -1,0 +1,79 @@
+//! The protobuf stage of loading: what is done to an ONNX file before tract parses it, in
+//! ONNX's own terms, so that exporter and quantizer quirks stay at the edge and tract sees
+//! standard ops (and our fused nodes, whose parsers [`parser`] registers).
+//!
+//! [`rewrite`] is the one pipeline: classifier loading ([`Model::load`](super::Model::load))
+//! and any-graph loading ([`Graph`](super::graph::Graph), which the ONNX backend node tests use)
+//! both call it. In order:
+//! 1. [`qoperator`]: com.microsoft and QLinear ops restated as QDQ and float ops; f16 `Gemm`
+//!    as `MatMul`;
+//! 2. [`qdq`]: quantized depthwise, 1x1 and patch convolutions fused into our integer ops,
+//!    when the integer path is on;
+//! 3. [`qdq::integer_ops_to_float`]: the integer ops left, in f32 where tract's int8 kernel is
+//!    slow (grouped ones everywhere);
+//! 4. [`long_matmul`]: products by long weights split along their depth, where our f32
+//!    `Linear` does not take them.
+//!
+//! Relies on tract only for `tract_onnx::pb` and the parser registry (`Onnx::op_register`).
+
+pub(crate) mod layer_norm;
+pub(crate) mod long_matmul;
+pub(crate) mod proto;
+pub(crate) mod qdq;
+pub(crate) mod qoperator;
+
+use tract_onnx::pb;
+
+/// The log of what [`rewrite`] changed: each kind of rewrite with its count, in the order
+/// they ran, for `info` and logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rewrites(pub Vec<(String, usize)>);
+
+impl Rewrites {
+    /// Logs `n` rewrites of a kind, if there were any.
+    fn record(&mut self, what: &str, n: usize) {
+        if n > 0 {
+            self.0.push((what.into(), n));
+        }
+    }
+
+    /// Logs one more rewrite of a kind.
+    fn add(&mut self, what: &str) {
+        match self.0.iter_mut().find(|(k, _)| k == what) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((what.to_owned(), 1)),
+        }
+    }
+}
+
+/// Rewrites `model` for tract (see the module docs); `integer` turns on the fusions into our
+/// integer ops. Errors name the node that cannot be expressed.
+pub(crate) fn rewrite(model: &mut pb::ModelProto, integer: bool) -> Result<Rewrites, String> {
+    let mut log = qoperator::apply(model)?;
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(log);
+    };
+    if integer {
+        let pays = crate::kernels::depthwise::quantized::pays;
+        let n = qdq::fuse_depthwise(graph, pays);
+        log.record("QDQ depthwise Conv → integer", n);
+        let n = qdq::fuse_pointwise(graph);
+        log.record("QDQ 1x1 (or patch) Conv/MatMul → integer", n);
+    }
+    let grouped_only = !crate::kernels::qconv::tract_int8_kernels_slow();
+    let n = qdq::integer_ops_to_float(graph, grouped_only);
+    log.record("ConvInteger/MatMulInteger → f32", n);
+    if !super::passes::own_f32_linear() {
+        let n = long_matmul::split(graph);
+        log.record("MatMul split along its depth", n);
+    }
+    Ok(log)
+}
+
+/// tract's ONNX front end with our own nodes' parsers registered.
+pub(crate) fn parser() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    qdq::register(&mut onnx);
+    layer_norm::register(&mut onnx);
+    onnx
+}
