@@ -222,7 +222,7 @@ pub fn simd_features() -> Vec<&'static str> {
             "avx512vnni",
             "avxvnni"
         );
-        if crate::kernels::amx::available() {
+        if tract_linalg::x86_64::amx::has_amx_int8() {
             f.push("amx-int8");
         }
     }

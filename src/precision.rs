@@ -77,14 +77,7 @@ pub fn of_graph(graph: &pb::GraphProto) -> Precision {
 
 /// Whether this CPU has fp16 arithmetic (arm64 `asimdhp`: Pi 5, Jetson Xavier / Orin).
 pub fn cpu_has_fp16() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("fp16")
-    }
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        false
-    }
+    crate::kernels::cpu::has(crate::kernels::cpu::Feature::Fp16)
 }
 
 /// The precision a model stored in `stored` runs in when `wanted` is asked for.

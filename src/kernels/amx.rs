@@ -65,7 +65,7 @@ const TILE_BYTES: usize = 16 * KSTEP;
 
 /// Whether this CPU and OS run the product: AMX-INT8, and the tile state granted.
 pub fn available() -> bool {
-    tract_linalg::x86_64::amx::has_amx_int8()
+    super::cpu::has(super::cpu::Feature::Amx)
 }
 
 /// The kernel's name in profiles.
@@ -254,41 +254,43 @@ unsafe fn tile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use crate::kernels::product::tests::triple_loop;
     use crate::kernels::test_values as values;
 
-    #[test]
-    fn matches_the_scalar_product_on_odd_shapes() {
-        if !available() {
-            eprintln!("skipped: no AMX-INT8 here");
-            return;
-        }
-        for (rows, lanes, k) in [
-            (1, 1, 1),
-            (3, 2, 3),
-            (31, 17, 65),
-            (33, 32, 64),
-            (70, 96, 96),
-            (64, 48, 200),
-            (100, 35, 129),
-            (7, 130, 384),
-        ] {
-            let x = values(rows * k, 1);
-            let mut w = values(lanes * k, 2);
-            w[0] = -128;
-            let packed = Lanes::pack(lanes, k, |l, kk| w[l * k + kk]);
-            let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&x[r * k..][..k]);
-            let mut out = vec![0i32; rows * lanes];
-            product_into(&packed, rows, &fill, &mut out, |first, sums, out| {
-                for (i, o) in out.chunks_mut(lanes).enumerate() {
-                    assert!(first + i < rows);
-                    o.copy_from_slice(sums.row(i));
-                }
-                Ok(())
-            })
-            .unwrap();
-            let expected = triple_loop(&w, &x, lanes, k, rows);
-            assert_eq!(out, expected, "{rows} x {lanes} x {k}");
+    for_each_variant! {
+        fn matches_the_scalar_product_on_odd_shapes() {
+            if !available() {
+                eprintln!("skipped: no AMX-INT8 here");
+                return;
+            }
+            for (rows, lanes, k) in [
+                (1, 1, 1),
+                (3, 2, 3),
+                (31, 17, 65),
+                (33, 32, 64),
+                (70, 96, 96),
+                (64, 48, 200),
+                (100, 35, 129),
+                (7, 130, 384),
+            ] {
+                let x = values(rows * k, 1);
+                let mut w = values(lanes * k, 2);
+                w[0] = -128;
+                let packed = Lanes::pack(lanes, k, |l, kk| w[l * k + kk]);
+                let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&x[r * k..][..k]);
+                let mut out = vec![0i32; rows * lanes];
+                product_into(&packed, rows, &fill, &mut out, |first, sums, out| {
+                    for (i, o) in out.chunks_mut(lanes).enumerate() {
+                        assert!(first + i < rows);
+                        o.copy_from_slice(sums.row(i));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                let expected = triple_loop(&w, &x, lanes, k, rows);
+                assert_eq!(out, expected, "{rows} x {lanes} x {k}");
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ impl ElementWiseMiniOp for GeluF32 {
 /// [`gelu_simd`].
 pub(crate) fn gelu(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx512() {
+    if super::cpu::has(super::cpu::Feature::Avx512) {
         // SAFETY: the CPU has AVX-512F.
         return unsafe { gelu_avx512(xs) };
     }
@@ -86,6 +86,7 @@ pub(crate) fn gelu(xs: &mut [f32]) {
 }
 
 multiversion! {
+    below_avx512:
     /// [`gelu`] with tract's f32 operation order.
     fn gelu_simd(xs: &mut [f32]) {
         // Spelt as tract spells it, so the same f32 constant.
@@ -174,6 +175,7 @@ unsafe fn gelu_avx512(xs: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use tract_onnx::tract_core::ops::nn::GeluExact;
 
     fn floats<T: Datum + Copy>(t: &Tensor) -> Vec<T> {
@@ -195,49 +197,51 @@ mod tests {
     /// moves the result by up to ~1e-6). A wrong coefficient is off by 1e-4 or more.
     const ERF_TOL: f32 = 2e-6;
 
-    /// Against the definition with an f64 erf: within [`ERF_TOL`] on erf (times |x|/2) plus f32
-    /// rounding.
-    #[test]
-    fn matches_the_definition() {
-        let xs = values();
-        let mut ys = xs.clone();
-        gelu(&mut ys);
-        for (x, y) in xs.iter().zip(&ys) {
-            let e = reference_gelu(*x as f64);
-            let tol = ERF_TOL as f64 * x.abs() as f64 * 0.5 + 4.0 * f32::EPSILON as f64 * e.abs();
-            assert!((*y as f64 - e).abs() <= tol, "{x}: {y} vs {e}");
+    for_each_variant! {
+        /// Against the definition with an f64 erf: within [`ERF_TOL`] on erf (times |x|/2) plus f32
+        /// rounding.
+        fn matches_the_definition() {
+            let xs = values();
+            let mut ys = xs.clone();
+            gelu(&mut ys);
+            for (x, y) in xs.iter().zip(&ys) {
+                let e = reference_gelu(*x as f64);
+                let tol = ERF_TOL as f64 * x.abs() as f64 * 0.5 + 4.0 * f32::EPSILON as f64 * e.abs();
+                assert!((*y as f64 - e).abs() <= tol, "{x}: {y} vs {e}");
+            }
+        }
+    }
+
+    for_each_variant! {
+        /// The AVX-512 form (where this CPU runs it) against the portable one, every tail length.
+        /// They round differently (fused multiply-adds; the sixteenth power multiplies the
+        /// polynomial's rounding by 16), within the erf tolerance of the other tests.
+        fn every_length_matches_the_portable_form() {
+            let close = |x: f32, a: f32, b: f32| {
+                (a - b).abs() <= ERF_TOL * x.abs() * 0.5 + 4.0 * f32::EPSILON * b.abs()
+            };
+            let xs = values();
+            for len in 0..=33 {
+                let mut ours = xs[1400..1400 + len].to_vec();
+                let mut portable = ours.clone();
+                gelu(&mut ours);
+                gelu_simd(&mut portable);
+                for ((x, a), b) in xs[1400..].iter().zip(&ours).zip(&portable) {
+                    assert!(close(*x, *a, *b), "{len} {x}: {a} vs {b}");
+                }
+            }
+            let mut ours = xs.clone();
+            let mut portable = xs.clone();
+            gelu(&mut ours);
+            gelu_simd(&mut portable);
+            for ((x, a), b) in xs.iter().zip(&ours).zip(&portable) {
+                assert!(close(*x, *a, *b), "{x}: {a} vs {b}");
+            }
         }
     }
 
     /// tract's f32 `GeluExact`, whose erf this one restates: bit-identical to its portable erf;
     /// its x86 erfs fuse multiply-adds, hence [`ERF_TOL`].
-    /// The AVX-512 form (where this CPU runs it) against the portable one, every tail length.
-    /// They round differently (fused multiply-adds; the sixteenth power multiplies the
-    /// polynomial's rounding by 16), within the erf tolerance of the other tests.
-    #[test]
-    fn every_length_matches_the_portable_form() {
-        let close = |x: f32, a: f32, b: f32| {
-            (a - b).abs() <= ERF_TOL * x.abs() * 0.5 + 4.0 * f32::EPSILON * b.abs()
-        };
-        let xs = values();
-        for len in 0..=33 {
-            let mut ours = xs[1400..1400 + len].to_vec();
-            let mut portable = ours.clone();
-            gelu(&mut ours);
-            gelu_simd(&mut portable);
-            for ((x, a), b) in xs[1400..].iter().zip(&ours).zip(&portable) {
-                assert!(close(*x, *a, *b), "{len} {x}: {a} vs {b}");
-            }
-        }
-        let mut ours = xs.clone();
-        let mut portable = xs.clone();
-        gelu(&mut ours);
-        gelu_simd(&mut portable);
-        for ((x, a), b) in xs.iter().zip(&ours).zip(&portable) {
-            assert!(close(*x, *a, *b), "{x}: {a} vs {b}");
-        }
-    }
-
     #[test]
     fn matches_tract_f32() {
         let xs = values();

@@ -309,6 +309,7 @@ impl TypedOp for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     fn reference(x: &[f32], shape: &[usize], axis: usize, g: &[f32], b: &[f32]) -> Vec<f32> {
@@ -365,14 +366,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_reference_on_every_axis_kind() {
-        check(&[1, 40, 56, 56], 1);
-        check(&[2, 17, 5, 3], 1);
-        check(&[1, 7, 7, 33], 3);
-        check(&[3, 1], 1);
-        check(&[1, 5, 1, 1], 1);
-        check(&[4, 9, 2], 0);
-        check(&[2, 3, 20, 30], 1);
+    for_each_variant! {
+        fn matches_reference_on_every_axis_kind() {
+            check(&[1, 40, 56, 56], 1);
+            check(&[2, 17, 5, 3], 1);
+            check(&[1, 7, 7, 33], 3);
+            check(&[3, 1], 1);
+            check(&[1, 5, 1, 1], 1);
+            check(&[4, 9, 2], 0);
+            check(&[2, 3, 20, 30], 1);
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub(crate) mod cpu;
 pub mod depthwise;
 pub mod gelu;
 mod half_float;
@@ -32,6 +33,25 @@ pub(crate) fn test_values(n: usize, seed: u32) -> Vec<i8> {
         .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8 as i8)
         .collect()
 }
+
+/// Defines a test that runs its body once for each CPU variant this machine supports
+/// ([`cpu::variants`]): every SIMD level our kernels dispatch to, down to the portable code.
+/// The variant is printed before each run, so a failure names it.
+#[cfg(test)]
+macro_rules! for_each_variant {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        #[test]
+        fn $name() {
+            for (variant, bits) in $crate::kernels::cpu::variants() {
+                eprintln!("CPU variant: {variant}");
+                $crate::kernels::cpu::with_variant(bits, || $body);
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use for_each_variant;
 
 /// Where the channels are: `[N, C, …]` (NCHW; a 1x1 conv) or `[…, C]` (NHWC; a MatMul by a
 /// constant, PyTorch's `Linear`).

@@ -388,6 +388,7 @@ mod arch {
     use std::arch::x86_64::*;
 
     use super::{store_steps, Kernel};
+    use crate::kernels::cpu::{self, Feature};
 
     /// Operands are stored widened: `vpmaddwd` multiplies i16.
     pub(super) type Elem = i16;
@@ -421,7 +422,7 @@ mod arch {
 
     /// Whether this CPU runs the product (AVX2).
     pub fn available() -> bool {
-        crate::kernels::simd::has_avx2()
+        cpu::has(Feature::Avx2)
     }
 
     /// Whether the product of `values` by any i8 operand is exact: always, in i32.
@@ -467,6 +468,7 @@ mod arch {
     use std::arch::aarch64::*;
 
     use super::{store_steps, Kernel};
+    use crate::kernels::cpu::{self, Feature};
 
     /// Operands are stored as bytes: `SMULL` and `SDOT` multiply i8.
     pub(super) type Elem = i8;
@@ -513,7 +515,7 @@ mod arch {
 
     /// The dot-product extension (`SDOT`; Cortex-A55/A76 and later: Pi 5, Orin, Xavier).
     fn dot() -> bool {
-        std::arch::is_aarch64_feature_detected!("dotprod")
+        cpu::has(Feature::DotProd)
     }
 
     /// Lane `j`'s 16 values of k from the table of [`transpose_step`]: byte 16·(k / 4) +
@@ -804,6 +806,7 @@ mod arch {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use crate::kernels::test_values as values;
 
     /// Checks the product against `expected` (row-major, `lanes` sums per row): each block's
@@ -860,60 +863,62 @@ pub(crate) mod tests {
         assert_eq!(transposed, lanes);
     }
 
-    /// Odd sizes (k across steps, odd and even numbers of them; lanes and rows across tiles,
-    /// last panels of 1 to 4 lanes for a narrow tile and of more for the whole one) with
-    /// weights as onnxruntime writes them ([−127, 127], which `exact_for` requires on arm64)
-    /// and rows holding −128.
-    #[test]
-    fn matches_the_scalar_product() {
-        if !available() {
-            return;
-        }
-        for (m, k, n) in [
-            (1, 1, 1),
-            (16, 2, 6),
-            (40, 19, 50),
-            (17, 96, 13),
-            (7, 3, 33),
-            (5, 40, 9),
-            (33, 5, 700),
-            (12, 8, 3),
-            (25, 13, 17),
-            (49, 28, 16),
-        ] {
-            let a: Vec<i8> = values(m * k, 1).iter().map(|&v| v.max(-127)).collect();
-            let mut b = values(n * k, 2);
-            b[0] = -128;
-            assert!(exact_for(&a));
-            check_all(&a, &b, m, k, n);
+    for_each_variant! {
+        /// Odd sizes (k across steps, odd and even numbers of them; lanes and rows across tiles,
+        /// last panels of 1 to 4 lanes for a narrow tile and of more for the whole one) with
+        /// weights as onnxruntime writes them ([−127, 127], which `exact_for` requires on arm64)
+        /// and rows holding −128.
+        fn matches_the_scalar_product() {
+            if !available() {
+                return;
+            }
+            for (m, k, n) in [
+                (1, 1, 1),
+                (16, 2, 6),
+                (40, 19, 50),
+                (17, 96, 13),
+                (7, 3, 33),
+                (5, 40, 9),
+                (33, 5, 700),
+                (12, 8, 3),
+                (25, 13, 17),
+                (49, 28, 16),
+            ] {
+                let a: Vec<i8> = values(m * k, 1).iter().map(|&v| v.max(-127)).collect();
+                let mut b = values(n * k, 2);
+                b[0] = -128;
+                assert!(exact_for(&a));
+                check_all(&a, &b, m, k, n);
+            }
         }
     }
 
-    /// The largest sums: every product ±127 · −128, two of them 32512 (arm64 adds pairs in
-    /// i16), and on x86, where `exact_for` holds for any bytes, −128 · −128 too.
-    #[test]
-    fn extreme_values_are_exact() {
-        if !available() {
-            return;
+    for_each_variant! {
+        /// The largest sums: every product ±127 · −128, two of them 32512 (arm64 adds pairs in
+        /// i16), and on x86, where `exact_for` holds for any bytes, −128 · −128 too.
+        fn extreme_values_are_exact() {
+            if !available() {
+                return;
+            }
+            let (m, k, n) = (5, 37, 7);
+            let b = vec![-128i8; n * k];
+            for lane in [-127i8, 127] {
+                check_all(&vec![lane; m * k], &b, m, k, n);
+            }
+            let alternating: Vec<i8> = (0..m * k)
+                .map(|i| if i % 3 == 0 { 127 } else { -127 })
+                .collect();
+            check_all(&alternating, &b, m, k, n);
+            assert!(exact_for(&[-127, 0, 127]));
+            if exact_for(&[-128]) {
+                check_all(&vec![-128; m * k], &b, m, k, n);
+            }
+            #[cfg(target_arch = "aarch64")]
+            assert_eq!(
+                exact_for(&[1, -128]),
+                crate::kernels::cpu::has(crate::kernels::cpu::Feature::DotProd)
+            );
         }
-        let (m, k, n) = (5, 37, 7);
-        let b = vec![-128i8; n * k];
-        for lane in [-127i8, 127] {
-            check_all(&vec![lane; m * k], &b, m, k, n);
-        }
-        let alternating: Vec<i8> = (0..m * k)
-            .map(|i| if i % 3 == 0 { 127 } else { -127 })
-            .collect();
-        check_all(&alternating, &b, m, k, n);
-        assert!(exact_for(&[-127, 0, 127]));
-        if exact_for(&[-128]) {
-            check_all(&vec![-128; m * k], &b, m, k, n);
-        }
-        #[cfg(target_arch = "aarch64")]
-        assert_eq!(
-            exact_for(&[1, -128]),
-            std::arch::is_aarch64_feature_detected!("dotprod")
-        );
     }
 
     /// Operands that do not fit are an error, not a wrong answer.

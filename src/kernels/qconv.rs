@@ -1189,8 +1189,7 @@ fn own_product_takes(w: &[i8]) -> bool {
 /// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.
 #[cfg(target_arch = "x86_64")]
 fn has_vnni() -> bool {
-    std::arch::is_x86_feature_detected!("avx512vnni")
-        || std::arch::is_x86_feature_detected!("avxvnni")
+    super::cpu::has(super::cpu::Feature::Vnni)
 }
 
 /// The i8×i8→i32 kernel for a `m × k` by `k × n` product: tract's pick, unless it leaves a
@@ -1698,6 +1697,7 @@ impl TypedOp for QPointwiseConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
 
     /// A small deterministic generator, so the tests need no extra crate.
     struct Lcg(u64);
@@ -1827,97 +1827,98 @@ mod tests {
         }
     }
 
-    /// A convolution over `s × s` patches (stem- and downsampling-like, with a partial last
-    /// row and column dropped, rows of 8 to 32 patches for the NEON split, with and without
-    /// an overlapping last step, and rows too short for it) against the 1x1 reference on the patches
-    /// gathered in f32, channels first and channels last.
-    #[test]
-    fn patches_match_the_product_of_the_gathered_input() {
-        for (i, &(c, cout, h, w, s)) in [
-            (3, 8, 9, 11, 4),
-            (5, 7, 6, 6, 2),
-            (16, 33, 7, 5, 2),
-            (2, 5, 6, 38, 2),
-            (3, 4, 8, 70, 4),
-            (3, 5, 8, 64, 4),
-            (4, 6, 4, 64, 2),
-            (2, 3, 5, 24, 2),
-            (3, 4, 4, 32, 4),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let mut rng = Lcg(i as u64 + 40);
-            let k = c * s * s;
-            let weights: Vec<i8> = (0..cout * k).map(|_| rng.i8()).collect();
-            if !patches_run(&weights) {
-                return;
-            }
-            // The op runs patches wherever our product does; the fusion picks them on arm64
-            // and in MatMul-form graphs (`patches_pay`).
-            let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
-            let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
-            let xq = ActQuant {
-                scale: 0.05,
-                zero_point: 131,
-                signed: false,
-            };
-            let yq = Some(ActQuant {
-                scale: 0.1,
-                zero_point: 120,
-                signed: false,
-            });
-            let x: Vec<f32> = (0..2 * c * h * w).map(|_| rng.f32(-7.0, 7.0)).collect();
-            let op = QPointwiseConv::new(
-                Tensor::from_shape(&[cout, k], &weights).unwrap(),
-                Layout::ChannelsFirst,
-                xq,
-                w_scales.clone(),
-                (None, yq),
-                None,
-            )
-            .unwrap()
-            .over_patches(s)
-            .unwrap();
-            let input = Tensor::from_shape(&[2, c, h, w], &x).unwrap();
-            let out = eval(&op, input, &bias);
-            let (oh, ow) = (h / s, w / s);
-            assert_eq!(out.shape(), &[2, cout, oh, ow]);
-            let got = out.try_as_plain_ram().unwrap();
-            let got = got.as_slice::<f32>().unwrap();
-            for (n, got) in got.chunks_exact(cout * oh * ow).enumerate() {
-                // Row (ci, dy, dx), column (oy, ox): the weights' (ci, kh, kw) order.
-                let mut patches = vec![0f32; k * oh * ow];
-                for (r, row) in patches.chunks_exact_mut(oh * ow).enumerate() {
-                    let (ci, dy, dx) = (r / (s * s), r / s % s, r % s);
-                    for (o, v) in row.iter_mut().enumerate() {
-                        let (y, xx) = ((o / ow) * s + dy, (o % ow) * s + dx);
-                        *v = x[((n * c + ci) * h + y) * w + xx];
-                    }
+    for_each_variant! {
+        /// A convolution over `s × s` patches (stem- and downsampling-like, with a partial last
+        /// row and column dropped, rows of 8 to 32 patches for the NEON split, with and without
+        /// an overlapping last step, and rows too short for it) against the 1x1 reference on the patches
+        /// gathered in f32, channels first and channels last.
+        fn patches_match_the_product_of_the_gathered_input() {
+            for (i, &(c, cout, h, w, s)) in [
+                (3, 8, 9, 11, 4),
+                (5, 7, 6, 6, 2),
+                (16, 33, 7, 5, 2),
+                (2, 5, 6, 38, 2),
+                (3, 4, 8, 70, 4),
+                (3, 5, 8, 64, 4),
+                (4, 6, 4, 64, 2),
+                (2, 3, 5, 24, 2),
+                (3, 4, 4, 32, 4),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let mut rng = Lcg(i as u64 + 40);
+                let k = c * s * s;
+                let weights: Vec<i8> = (0..cout * k).map(|_| rng.i8()).collect();
+                if !patches_run(&weights) {
+                    return;
                 }
-                let expected = reference(
-                    &patches,
-                    &weights,
-                    k,
-                    cout,
-                    oh * ow,
+                // The op runs patches wherever our product does; the fusion picks them on arm64
+                // and in MatMul-form graphs (`patches_pay`).
+                let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
+                let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
+                let xq = ActQuant {
+                    scale: 0.05,
+                    zero_point: 131,
+                    signed: false,
+                };
+                let yq = Some(ActQuant {
+                    scale: 0.1,
+                    zero_point: 120,
+                    signed: false,
+                });
+                let x: Vec<f32> = (0..2 * c * h * w).map(|_| rng.f32(-7.0, 7.0)).collect();
+                let op = QPointwiseConv::new(
+                    Tensor::from_shape(&[cout, k], &weights).unwrap(),
+                    Layout::ChannelsFirst,
                     xq,
-                    &w_scales,
-                    &bias,
-                    yq,
-                );
-                assert_close(got, &expected, yq, &format!("{c}x{h}x{w} over {s}x{s}"));
-            }
-            // Channels last, on the same input: the same values, bit for bit.
-            let last = op.channels_last().unwrap();
-            let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
+                    w_scales.clone(),
+                    (None, yq),
+                    None,
+                )
                 .unwrap()
-                .permute_axes(&[0, 2, 3, 1])
+                .over_patches(s)
                 .unwrap();
-            let got = eval(&last, nhwc, &bias)
-                .permute_axes(&[0, 3, 1, 2])
-                .unwrap();
-            assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
+                let input = Tensor::from_shape(&[2, c, h, w], &x).unwrap();
+                let out = eval(&op, input, &bias);
+                let (oh, ow) = (h / s, w / s);
+                assert_eq!(out.shape(), &[2, cout, oh, ow]);
+                let got = out.try_as_plain_ram().unwrap();
+                let got = got.as_slice::<f32>().unwrap();
+                for (n, got) in got.chunks_exact(cout * oh * ow).enumerate() {
+                    // Row (ci, dy, dx), column (oy, ox): the weights' (ci, kh, kw) order.
+                    let mut patches = vec![0f32; k * oh * ow];
+                    for (r, row) in patches.chunks_exact_mut(oh * ow).enumerate() {
+                        let (ci, dy, dx) = (r / (s * s), r / s % s, r % s);
+                        for (o, v) in row.iter_mut().enumerate() {
+                            let (y, xx) = ((o / ow) * s + dy, (o % ow) * s + dx);
+                            *v = x[((n * c + ci) * h + y) * w + xx];
+                        }
+                    }
+                    let expected = reference(
+                        &patches,
+                        &weights,
+                        k,
+                        cout,
+                        oh * ow,
+                        xq,
+                        &w_scales,
+                        &bias,
+                        yq,
+                    );
+                    assert_close(got, &expected, yq, &format!("{c}x{h}x{w} over {s}x{s}"));
+                }
+                // Channels last, on the same input: the same values, bit for bit.
+                let last = op.channels_last().unwrap();
+                let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
+                    .unwrap()
+                    .permute_axes(&[0, 2, 3, 1])
+                    .unwrap();
+                let got = eval(&last, nhwc, &bias)
+                    .permute_axes(&[0, 3, 1, 2])
+                    .unwrap();
+                assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
+            }
         }
     }
 
@@ -2103,16 +2104,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn channels_last_with_bias_between_quantizations() {
-        check_channels_last(24, 96, 49, false, 3);
-        check_channels_last(17, 40, 13, false, 4);
+    for_each_variant! {
+        fn channels_last_with_bias_between_quantizations() {
+            check_channels_last(24, 96, 49, false, 3);
+            check_channels_last(17, 40, 13, false, 4);
+        }
     }
 
-    #[test]
-    fn fused_gelu_matches_the_unfused_chain() {
-        check_channels_last(24, 96, 49, true, 5);
-        check_channels_last(33, 72, 20, true, 6);
+    for_each_variant! {
+        fn fused_gelu_matches_the_unfused_chain() {
+            check_channels_last(24, 96, 49, true, 5);
+            check_channels_last(33, 72, 20, true, 6);
+        }
     }
 
     fn eval(op: &QPointwiseConv, x: Tensor, bias: &[f32]) -> Tensor {
@@ -2121,123 +2124,125 @@ mod tests {
         out.unwrap().unwrap().remove(0).into_tensor()
     }
 
-    /// A product writing i8 for the next one gives the next one exactly the input it would
-    /// have quantized from the f32 output, in both layouts, with and without the GELU.
-    #[test]
-    fn an_i8_link_equals_the_f32_chain() {
-        let q = |scale: f32, zero_point: i32, signed: bool| ActQuant {
-            scale,
-            zero_point,
-            signed,
-        };
-        let gelu = QdqGelu {
-            c: [std::f32::consts::SQRT_2, 1.0, 0.5],
-            quant: [None, Some(q(0.008, 128, false)), None, None, None],
-        };
-        for (seed, layout, with_gelu) in [
-            (11, Layout::ChannelsLast, true),
-            (12, Layout::ChannelsLast, false),
-            (13, Layout::ChannelsFirst, true),
-            (14, Layout::ChannelsFirst, false),
-        ] {
-            let mut rng = Lcg(seed);
-            let (c0, c1, c2) = (19, 40, 7);
-            let mut weights = |cout: usize, cin: usize| {
-                let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
-                Tensor::from_shape(&[cout, cin], &w).unwrap()
+    for_each_variant! {
+        /// A product writing i8 for the next one gives the next one exactly the input it would
+        /// have quantized from the f32 output, in both layouts, with and without the GELU.
+        fn an_i8_link_equals_the_f32_chain() {
+            let q = |scale: f32, zero_point: i32, signed: bool| ActQuant {
+                scale,
+                zero_point,
+                signed,
             };
-            let (w1, w2) = (weights(c1, c0), weights(c2, c1));
-            let next_x = q(0.04, 200, false);
-            let first = QPointwiseConv::new(
-                w1,
-                layout,
-                q(0.05, -3, true),
-                vec![0.01],
-                (None, Some(q(0.07, 120, false))),
-                Some(30),
-            )
-            .unwrap();
-            let first = match with_gelu {
-                true => first.with_gelu(gelu).unwrap(),
-                false => first,
+            let gelu = QdqGelu {
+                c: [std::f32::consts::SQRT_2, 1.0, 0.5],
+                quant: [None, Some(q(0.008, 128, false)), None, None, None],
             };
-            let linked = first.clone().emitting_i8(next_x).unwrap();
-            let second =
-                QPointwiseConv::new(w2, layout, next_x, vec![0.02], (None, None), Some(30))
-                    .unwrap();
-            let shape: &[usize] = match layout {
-                Layout::ChannelsLast => &[1, 30, c0],
-                Layout::ChannelsFirst => &[2, c0, 5, 6],
-            };
-            let n = shape.iter().product::<usize>();
-            let x: Vec<f32> = (0..n).map(|_| rng.f32(-5.0, 5.0)).collect();
-            let x = Tensor::from_shape(shape, &x).unwrap();
-            let (b1, b2) = (vec![0.25; c1], vec![-0.5; c2]);
+            for (seed, layout, with_gelu) in [
+                (11, Layout::ChannelsLast, true),
+                (12, Layout::ChannelsLast, false),
+                (13, Layout::ChannelsFirst, true),
+                (14, Layout::ChannelsFirst, false),
+            ] {
+                let mut rng = Lcg(seed);
+                let (c0, c1, c2) = (19, 40, 7);
+                let mut weights = |cout: usize, cin: usize| {
+                    let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+                    Tensor::from_shape(&[cout, cin], &w).unwrap()
+                };
+                let (w1, w2) = (weights(c1, c0), weights(c2, c1));
+                let next_x = q(0.04, 200, false);
+                let first = QPointwiseConv::new(
+                    w1,
+                    layout,
+                    q(0.05, -3, true),
+                    vec![0.01],
+                    (None, Some(q(0.07, 120, false))),
+                    Some(30),
+                )
+                .unwrap();
+                let first = match with_gelu {
+                    true => first.with_gelu(gelu).unwrap(),
+                    false => first,
+                };
+                let linked = first.clone().emitting_i8(next_x).unwrap();
+                let second =
+                    QPointwiseConv::new(w2, layout, next_x, vec![0.02], (None, None), Some(30))
+                        .unwrap();
+                let shape: &[usize] = match layout {
+                    Layout::ChannelsLast => &[1, 30, c0],
+                    Layout::ChannelsFirst => &[2, c0, 5, 6],
+                };
+                let n = shape.iter().product::<usize>();
+                let x: Vec<f32> = (0..n).map(|_| rng.f32(-5.0, 5.0)).collect();
+                let x = Tensor::from_shape(shape, &x).unwrap();
+                let (b1, b2) = (vec![0.25; c1], vec![-0.5; c2]);
 
-            let mid_f32 = eval(&first, x.clone(), &b1);
-            let mid_i8 = eval(&linked, x, &b1);
-            assert_eq!(mid_i8.datum_type(), i8::datum_type());
-            assert_eq!(mid_i8.shape(), mid_f32.shape());
-            let f = mid_f32.try_as_plain_ram().unwrap();
-            let mut expected = vec![0i8; f.len()];
-            next_x
-                .to_i8()
-                .quantize_i8(f.as_slice::<f32>().unwrap(), &mut expected);
-            let got = mid_i8.try_as_plain_ram().unwrap();
-            assert_eq!(got.as_slice::<i8>().unwrap(), &expected[..]);
+                let mid_f32 = eval(&first, x.clone(), &b1);
+                let mid_i8 = eval(&linked, x, &b1);
+                assert_eq!(mid_i8.datum_type(), i8::datum_type());
+                assert_eq!(mid_i8.shape(), mid_f32.shape());
+                let f = mid_f32.try_as_plain_ram().unwrap();
+                let mut expected = vec![0i8; f.len()];
+                next_x
+                    .to_i8()
+                    .quantize_i8(f.as_slice::<f32>().unwrap(), &mut expected);
+                let got = mid_i8.try_as_plain_ram().unwrap();
+                assert_eq!(got.as_slice::<i8>().unwrap(), &expected[..]);
 
-            let via_f32 = eval(&second, mid_f32, &b2);
-            let via_i8 = eval(&second, mid_i8, &b2);
-            assert_eq!(via_f32, via_i8, "{layout:?} gelu {with_gelu}");
+                let via_f32 = eval(&second, mid_f32, &b2);
+                let via_i8 = eval(&second, mid_i8, &b2);
+                assert_eq!(via_f32, via_i8, "{layout:?} gelu {with_gelu}");
+            }
         }
     }
 
-    /// A dynamic input quantization is the static one with `DynamicQuantizeLinear`'s
-    /// parameters, computed over the whole tensor (both images of the batch).
-    #[test]
-    fn a_dynamic_input_is_quantized_with_its_own_range() {
-        let mut rng = Lcg(21);
-        let (cin, cout) = (13, 24);
-        let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
-        let w = Tensor::from_shape(&[cout, cin], &w).unwrap();
-        let x: Vec<f32> = (0..2 * cin * 15).map(|_| rng.f32(-1.5, 6.0)).collect();
-        let (lo, hi) = x
-            .iter()
-            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
-        let scale = (hi - lo) / 255.0;
-        let static_x = ActQuant {
-            scale,
-            zero_point: (-lo / scale).round_ties_even() as i32,
-            signed: false,
-        };
-        let ignored = ActQuant {
-            scale: 1.0,
-            zero_point: 0,
-            signed: false,
-        };
-        let op = |q: ActQuant| {
-            QPointwiseConv::new(
-                w.clone(),
-                Layout::ChannelsFirst,
-                q,
-                vec![0.02],
-                (None, None),
-                None,
-            )
-            .unwrap()
-        };
-        let dynamic = op(ignored).with_dynamic_input().unwrap();
-        let x = Tensor::from_shape(&[2, cin, 3, 5], &x).unwrap();
-        let bias = vec![0.5; cout];
-        assert_eq!(
-            eval(&dynamic, x.clone(), &bias),
-            eval(&op(static_x), x, &bias)
-        );
-        // All zeros: scale 0 in the graph, the bias alone here.
-        let zeros = Tensor::zero::<f32>(&[1, cin, 2, 2]).unwrap();
-        let out = eval(&dynamic, zeros, &bias);
-        let out = out.try_as_plain_ram().unwrap();
-        assert!(out.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.5));
+    for_each_variant! {
+        /// A dynamic input quantization is the static one with `DynamicQuantizeLinear`'s
+        /// parameters, computed over the whole tensor (both images of the batch).
+        fn a_dynamic_input_is_quantized_with_its_own_range() {
+            let mut rng = Lcg(21);
+            let (cin, cout) = (13, 24);
+            let w: Vec<i8> = (0..cout * cin).map(|_| rng.i8()).collect();
+            let w = Tensor::from_shape(&[cout, cin], &w).unwrap();
+            let x: Vec<f32> = (0..2 * cin * 15).map(|_| rng.f32(-1.5, 6.0)).collect();
+            let (lo, hi) = x
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let scale = (hi - lo) / 255.0;
+            let static_x = ActQuant {
+                scale,
+                zero_point: (-lo / scale).round_ties_even() as i32,
+                signed: false,
+            };
+            let ignored = ActQuant {
+                scale: 1.0,
+                zero_point: 0,
+                signed: false,
+            };
+            let op = |q: ActQuant| {
+                QPointwiseConv::new(
+                    w.clone(),
+                    Layout::ChannelsFirst,
+                    q,
+                    vec![0.02],
+                    (None, None),
+                    None,
+                )
+                .unwrap()
+            };
+            let dynamic = op(ignored).with_dynamic_input().unwrap();
+            let x = Tensor::from_shape(&[2, cin, 3, 5], &x).unwrap();
+            let bias = vec![0.5; cout];
+            assert_eq!(
+                eval(&dynamic, x.clone(), &bias),
+                eval(&op(static_x), x, &bias)
+            );
+            // All zeros: scale 0 in the graph, the bias alone here.
+            let zeros = Tensor::zero::<f32>(&[1, cin, 2, 2]).unwrap();
+            let out = eval(&dynamic, zeros, &bias);
+            let out = out.try_as_plain_ram().unwrap();
+            assert!(out.as_slice::<f32>().unwrap().iter().all(|&v| v == 0.5));
+        }
     }
 
     #[test]
@@ -2252,65 +2257,69 @@ mod tests {
         assert!(op.unwrap().emitting_i8(x).is_err());
     }
 
-    #[test]
-    fn matches_unfused_reference_on_odd_shapes() {
-        for (i, &(cin, cout, h, w)) in [
-            (1, 1, 1, 1),
-            (3, 5, 7, 7),
-            (40, 160, 7, 9),
-            (17, 33, 5, 3),
-            (96, 384, 14, 14),
-            (160, 40, 1, 13),
-        ]
-        .iter()
-        .enumerate()
-        {
-            for (signed, with_y) in [(false, true), (true, true), (false, false)] {
-                check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
+    for_each_variant! {
+        fn matches_unfused_reference_on_odd_shapes() {
+            for (i, &(cin, cout, h, w)) in [
+                (1, 1, 1, 1),
+                (3, 5, 7, 7),
+                (40, 160, 7, 9),
+                (17, 33, 5, 3),
+                (96, 384, 14, 14),
+                (160, 40, 1, 13),
+            ]
+            .iter()
+            .enumerate()
+            {
+                for (signed, with_y) in [(false, true), (true, true), (false, false)] {
+                    check(cin, cout, h, w, signed, with_y, i as u64 * 7 + 1);
+                }
             }
         }
     }
 
-    /// −128 in the weights, which our arm64 product cannot take exactly (it falls back to
-    /// tract's kernel there), against both u8 and i8 activations holding their extremes.
-    #[test]
-    fn weights_of_minus_128_are_exact() {
-        let mut rng = Lcg(5);
-        let (cin, cout) = (37, 9);
-        let weights: Vec<i8> = (0..cout * cin)
-            .map(|i| if i % 3 == 0 { -128 } else { rng.i8() })
-            .collect();
-        for signed in [false, true] {
-            check_weights(&weights, (cin, cout, 3, 5), signed, true, Lcg(9));
+    for_each_variant! {
+        /// −128 in the weights, which our arm64 product cannot take exactly (it falls back to
+        /// tract's kernel there), against both u8 and i8 activations holding their extremes.
+        fn weights_of_minus_128_are_exact() {
+            let mut rng = Lcg(5);
+            let (cin, cout) = (37, 9);
+            let weights: Vec<i8> = (0..cout * cin)
+                .map(|i| if i % 3 == 0 { -128 } else { rng.i8() })
+                .collect();
+            for signed in [false, true] {
+                check_weights(&weights, (cin, cout, 3, 5), signed, true, Lcg(9));
+            }
         }
     }
 
-    /// Every index, over lengths around the 16-byte step.
-    #[test]
-    fn gather_i8_looks_up_every_byte() {
-        let table: [i8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(167) as i8);
-        for n in [0, 1, 15, 16, 17, 256, 300] {
-            let idx: Vec<u8> = (0..n).map(|i| (i * 89 + 7) as u8).collect();
-            let mut out = vec![0i8; n];
-            gather_i8(&table, &idx, &mut out);
-            let expected: Vec<i8> = idx.iter().map(|&i| table[i as usize]).collect();
-            assert_eq!(out, expected, "n = {n}");
+    for_each_variant! {
+        /// Every index, over lengths around the 16-byte step.
+        fn gather_i8_looks_up_every_byte() {
+            let table: [i8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(167) as i8);
+            for n in [0, 1, 15, 16, 17, 256, 300] {
+                let idx: Vec<u8> = (0..n).map(|i| (i * 89 + 7) as u8).collect();
+                let mut out = vec![0i8; n];
+                gather_i8(&table, &idx, &mut out);
+                let expected: Vec<i8> = idx.iter().map(|&i| table[i as usize]).collect();
+                assert_eq!(out, expected, "n = {n}");
+            }
         }
     }
 
-    #[test]
-    fn zip4_interleaves_four_rows() {
-        for r in [1, 7, 8, 16, 19] {
-            let block: Vec<i8> = (0..4 * r).map(|i| (i * 37 % 251) as u8 as i8).collect();
-            let mut words = vec![0u8; 4 * r];
-            zip4(&block, &mut words);
-            for m in 0..r {
-                for d in 0..4 {
-                    assert_eq!(
-                        words[4 * m + d],
-                        block[d * r + m] as u8,
-                        "r {r} m {m} d {d}"
-                    );
+    for_each_variant! {
+        fn zip4_interleaves_four_rows() {
+            for r in [1, 7, 8, 16, 19] {
+                let block: Vec<i8> = (0..4 * r).map(|i| (i * 37 % 251) as u8 as i8).collect();
+                let mut words = vec![0u8; 4 * r];
+                zip4(&block, &mut words);
+                for m in 0..r {
+                    for d in 0..4 {
+                        assert_eq!(
+                            words[4 * m + d],
+                            block[d * r + m] as u8,
+                            "r {r} m {m} d {d}"
+                        );
+                    }
                 }
             }
         }

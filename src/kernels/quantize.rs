@@ -565,6 +565,7 @@ impl ElementWiseMiniOp for FastQuantize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use tract_onnx::tract_core::ops::quant::{quantize_linear_f32_i8, quantize_linear_f32_u8};
 
     fn samples() -> Vec<f32> {
@@ -587,88 +588,91 @@ mod tests {
         v
     }
 
-    #[test]
-    fn matches_tract_scalar_definition() {
-        let xs = samples();
-        for (inv_scale, zp) in [
-            (1.0f32, 0i32),
-            (2.0, 128),
-            (7.3, 128),
-            (0.37, 3),
-            (1.0, 255),
-            (1.0, 17),
-        ] {
-            let mut ours = vec![0u8; xs.len()];
-            FastQuantize::new(inv_scale, zp, false).run(&xs, &mut ours, |v| v as u8);
-            let in_range = |x: &f32| (x * inv_scale).abs() < 2f32.powi(31) || x.is_nan();
-            for (x, q) in xs.iter().zip(&ours).filter(|(x, _)| in_range(x)) {
-                assert_eq!(
-                    *q,
-                    quantize_linear_f32_u8(*x, inv_scale, zp),
-                    "u8 x={x} s={inv_scale} zp={zp}"
-                );
-            }
-            let zp8 = zp.clamp(-128, 127) - 64;
-            let mut ours = vec![0i8; xs.len()];
-            FastQuantize::new(inv_scale, zp8, true).run(&xs, &mut ours, |v| v as i8);
-            for (x, q) in xs.iter().zip(&ours).filter(|(x, _)| in_range(x)) {
-                assert_eq!(
-                    *q,
-                    quantize_linear_f32_i8(*x, inv_scale, zp8),
-                    "i8 x={x} s={inv_scale} zp={zp8}"
-                );
-            }
-        }
-    }
-
-    /// The slice quantizers (NEON on aarch64) against the scalar loop, over an odd length.
-    #[test]
-    fn slice_quantizers_match_the_scalar_loop() {
-        let xs = samples();
-        let xs = &xs[..xs.len() / 16 * 16 + 7];
-        let quantizers = [
-            (7.3f32, 128, false),
-            (0.37, 3, false),
-            (2.0, -64, true),
-            (1.0, 255, false),
-            (1.0, 0, false),
-            (0.5, 127, true),
-            (0.5, -128, true),
-        ];
-        for (inv_scale, zp, signed) in quantizers {
-            let q = FastQuantize::new(inv_scale, zp, signed);
-            let mut expected = vec![0u8; xs.len()];
-            q.run(xs, &mut expected, |v| v as u8);
-            let mut bytes = vec![0u8; xs.len()];
-            q.quantize_bytes(xs, &mut bytes);
-            assert_eq!(bytes, expected, "bytes s={inv_scale} zp={zp}");
-            if signed {
-                let mut i8s = vec![0i8; xs.len()];
-                q.quantize_i8(xs, &mut i8s);
-                let as_bytes: Vec<u8> = i8s.iter().map(|&v| v as u8).collect();
-                assert_eq!(as_bytes, expected, "i8 s={inv_scale} zp={zp}");
+    for_each_variant! {
+        fn matches_tract_scalar_definition() {
+            let xs = samples();
+            for (inv_scale, zp) in [
+                (1.0f32, 0i32),
+                (2.0, 128),
+                (7.3, 128),
+                (0.37, 3),
+                (1.0, 255),
+                (1.0, 17),
+            ] {
+                let mut ours = vec![0u8; xs.len()];
+                FastQuantize::new(inv_scale, zp, false).run(&xs, &mut ours, |v| v as u8);
+                let in_range = |x: &f32| (x * inv_scale).abs() < 2f32.powi(31) || x.is_nan();
+                for (x, q) in xs.iter().zip(&ours).filter(|(x, _)| in_range(x)) {
+                    assert_eq!(
+                        *q,
+                        quantize_linear_f32_u8(*x, inv_scale, zp),
+                        "u8 x={x} s={inv_scale} zp={zp}"
+                    );
+                }
+                let zp8 = zp.clamp(-128, 127) - 64;
+                let mut ours = vec![0i8; xs.len()];
+                FastQuantize::new(inv_scale, zp8, true).run(&xs, &mut ours, |v| v as i8);
+                for (x, q) in xs.iter().zip(&ours).filter(|(x, _)| in_range(x)) {
+                    assert_eq!(
+                        *q,
+                        quantize_linear_f32_i8(*x, inv_scale, zp8),
+                        "i8 x={x} s={inv_scale} zp={zp8}"
+                    );
+                }
             }
         }
     }
 
-    #[test]
-    fn fake_quantize_equals_quantize_then_dequantize() {
-        let xs = samples();
-        for (inv_scale, zp, signed, dq_zp) in [
-            (7.3f32, 128, false, 128),
-            (0.37, 3, true, 3),
-            (2.0, 0, true, 5),
-            (1.0, 255, false, 0),
-            (0.5, -128, true, 127),
-        ] {
-            let q = FastQuantize::new(inv_scale, zp, signed);
-            let mut fused = xs.clone();
-            FakeQuantize::new(q, 0.137, dq_zp).apply(&mut fused);
-            let mut ints = vec![0i32; xs.len()];
-            q.run(&xs, &mut ints, |v| v);
-            for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {
-                let expected = (i - dq_zp) as f32 * 0.137;
-                assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
+    for_each_variant! {
+        /// The slice quantizers (NEON on aarch64) against the scalar loop, over an odd length.
+        fn slice_quantizers_match_the_scalar_loop() {
+            let xs = samples();
+            let xs = &xs[..xs.len() / 16 * 16 + 7];
+            let quantizers = [
+                (7.3f32, 128, false),
+                (0.37, 3, false),
+                (2.0, -64, true),
+                (1.0, 255, false),
+                (1.0, 0, false),
+                (0.5, 127, true),
+                (0.5, -128, true),
+            ];
+            for (inv_scale, zp, signed) in quantizers {
+                let q = FastQuantize::new(inv_scale, zp, signed);
+                let mut expected = vec![0u8; xs.len()];
+                q.run(xs, &mut expected, |v| v as u8);
+                let mut bytes = vec![0u8; xs.len()];
+                q.quantize_bytes(xs, &mut bytes);
+                assert_eq!(bytes, expected, "bytes s={inv_scale} zp={zp}");
+                if signed {
+                    let mut i8s = vec![0i8; xs.len()];
+                    q.quantize_i8(xs, &mut i8s);
+                    let as_bytes: Vec<u8> = i8s.iter().map(|&v| v as u8).collect();
+                    assert_eq!(as_bytes, expected, "i8 s={inv_scale} zp={zp}");
+                }
+            }
+        }
+    }
+
+    for_each_variant! {
+        fn fake_quantize_equals_quantize_then_dequantize() {
+            let xs = samples();
+            for (inv_scale, zp, signed, dq_zp) in [
+                (7.3f32, 128, false, 128),
+                (0.37, 3, true, 3),
+                (2.0, 0, true, 5),
+                (1.0, 255, false, 0),
+                (0.5, -128, true, 127),
+            ] {
+                let q = FastQuantize::new(inv_scale, zp, signed);
+                let mut fused = xs.clone();
+                FakeQuantize::new(q, 0.137, dq_zp).apply(&mut fused);
+                let mut ints = vec![0i32; xs.len()];
+                q.run(&xs, &mut ints, |v| v);
+                for ((x, f), i) in xs.iter().zip(&fused).zip(&ints) {
+                    let expected = (i - dq_zp) as f32 * 0.137;
+                    assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
+                }
             }
         }
     }
@@ -706,41 +710,42 @@ mod tests {
         assert!(!fq.fixes(&other.outputs()));
     }
 
-    #[test]
-    fn quantize_lookup_equals_quantize_table_dequantize() {
-        let xs = samples();
-        // an arbitrary byte permutation as the table
-        let lut: Vec<u8> = (0..=255u8)
-            .map(|b| b.wrapping_mul(37).wrapping_add(11))
-            .collect();
-        for (signed_in, zp, signed_out, dq_zp) in [
-            (false, 128, false, 128),
-            (true, -3, true, 5),
-            (false, 7, true, -1),
-        ] {
-            let q = FastQuantize::new(3.7, zp, signed_in);
-            let mut t = tensor1(&xs);
-            QuantizeLookup::new(q, &lut, signed_out, 0.071, dq_zp)
-                .unwrap()
-                .eval_in_place(&mut t, None)
-                .unwrap();
-            let fused = t
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
-            let mut codes = vec![0i32; xs.len()];
-            q.run(&xs, &mut codes, |v| v);
-            for ((x, f), c) in xs.iter().zip(&fused).zip(&codes) {
-                let byte = lut[(*c as u8) as usize];
-                let v = if signed_out {
-                    byte as i8 as i32
-                } else {
-                    byte as i32
-                };
-                let expected = (v - dq_zp) as f32 * 0.071;
-                assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
+    for_each_variant! {
+        fn quantize_lookup_equals_quantize_table_dequantize() {
+            let xs = samples();
+            // an arbitrary byte permutation as the table
+            let lut: Vec<u8> = (0..=255u8)
+                .map(|b| b.wrapping_mul(37).wrapping_add(11))
+                .collect();
+            for (signed_in, zp, signed_out, dq_zp) in [
+                (false, 128, false, 128),
+                (true, -3, true, 5),
+                (false, 7, true, -1),
+            ] {
+                let q = FastQuantize::new(3.7, zp, signed_in);
+                let mut t = tensor1(&xs);
+                QuantizeLookup::new(q, &lut, signed_out, 0.071, dq_zp)
+                    .unwrap()
+                    .eval_in_place(&mut t, None)
+                    .unwrap();
+                let fused = t
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                let mut codes = vec![0i32; xs.len()];
+                q.run(&xs, &mut codes, |v| v);
+                for ((x, f), c) in xs.iter().zip(&fused).zip(&codes) {
+                    let byte = lut[(*c as u8) as usize];
+                    let v = if signed_out {
+                        byte as i8 as i32
+                    } else {
+                        byte as i32
+                    };
+                    let expected = (v - dq_zp) as f32 * 0.071;
+                    assert_eq!(f.to_bits(), expected.to_bits(), "x={x}");
+                }
             }
         }
     }

@@ -218,7 +218,7 @@ fn plane(
         padded[start..start + w].copy_from_slice(row);
     }
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx512() {
+    if super::cpu::has(super::cpu::Feature::Avx512) {
         // SAFETY: the CPU has AVX-512F; `padded` and `out` are sized by `g` (checked there).
         return unsafe { avx512::plane(padded, g, taps, bias, out) };
     }
@@ -226,6 +226,7 @@ fn plane(
 }
 
 multiversion! {
+    below_avx512:
     /// `out` (`oh × ow`) from one channel's padded plane.
     fn plane_simd(padded: &[f32], g: Geometry, taps: &[f32], bias: f32, out: &mut [f32]) {
         #[cfg(target_arch = "aarch64")]
@@ -479,7 +480,7 @@ fn rows_c_last(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx512() {
+    if super::cpu::has(super::cpu::Feature::Avx512) {
         // SAFETY: the CPU has AVX-512F; the slices are the ones `eval` sized for the image.
         let done = unsafe { avx512::rows_c_last(image, ys.clone(), taps_c, bias, out) };
         return channels_c_last(image, ys, done, taps_c, bias, out);
@@ -711,6 +712,7 @@ pub fn is_supported_float(dt: DatumType) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
 
     fn reference(
         x: &[f32],
@@ -811,45 +813,47 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn matches_scalar_reference() {
-        check(1, 40, 56, 56, 7, 7, [3, 3, 3, 3]);
-        check(2, 3, 7, 7, 7, 7, [3, 3, 3, 3]);
-        check(1, 5, 1, 1, 7, 7, [3, 3, 3, 3]);
-        check(1, 17, 13, 33, 3, 3, [1, 1, 1, 1]);
-        check(1, 2, 9, 17, 5, 3, [0, 2, 1, 0]);
-        check(2, 1, 4, 4, 1, 1, [0, 0, 0, 0]);
-        check(1, 101, 9, 8, 7, 7, [3, 3, 3, 3]);
-        check(1, 3, 5, 150, 7, 7, [3, 3, 2, 1]);
-        check(1, 64, 6, 9, 7, 7, [3, 3, 3, 3]);
+    for_each_variant! {
+        fn matches_scalar_reference() {
+            check(1, 40, 56, 56, 7, 7, [3, 3, 3, 3]);
+            check(2, 3, 7, 7, 7, 7, [3, 3, 3, 3]);
+            check(1, 5, 1, 1, 7, 7, [3, 3, 3, 3]);
+            check(1, 17, 13, 33, 3, 3, [1, 1, 1, 1]);
+            check(1, 2, 9, 17, 5, 3, [0, 2, 1, 0]);
+            check(2, 1, 4, 4, 1, 1, [0, 0, 0, 0]);
+            check(1, 101, 9, 8, 7, 7, [3, 3, 3, 3]);
+            check(1, 3, 5, 150, 7, 7, [3, 3, 2, 1]);
+            check(1, 64, 6, 9, 7, 7, [3, 3, 3, 3]);
+        }
     }
 
-    /// An f16 input gives the f32 computation on the same values, rounded once at the end.
-    #[test]
-    fn f16_is_the_f32_computation_rounded() {
-        let (c, h, w) = (19, 11, 23);
-        let x: Vec<f16> = (0..c * h * w)
-            .map(|i| f16::from_f32(((i * 7919 % 2003) as f32 / 1001.5) - 1.0))
-            .collect();
-        let k: Vec<f32> = (0..c * 49).map(|i| (i % 13) as f32 / 6.5 - 1.0).collect();
-        let op = DepthwiseConv::new(
-            Tensor::from_shape(&[c, 7, 7], &k).unwrap(),
-            Tensor::from_shape(&[c], &vec![0.25f32; c]).unwrap(),
-            [3, 3, 3, 3],
-            Layout::ChannelsFirst,
-        )
-        .unwrap();
-        let run = |t: Tensor| {
-            op.eval_out_of_plan(tvec!(t.into_tvalue()))
-                .unwrap()
-                .unwrap()
-        };
-        let half = run(Tensor::from_shape(&[1, c, h, w], &x).unwrap());
-        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-        let full = run(Tensor::from_shape(&[1, c, h, w], &wide).unwrap());
-        assert_eq!(half[0].datum_type(), f16::datum_type());
-        let expected = full[0].cast_to::<f16>().unwrap();
-        assert_eq!(&*half[0], &*expected);
+    for_each_variant! {
+        /// An f16 input gives the f32 computation on the same values, rounded once at the end.
+        fn f16_is_the_f32_computation_rounded() {
+            let (c, h, w) = (19, 11, 23);
+            let x: Vec<f16> = (0..c * h * w)
+                .map(|i| f16::from_f32(((i * 7919 % 2003) as f32 / 1001.5) - 1.0))
+                .collect();
+            let k: Vec<f32> = (0..c * 49).map(|i| (i % 13) as f32 / 6.5 - 1.0).collect();
+            let op = DepthwiseConv::new(
+                Tensor::from_shape(&[c, 7, 7], &k).unwrap(),
+                Tensor::from_shape(&[c], &vec![0.25f32; c]).unwrap(),
+                [3, 3, 3, 3],
+                Layout::ChannelsFirst,
+            )
+            .unwrap();
+            let run = |t: Tensor| {
+                op.eval_out_of_plan(tvec!(t.into_tvalue()))
+                    .unwrap()
+                    .unwrap()
+            };
+            let half = run(Tensor::from_shape(&[1, c, h, w], &x).unwrap());
+            let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+            let full = run(Tensor::from_shape(&[1, c, h, w], &wide).unwrap());
+            assert_eq!(half[0].datum_type(), f16::datum_type());
+            let expected = full[0].cast_to::<f16>().unwrap();
+            assert_eq!(&*half[0], &*expected);
+        }
     }
 
     #[test]

@@ -41,10 +41,7 @@ pub fn pays(kh: usize, kw: usize) -> bool {
 }
 
 fn has_sdot() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    return std::arch::is_aarch64_feature_detected!("dotprod");
-    #[cfg(not(target_arch = "aarch64"))]
-    false
+    cfg!(target_arch = "aarch64") && crate::kernels::cpu::has(crate::kernels::cpu::Feature::DotProd)
 }
 
 /// `acc += Σ` of the four products in each i32 lane of `x` and `w` (i8): one `SDOT`, for the
@@ -816,6 +813,7 @@ impl TypedOp for QDepthwiseConv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use crate::kernels::test_values as values;
 
     /// The QDQ definition in f64: the dequantized input and weights convolved, plus the bias.
@@ -883,128 +881,131 @@ mod tests {
             .to_vec()
     }
 
-    /// Against the f64 definition, with u8 and i8 inputs (zero points inside and at the edge
-    /// of the range), per-channel and per-tensor weight scales, odd plane sizes and
-    /// asymmetric padding, within f32 rounding.
-    #[test]
-    fn matches_the_dequantized_convolution() {
-        let u8_in = ActQuant {
-            scale: 0.05,
-            zero_point: 131,
-            signed: false,
-        };
-        let i8_in = ActQuant {
-            scale: 0.03,
-            zero_point: -128,
-            signed: true,
-        };
-        for (i, (n, c, h, w, kh, kw, pads)) in [
-            (1, 3, 9, 13, 7, 7, [3, 3, 3, 3]),
-            (2, 2, 7, 5, 7, 7, [3, 3, 3, 3]),
-            (1, 2, 1, 1, 7, 7, [3, 3, 3, 3]),
-            (1, 1, 16, 21, 7, 7, [1, 2, 0, 4]),
-            (1, 2, 6, 6, 3, 3, [1, 1, 1, 1]),
-            (1, 1, 4, 9, 2, 5, [0, 0, 2, 1]),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let x = inputs(n * c * h * w, i as u32);
-            let weights = values(c * kh * kw, 7 + i as u32);
-            let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.2).collect();
-            let per_channel: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.002).collect();
-            for (xq, w_scales) in [
-                (u8_in, &per_channel[..]),
-                (i8_in, &per_channel[..]),
-                (u8_in, &[0.02][..]),
-            ] {
-                let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, w_scales).unwrap();
-                let x = Tensor::from_shape(&[n, c, h, w], &x).unwrap();
-                let got = run(&op, x.clone(), &bias);
-                let want = reference(
-                    x.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(),
-                    (n, c, h, w),
-                    &weights,
-                    (kh, kw),
-                    pads,
-                    xq,
-                    w_scales,
-                    &bias,
-                );
-                assert_eq!(got.len(), want.len());
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "{n}x{c}x{h}x{w} {kh}x{kw} {pads:?}: {g} vs {w}"
+    for_each_variant! {
+        /// Against the f64 definition, with u8 and i8 inputs (zero points inside and at the edge
+        /// of the range), per-channel and per-tensor weight scales, odd plane sizes and
+        /// asymmetric padding, within f32 rounding.
+        fn matches_the_dequantized_convolution() {
+            let u8_in = ActQuant {
+                scale: 0.05,
+                zero_point: 131,
+                signed: false,
+            };
+            let i8_in = ActQuant {
+                scale: 0.03,
+                zero_point: -128,
+                signed: true,
+            };
+            for (i, (n, c, h, w, kh, kw, pads)) in [
+                (1, 3, 9, 13, 7, 7, [3, 3, 3, 3]),
+                (2, 2, 7, 5, 7, 7, [3, 3, 3, 3]),
+                (1, 2, 1, 1, 7, 7, [3, 3, 3, 3]),
+                (1, 1, 16, 21, 7, 7, [1, 2, 0, 4]),
+                (1, 2, 6, 6, 3, 3, [1, 1, 1, 1]),
+                (1, 1, 4, 9, 2, 5, [0, 0, 2, 1]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let x = inputs(n * c * h * w, i as u32);
+                let weights = values(c * kh * kw, 7 + i as u32);
+                let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.2).collect();
+                let per_channel: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.002).collect();
+                for (xq, w_scales) in [
+                    (u8_in, &per_channel[..]),
+                    (i8_in, &per_channel[..]),
+                    (u8_in, &[0.02][..]),
+                ] {
+                    let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, w_scales).unwrap();
+                    let x = Tensor::from_shape(&[n, c, h, w], &x).unwrap();
+                    let got = run(&op, x.clone(), &bias);
+                    let want = reference(
+                        x.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap(),
+                        (n, c, h, w),
+                        &weights,
+                        (kh, kw),
+                        pads,
+                        xq,
+                        w_scales,
+                        &bias,
+                    );
+                    assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{n}x{c}x{h}x{w} {kh}x{kw} {pads:?}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    for_each_variant! {
+        /// Channels last computes what channels first does, bit for bit (the same integer sums
+        /// and float epilogue), with channel counts a whole number of SDOT steps and not, batches,
+        /// and a 1-pixel-wide plane.
+        fn channels_last_matches_channels_first() {
+            use crate::kernels::depthwise::tests::to_last;
+            let xq = ActQuant {
+                scale: 0.05,
+                zero_point: 131,
+                signed: false,
+            };
+            for (i, (n, c, h, w)) in [(1, 16, 9, 13), (2, 32, 7, 7), (1, 5, 6, 11), (1, 48, 4, 1)]
+                .into_iter()
+                .enumerate()
+            {
+                for (kh, kw, pads) in [(7, 7, [3; 4]), (3, 3, [1, 0, 2, 1])] {
+                    let x = inputs(n * c * h * w, i as u32);
+                    let weights = values(c * kh * kw, 3 + i as u32);
+                    let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.1 - 0.7).collect();
+                    let scales: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.001).collect();
+                    let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, &scales).unwrap();
+                    let first = run(&op, Tensor::from_shape(&[n, c, h, w], &x).unwrap(), &bias);
+                    let last_op = QDepthwiseConv {
+                        layout: Layout::ChannelsLast,
+                        ..op.clone()
+                    };
+                    let x_last = Tensor::from_shape(&[n, h, w, c], &to_last(&x, (n, c, h, w)));
+                    let last = run(&last_op, x_last.unwrap(), &bias);
+                    let (oh, ow) = (
+                        h + pads[0] + pads[1] + 1 - kh,
+                        w + pads[2] + pads[3] + 1 - kw,
+                    );
+                    assert_eq!(
+                        last,
+                        to_last(&first, (n, c, oh, ow)),
+                        "{n}x{c}x{h}x{w} {kh}x{kw}"
                     );
                 }
             }
         }
     }
 
-    /// Channels last computes what channels first does, bit for bit (the same integer sums
-    /// and float epilogue), with channel counts a whole number of SDOT steps and not, batches,
-    /// and a 1-pixel-wide plane.
-    #[test]
-    fn channels_last_matches_channels_first() {
-        use crate::kernels::depthwise::tests::to_last;
-        let xq = ActQuant {
-            scale: 0.05,
-            zero_point: 131,
-            signed: false,
-        };
-        for (i, (n, c, h, w)) in [(1, 16, 9, 13), (2, 32, 7, 7), (1, 5, 6, 11), (1, 48, 4, 1)]
-            .into_iter()
-            .enumerate()
-        {
-            for (kh, kw, pads) in [(7, 7, [3; 4]), (3, 3, [1, 0, 2, 1])] {
-                let x = inputs(n * c * h * w, i as u32);
-                let weights = values(c * kh * kw, 3 + i as u32);
-                let bias: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.1 - 0.7).collect();
-                let scales: Vec<f32> = (0..c).map(|ch| 0.01 + ch as f32 * 0.001).collect();
-                let op = QDepthwiseConv::new(&weights, (c, kh, kw), pads, xq, &scales).unwrap();
-                let first = run(&op, Tensor::from_shape(&[n, c, h, w], &x).unwrap(), &bias);
-                let last_op = QDepthwiseConv {
-                    layout: Layout::ChannelsLast,
-                    ..op.clone()
-                };
-                let x_last = Tensor::from_shape(&[n, h, w, c], &to_last(&x, (n, c, h, w)));
-                let last = run(&last_op, x_last.unwrap(), &bias);
-                let (oh, ow) = (
-                    h + pads[0] + pads[1] + 1 - kh,
-                    w + pads[2] + pads[3] + 1 - kw,
-                );
-                assert_eq!(
-                    last,
-                    to_last(&first, (n, c, oh, ow)),
-                    "{n}x{c}x{h}x{w} {kh}x{kw}"
-                );
+    for_each_variant! {
+        /// The SDOT sums (where the CPU has them) against the scalar loop, bit for bit, with the
+        /// extreme bytes on both sides and planes whose rows end mid-block.
+        fn sdot_sums_match_the_scalar_loop() {
+            let x = ActQuant {
+                scale: 1.0,
+                zero_point: 0,
+                signed: true,
+            };
+            for (h, w) in [(1, 1), (7, 8), (9, 13), (56, 56), (14, 17)] {
+                let mut weights = values(49, h as u32);
+                weights[0] = -128;
+                weights[48] = 127;
+                let op = QDepthwiseConv::new(&weights, (1, 7, 7), [3; 4], x, &[1.0]).unwrap();
+                let g = op.geometry(h, w).unwrap();
+                let mut padded = values(g.ph * g.row, w as u32);
+                padded[0] = -128;
+                let len = g.oh * g.ow + BLOCK;
+                let (mut want, mut got) = (vec![0; len], vec![0; len]);
+                sums_scalar(&padded, g, &weights, 17, &mut want);
+                sums(&padded, g, &weights, 17, &mut vec![], &mut got);
+                assert_eq!(got[..g.oh * g.ow], want[..g.oh * g.ow], "{h}x{w}");
             }
-        }
-    }
-
-    /// The SDOT sums (where the CPU has them) against the scalar loop, bit for bit, with the
-    /// extreme bytes on both sides and planes whose rows end mid-block.
-    #[test]
-    fn sdot_sums_match_the_scalar_loop() {
-        let x = ActQuant {
-            scale: 1.0,
-            zero_point: 0,
-            signed: true,
-        };
-        for (h, w) in [(1, 1), (7, 8), (9, 13), (56, 56), (14, 17)] {
-            let mut weights = values(49, h as u32);
-            weights[0] = -128;
-            weights[48] = 127;
-            let op = QDepthwiseConv::new(&weights, (1, 7, 7), [3; 4], x, &[1.0]).unwrap();
-            let g = op.geometry(h, w).unwrap();
-            let mut padded = values(g.ph * g.row, w as u32);
-            padded[0] = -128;
-            let len = g.oh * g.ow + BLOCK;
-            let (mut want, mut got) = (vec![0; len], vec![0; len]);
-            sums_scalar(&padded, g, &weights, 17, &mut want);
-            sums(&padded, g, &weights, 17, &mut vec![], &mut got);
-            assert_eq!(got[..g.oh * g.ow], want[..g.oh * g.ow], "{h}x{w}");
         }
     }
 

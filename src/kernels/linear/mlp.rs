@@ -166,6 +166,7 @@ mod tests {
     use super::super::tests::values;
     use super::super::{Geometry, OutAxis};
     use super::*;
+    use crate::kernels::for_each_variant;
     use crate::kernels::Layout;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
@@ -199,55 +200,56 @@ mod tests {
         y.unwrap().remove(0).into_tensor()
     }
 
-    /// The fused op against its two ops run one after the other, bit for bit: channels first
-    /// to channels last and back (a `Linear` MLP), channels first throughout (a 1x1-convolution
-    /// MLP) and channels last throughout; positions that leave a tail tile, channel counts off
-    /// the panel's 32, one block or several, 1 and 2 threads (with a single block on 2 threads,
-    /// the two run apart).
-    #[test]
-    fn matches_its_two_products_run_apart() {
-        if !LinearF32::available() {
-            eprintln!("skipped: MlpF32 needs AVX-512");
-            return;
-        }
-        use Layout::{ChannelsFirst as Cf, ChannelsLast as Cl};
-        let cases = [
-            (Cf, Cl, Cf, 3, 8, 40, 5),
-            (Cf, Cf, Cf, 5, 12, 33, 12),
-            (Cl, Cl, Cl, 17, 20, 96, 20),
-            (Cf, Cl, Cf, 28, 24, 96, 24),
-            (Cl, Cf, Cl, 11, 7, 130, 9),
-        ];
-        for (seed, (input, hidden, out, side, k, n1, n2)) in cases.into_iter().enumerate() {
-            let seed = seed as u64 * 8;
-            let fc1 = LinearF32::new(&weights(k, n1, seed), geometry(input, hidden))
-                .unwrap()
-                .with_bias(&values(n1, seed + 1))
-                .unwrap()
-                .with_gelu()
-                .unwrap();
-            let fc2 = LinearF32::new(&weights(n1, n2, seed + 2), geometry(hidden, out))
-                .unwrap()
-                .with_bias(&values(n2, seed + 3))
-                .unwrap()
-                .with_scale(&values(n2, seed + 4))
-                .unwrap();
-            let mlp = MlpF32::new(fc1.clone(), fc2.clone()).unwrap();
-            let shape = match input {
-                Cf => [1, k, side, side],
-                Cl => [1, side, side, k],
-            };
-            let x = Tensor::from_shape(&shape, &values(k * side * side, seed + 5)).unwrap();
-            let fact = mlp.output_facts(&[&f32::fact(shape)]).unwrap().remove(0);
-            for threads in [1, 2] {
-                let apart = eval(&fc2, &eval(&fc1, &x, threads), threads);
-                let fused = eval(&mlp, &x, threads);
-                assert_eq!(fact.shape.as_concrete().unwrap(), fused.shape());
-                assert_eq!(
-                    apart, fused,
-                    "{input:?} → {hidden:?} → {out:?}, {side}x{side}x{k} → {n1} → {n2}, \
-                     {threads} threads"
-                );
+    for_each_variant! {
+        /// The fused op against its two ops run one after the other, bit for bit: channels first
+        /// to channels last and back (a `Linear` MLP), channels first throughout (a 1x1-convolution
+        /// MLP) and channels last throughout; positions that leave a tail tile, channel counts off
+        /// the panel's 32, one block or several, 1 and 2 threads (with a single block on 2 threads,
+        /// the two run apart).
+        fn matches_its_two_products_run_apart() {
+            if !LinearF32::available() {
+                eprintln!("skipped: MlpF32 needs AVX-512");
+                return;
+            }
+            use Layout::{ChannelsFirst as Cf, ChannelsLast as Cl};
+            let cases = [
+                (Cf, Cl, Cf, 3, 8, 40, 5),
+                (Cf, Cf, Cf, 5, 12, 33, 12),
+                (Cl, Cl, Cl, 17, 20, 96, 20),
+                (Cf, Cl, Cf, 28, 24, 96, 24),
+                (Cl, Cf, Cl, 11, 7, 130, 9),
+            ];
+            for (seed, (input, hidden, out, side, k, n1, n2)) in cases.into_iter().enumerate() {
+                let seed = seed as u64 * 8;
+                let fc1 = LinearF32::new(&weights(k, n1, seed), geometry(input, hidden))
+                    .unwrap()
+                    .with_bias(&values(n1, seed + 1))
+                    .unwrap()
+                    .with_gelu()
+                    .unwrap();
+                let fc2 = LinearF32::new(&weights(n1, n2, seed + 2), geometry(hidden, out))
+                    .unwrap()
+                    .with_bias(&values(n2, seed + 3))
+                    .unwrap()
+                    .with_scale(&values(n2, seed + 4))
+                    .unwrap();
+                let mlp = MlpF32::new(fc1.clone(), fc2.clone()).unwrap();
+                let shape = match input {
+                    Cf => [1, k, side, side],
+                    Cl => [1, side, side, k],
+                };
+                let x = Tensor::from_shape(&shape, &values(k * side * side, seed + 5)).unwrap();
+                let fact = mlp.output_facts(&[&f32::fact(shape)]).unwrap().remove(0);
+                for threads in [1, 2] {
+                    let apart = eval(&fc2, &eval(&fc1, &x, threads), threads);
+                    let fused = eval(&mlp, &x, threads);
+                    assert_eq!(fact.shape.as_concrete().unwrap(), fused.shape());
+                    assert_eq!(
+                        apart, fused,
+                        "{input:?} → {hidden:?} → {out:?}, {side}x{side}x{k} → {n1} → {n2}, \
+                         {threads} threads"
+                    );
+                }
             }
         }
     }

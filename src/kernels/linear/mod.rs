@@ -181,9 +181,9 @@ impl Patches {
 }
 
 impl LinearF32 {
-    /// Whether this CPU runs the op (AVX-512 F).
+    /// Whether this CPU runs the op (AVX-512).
     pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
+        crate::kernels::cpu::has(crate::kernels::cpu::Feature::Avx512)
     }
 
     /// The product by `w` (`[k, n]`, f32) of an input laid out as `geometry` says.
@@ -697,6 +697,7 @@ impl TypedOp for LinearF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::for_each_variant;
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -817,112 +818,114 @@ mod tests {
         }
     }
 
-    /// Odd sizes against the plain loop: positions around the tile's 14, in one block or
-    /// several, k of one, channels below, at and above the panel's 32; every layout and
-    /// epilogue, on one thread or several.
-    #[test]
-    fn matches_the_plain_loop_on_odd_shapes() {
-        if !LinearF32::available() {
-            eprintln!("skipped: LinearF32 needs AVX-512");
-            return;
-        }
-        let shapes = [
-            (1, 1, 1),
-            (13, 3, 33),
-            (14, 96, 32),
-            (15, 7, 65),
-            (29, 130, 96),
-            (200, 40, 100),
-            (600, 5, 20),
-            (300, 1000, 40),
-        ];
-        let layouts = [Layout::ChannelsLast, Layout::ChannelsFirst];
-        let epilogues = [
-            (false, false, false, 1),
-            (true, true, false, 3),
-            (true, false, true, 1),
-            (true, true, true, 2),
-        ];
-        let mut seed = 0;
-        for (positions, k, n) in shapes {
-            for input in layouts {
-                for output in layouts {
-                    for (bias, gelu, scale, threads) in epilogues {
-                        seed += 4;
-                        let case = Case {
-                            positions,
-                            k,
-                            n,
-                            input,
-                            output,
-                            bias,
-                            gelu,
-                            scale,
-                            threads,
-                        };
-                        case.check(seed);
+    for_each_variant! {
+        /// Odd sizes against the plain loop: positions around the tile's 14, in one block or
+        /// several, k of one, channels below, at and above the panel's 32; every layout and
+        /// epilogue, on one thread or several.
+        fn matches_the_plain_loop_on_odd_shapes() {
+            if !LinearF32::available() {
+                eprintln!("skipped: LinearF32 needs AVX-512");
+                return;
+            }
+            let shapes = [
+                (1, 1, 1),
+                (13, 3, 33),
+                (14, 96, 32),
+                (15, 7, 65),
+                (29, 130, 96),
+                (200, 40, 100),
+                (600, 5, 20),
+                (300, 1000, 40),
+            ];
+            let layouts = [Layout::ChannelsLast, Layout::ChannelsFirst];
+            let epilogues = [
+                (false, false, false, 1),
+                (true, true, false, 3),
+                (true, false, true, 1),
+                (true, true, true, 2),
+            ];
+            let mut seed = 0;
+            for (positions, k, n) in shapes {
+                for input in layouts {
+                    for output in layouts {
+                        for (bias, gelu, scale, threads) in epilogues {
+                            seed += 4;
+                            let case = Case {
+                                positions,
+                                k,
+                                n,
+                                input,
+                                output,
+                                bias,
+                                gelu,
+                                scale,
+                                threads,
+                            };
+                            case.check(seed);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// A convolution over patches against its plain loop: sides 2, 3 and 4, images whose sides
-    /// are not multiples of the patch, more or fewer patches than a tile, 1 and 2 threads.
-    #[test]
-    fn over_patches_matches_the_plain_convolution() {
-        if !LinearF32::available() {
-            eprintln!("skipped: LinearF32 needs AVX-512");
-            return;
-        }
-        for (seed, (c, h, w, side, n, threads)) in [
-            (3, 9, 11, 2, 5, 1),
-            (3, 16, 12, 4, 40, 2),
-            (20, 14, 30, 2, 33, 2),
-            (2, 4, 4, 4, 3, 1),
-            (4, 9, 10, 3, 7, 1),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let k = c * side * side;
-            let (oh, ow) = (h / side, w / side);
-            let x = values(c * h * w, seed as u64 * 8);
-            let wt = values(k * n, seed as u64 * 8 + 1);
-            let bias = values(n, seed as u64 * 8 + 2);
-            let op = LinearF32::over_patches(&Tensor::from_shape(&[k, n], &wt).unwrap(), side)
-                .unwrap()
-                .with_bias(&bias)
-                .unwrap();
-            let xt = Tensor::from_shape(&[1, c, h, w], &x).unwrap();
-            let fact = op
-                .output_facts(&[&f32::fact([1, c, h, w])])
-                .unwrap()
-                .remove(0);
-            let eval = || op.eval(&EvalContext::out_of_plan(), tvec!(xt.clone().into_tvalue()));
-            let y = multithread_tract_scope(Executor::multithread(threads), eval)
-                .unwrap()
-                .remove(0);
-            assert_eq!(y.shape(), [1, n, oh, ow]);
-            assert_eq!(fact.shape.as_concrete().unwrap(), y.shape());
-            let got = y.try_as_plain_ram().unwrap();
-            let got = got.as_slice::<f32>().unwrap();
-            for o in 0..n {
-                for (oy, ox) in (0..oh).flat_map(|y| (0..ow).map(move |x| (y, x))) {
-                    let (mut sum, mut magnitude) = (bias[o] as f64, 0f64);
-                    for (ci, dy, dx) in (0..c).flat_map(|ci| {
-                        (0..side).flat_map(move |dy| (0..side).map(move |dx| (ci, dy, dx)))
-                    }) {
-                        let v = x[(ci * h + oy * side + dy) * w + ox * side + dx] as f64
-                            * wt[((ci * side + dy) * side + dx) * n + o] as f64;
-                        sum += v;
-                        magnitude += v.abs();
+    for_each_variant! {
+        /// A convolution over patches against its plain loop: sides 2, 3 and 4, images whose sides
+        /// are not multiples of the patch, more or fewer patches than a tile, 1 and 2 threads.
+        fn over_patches_matches_the_plain_convolution() {
+            if !LinearF32::available() {
+                eprintln!("skipped: LinearF32 needs AVX-512");
+                return;
+            }
+            for (seed, (c, h, w, side, n, threads)) in [
+                (3, 9, 11, 2, 5, 1),
+                (3, 16, 12, 4, 40, 2),
+                (20, 14, 30, 2, 33, 2),
+                (2, 4, 4, 4, 3, 1),
+                (4, 9, 10, 3, 7, 1),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let k = c * side * side;
+                let (oh, ow) = (h / side, w / side);
+                let x = values(c * h * w, seed as u64 * 8);
+                let wt = values(k * n, seed as u64 * 8 + 1);
+                let bias = values(n, seed as u64 * 8 + 2);
+                let op = LinearF32::over_patches(&Tensor::from_shape(&[k, n], &wt).unwrap(), side)
+                    .unwrap()
+                    .with_bias(&bias)
+                    .unwrap();
+                let xt = Tensor::from_shape(&[1, c, h, w], &x).unwrap();
+                let fact = op
+                    .output_facts(&[&f32::fact([1, c, h, w])])
+                    .unwrap()
+                    .remove(0);
+                let eval = || op.eval(&EvalContext::out_of_plan(), tvec!(xt.clone().into_tvalue()));
+                let y = multithread_tract_scope(Executor::multithread(threads), eval)
+                    .unwrap()
+                    .remove(0);
+                assert_eq!(y.shape(), [1, n, oh, ow]);
+                assert_eq!(fact.shape.as_concrete().unwrap(), y.shape());
+                let got = y.try_as_plain_ram().unwrap();
+                let got = got.as_slice::<f32>().unwrap();
+                for o in 0..n {
+                    for (oy, ox) in (0..oh).flat_map(|y| (0..ow).map(move |x| (y, x))) {
+                        let (mut sum, mut magnitude) = (bias[o] as f64, 0f64);
+                        for (ci, dy, dx) in (0..c).flat_map(|ci| {
+                            (0..side).flat_map(move |dy| (0..side).map(move |dx| (ci, dy, dx)))
+                        }) {
+                            let v = x[(ci * h + oy * side + dy) * w + ox * side + dx] as f64
+                                * wt[((ci * side + dy) * side + dx) * n + o] as f64;
+                            sum += v;
+                            magnitude += v.abs();
+                        }
+                        let g = got[(o * oh + oy) * ow + ox] as f64;
+                        assert!(
+                            (g - sum).abs() <= 4e-6 * (magnitude + 1.0),
+                            "{c}x{h}x{w} over {side}: channel {o} at {oy},{ox}: {g} vs {sum}"
+                        );
                     }
-                    let g = got[(o * oh + oy) * ow + ox] as f64;
-                    assert!(
-                        (g - sum).abs() <= 4e-6 * (magnitude + 1.0),
-                        "{c}x{h}x{w} over {side}: channel {o} at {oy},{ox}: {g} vs {sum}"
-                    );
                 }
             }
         }
