@@ -1,0 +1,233 @@
+//! The code computing the integer sums and the CPU policy choosing it: tract-linalg's int8
+//! kernels (VNNI on x86), our own [`product`] (x86 with AVX2 alone, arm64) or, channels last
+//! on Intel AMX, our [`amx`] product.
+
+use tract_linalg::mmm::{MMMInputValue, MatMatMul, Query};
+use tract_linalg::MmmDispatch;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::amx;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::kernels::product;
+use crate::kernels::Layout;
+
+/// Everything derived from the weights, computed once when the op is built.
+#[derive(Debug, Clone)]
+pub(super) struct Kernel {
+    pub(super) engine: Engine,
+    /// The product width (positions per image) the engine was chosen for, if known.
+    pub(super) n: Option<usize>,
+    /// `Σ_k w[co, k]`, for the input zero point's share of each output channel's sum.
+    pub(super) w_sums: Vec<i32>,
+}
+
+/// The code computing the integer sums, with the weights packed for it.
+#[derive(Debug, Clone)]
+pub(super) enum Engine {
+    /// A tract-linalg kernel (VNNI on x86, SMLAL / SDOT on arm64).
+    Tract {
+        mmm: Box<dyn MatMatMul>,
+        packing: usize,
+        packed: Box<dyn MMMInputValue>,
+    },
+    /// Our own product ([`product`]) where tract's int8 kernels are slow: weights as lanes of
+    /// a channels-last product (channels are the output's contiguous axis), as rows of a
+    /// channels-first one.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    Own(OwnWeights),
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Debug, Clone)]
+pub(super) enum OwnWeights {
+    Lanes(product::LanePanels),
+    Rows(product::Rows),
+    /// Channels last on AMX ([`amx`]).
+    #[cfg(target_arch = "x86_64")]
+    Amx(amx::Lanes),
+}
+
+impl Engine {
+    /// The engine for `[cout, cin]` weights: ours where tract's would be slow or cannot
+    /// gather the patches of a convolution `over_patches`, else the tract-linalg kernel for
+    /// the product's shape.
+    pub(super) fn new(
+        weights: &Tensor,
+        layout: Layout,
+        n: Option<usize>,
+        over_patches: bool,
+    ) -> TractResult<Engine> {
+        let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        {
+            let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
+            #[cfg(target_arch = "x86_64")]
+            if layout == Layout::ChannelsLast && amx::available() {
+                let lanes = amx::Lanes::pack(cout, cin, |l, k| w[l * cin + k]);
+                return Ok(Engine::Own(OwnWeights::Amx(lanes)));
+            }
+            if own_product_takes(w) || (over_patches && patches_run(w)) {
+                return Ok(Engine::Own(match layout {
+                    Layout::ChannelsLast => {
+                        OwnWeights::Lanes(product::LanePanels::pack(cout, cin, |l, k| {
+                            w[l * cin + k]
+                        }))
+                    }
+                    Layout::ChannelsFirst => OwnWeights::Rows(product::Rows::pack(w, cout, cin)),
+                }));
+            }
+        }
+        let _ = (layout, over_patches);
+        let (mmm, packing) = pick_kernel(cout, cin, n)?;
+        let packed = mmm.packings()[packing].0.prepare_one(weights, 1, 0)?;
+        Ok(Engine::Tract {
+            mmm,
+            packing,
+            packed,
+        })
+    }
+
+    pub(super) fn name(&self) -> String {
+        match self {
+            Engine::Tract { mmm, .. } => mmm.name().to_string(),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Own(OwnWeights::Amx(_)) => amx::kernel().to_string(),
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            Engine::Own(_) => product::kernel().to_string(),
+        }
+    }
+}
+
+/// Whether this CPU has int8 product kernels that beat tract's f32 ones, so that quantized
+/// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
+/// AVX-VNNI) or, with AVX2 alone, our [`product`] — tract's own AVX2 int8 kernel widens
+/// one byte at a time and ran convnext_atto's products 35x slower than its f32 kernels on an
+/// AVX2-only AMD EPYC; on arm64, our product. Elsewhere quantized models keep the float path.
+pub fn integer_kernels_pay() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_vnni() || product::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        cfg!(target_arch = "aarch64")
+    }
+}
+
+/// Whether tract-linalg's own int8 matmul kernel is much slower than its f32 ones here: x86
+/// without VNNI (see [`integer_kernels_pay`]).
+pub fn tract_int8_kernels_slow() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !has_vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a convolution over patches with weights `w` (i8) gains from running on our own
+/// product here, in a graph whose products are MatMuls (`matmul_form`: tract moves such graphs
+/// channels last, and [`QPointwiseConv::change_axes`] this op with them) or convolutions: where
+/// [`own_product_takes`] the weights, on arm64 and in MatMul-form graphs. convnext_atto's stem
+/// and downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions per inference,
+/// cortex-a72 196.0 → 193.7 M. Channels first on x86 (AVX2, no VNNI) they ran no faster than
+/// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
+/// 6–10 M multiply-adds, where quantizing, gathering and packing the input cost as much as
+/// they save; channels last a patch is `side` contiguous runs, quantized straight into the
+/// product's rows. On AMX, in MatMul-form graphs, they run channels last on [`amx`].
+pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
+    let own = (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w);
+    own || (matmul_form && has_amx() && patches_run(w))
+}
+
+/// Whether our [`amx`] product runs here.
+pub(super) fn has_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a convolution over patches with weights `w` can run here: our own [`product`]
+/// gathers the patches (channels first; channels last on AMX, [`amx`]).
+pub(super) fn patches_run(w: &[i8]) -> bool {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        product::available() && product::exact_for(w)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = w;
+        false
+    }
+}
+
+/// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
+/// tract-linalg's int8 kernels, and computes these weights exactly ([`product::exact_for`]).
+/// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on arm64, where
+/// tract's SMLAL kernel spent more instructions on convnext_atto's products than its f32
+/// kernel (171 M against 153 M under qemu's cortex-a72; ours 120 M) and, with SDOT, tract's
+/// kernel and its packing cost 69 M against our 60 M (cortex-a76).
+pub(super) fn own_product_takes(w: &[i8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !has_vnni() && product::available() && product::exact_for(w)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        product::exact_for(w)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = w;
+        false
+    }
+}
+/// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn has_vnni() -> bool {
+    crate::kernels::cpu::has(crate::kernels::cpu::Feature::Vnni)
+}
+
+/// The i8×i8→i32 kernel for a `m × k` by `k × n` product: tract's pick, unless it leaves a
+/// larger tile unused on a wide product (`n` ≥ 16, every ConvNeXt stage at 224). tract's
+/// choice among VNNI kernels follows its probe of FMA units, which classes Zen 4 as
+/// single-unit and picks the 8x8 VNNI kernel where the 16x16 one runs the same sums
+/// (bit-identical, i32) faster. Where tract picks a tile as large as any (AMX's 16x16 on
+/// Sapphire Rapids), its pick stands.
+pub(super) fn pick_kernel(
+    m: usize,
+    k: usize,
+    n: Option<usize>,
+) -> TractResult<(Box<dyn MatMatMul>, usize)> {
+    let dispatch = MmmDispatch::native();
+    let query = Query::plain(DatumType::I32, Some(m), Some(k), n);
+    let picked = dispatch
+        .pick(&query)
+        .context("no integer matmul kernel on this CPU")?;
+    let tile = |mmm: &dyn MatMatMul| mmm.mr() * mmm.nr();
+    let widest = dispatch
+        .suitable(&query)
+        .into_iter()
+        .filter(|(mmm, _, extractor)| extractor.is_none() && mmm.arch().is_some())
+        .max_by_key(|(mmm, _, _)| tile(&**mmm));
+    let chosen = match widest {
+        Some(w) if n.is_some_and(|n| n >= 16) && tile(&*w.0) > tile(&*picked.0) => w,
+        _ => picked,
+    };
+    let (mmm, packing, extractor) = chosen;
+    ensure!(
+        extractor.is_none(),
+        "integer matmul kernel {} needs a panel extractor",
+        mmm.name()
+    );
+    Ok((mmm, packing))
+}
