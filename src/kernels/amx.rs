@@ -255,7 +255,7 @@ unsafe fn tile(
 mod tests {
     use super::*;
     use crate::kernels::for_each_variant;
-    use crate::kernels::product::tests::triple_loop;
+    use crate::kernels::product::reference::product as triple_loop;
     use crate::kernels::test_values as values;
 
     for_each_variant! {
