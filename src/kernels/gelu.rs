@@ -133,42 +133,45 @@ fn erf(x: f32) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_avx512(xs: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let c = _mm512_set1_ps(2f32.sqrt().recip());
-    let (half, one, two, cap) = (
-        _mm512_set1_ps(0.5),
-        _mm512_set1_ps(1.0),
-        _mm512_set1_ps(2.0),
-        _mm512_set1_ps(8.0),
-    );
-    let gelu = |x: __m512| {
-        let z = _mm512_mul_ps(x, c);
-        let a = _mm512_min_ps(_mm512_abs_ps(z), cap);
-        let mut p = _mm512_set1_ps(A[5]);
-        for k in A[..5].iter().rev() {
-            p = _mm512_fmadd_ps(p, a, _mm512_set1_ps(*k));
+    // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+    unsafe {
+        use std::arch::x86_64::*;
+        let c = _mm512_set1_ps(2f32.sqrt().recip());
+        let (half, one, two, cap) = (
+            _mm512_set1_ps(0.5),
+            _mm512_set1_ps(1.0),
+            _mm512_set1_ps(2.0),
+            _mm512_set1_ps(8.0),
+        );
+        let gelu = |x: __m512| {
+            let z = _mm512_mul_ps(x, c);
+            let a = _mm512_min_ps(_mm512_abs_ps(z), cap);
+            let mut p = _mm512_set1_ps(A[5]);
+            for k in A[..5].iter().rev() {
+                p = _mm512_fmadd_ps(p, a, _mm512_set1_ps(*k));
+            }
+            let y1 = _mm512_fmadd_ps(p, a, one);
+            let y2 = _mm512_mul_ps(y1, y1);
+            let y4 = _mm512_mul_ps(y2, y2);
+            let y8 = _mm512_mul_ps(y4, y4);
+            let y16 = _mm512_mul_ps(y8, y8);
+            let r = _mm512_rcp14_ps(y16);
+            let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(y16, r, two));
+            // erf(z) + 1: 2 − r for z ≥ 0, r below.
+            let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(z, _mm512_setzero_ps());
+            let e1 = _mm512_mask_blend_ps(negative, _mm512_sub_ps(two, r), r);
+            _mm512_mul_ps(_mm512_mul_ps(x, half), e1)
+        };
+        let mut chunks = xs.chunks_exact_mut(16);
+        for v in &mut chunks {
+            let p = v.as_mut_ptr();
+            _mm512_storeu_ps(p, gelu(_mm512_loadu_ps(p)));
         }
-        let y1 = _mm512_fmadd_ps(p, a, one);
-        let y2 = _mm512_mul_ps(y1, y1);
-        let y4 = _mm512_mul_ps(y2, y2);
-        let y8 = _mm512_mul_ps(y4, y4);
-        let y16 = _mm512_mul_ps(y8, y8);
-        let r = _mm512_rcp14_ps(y16);
-        let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(y16, r, two));
-        // erf(z) + 1: 2 − r for z ≥ 0, r below.
-        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(z, _mm512_setzero_ps());
-        let e1 = _mm512_mask_blend_ps(negative, _mm512_sub_ps(two, r), r);
-        _mm512_mul_ps(_mm512_mul_ps(x, half), e1)
-    };
-    let mut chunks = xs.chunks_exact_mut(16);
-    for v in &mut chunks {
-        let p = v.as_mut_ptr();
-        _mm512_storeu_ps(p, gelu(_mm512_loadu_ps(p)));
-    }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let (p, mask) = (rest.as_mut_ptr(), (1u16 << rest.len()) - 1);
-        _mm512_mask_storeu_ps(p, mask, gelu(_mm512_maskz_loadu_ps(mask, p)));
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let (p, mask) = (rest.as_mut_ptr(), (1u16 << rest.len()) - 1);
+            _mm512_mask_storeu_ps(p, mask, gelu(_mm512_maskz_loadu_ps(mask, p)));
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod quantize;
 pub(crate) mod simd;
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use half::f16;
 use tract_linalg::multithread::{current_tract_executor, Executor};
@@ -148,14 +149,15 @@ impl Patches {
 /// An output buffer that the plan's threads write in disjoint ranges (columns of a
 /// channels-first tensor, blocks of a product), which `par_chunks_mut` cannot hand out as
 /// slices.
-pub(crate) struct SharedOut(*mut f32, usize);
+/// It holds the exclusive borrow of the buffer for as long as it lives.
+pub(crate) struct SharedOut<'a>(*mut f32, usize, PhantomData<&'a mut [f32]>);
 
 // SAFETY: the threads write disjoint ranges (see `slice`'s callers).
-unsafe impl Sync for SharedOut {}
+unsafe impl Sync for SharedOut<'_> {}
 
-impl SharedOut {
-    pub(crate) fn new(ys: &mut [f32]) -> SharedOut {
-        SharedOut(ys.as_mut_ptr(), ys.len())
+impl<'a> SharedOut<'a> {
+    pub(crate) fn new(ys: &'a mut [f32]) -> SharedOut<'a> {
+        SharedOut(ys.as_mut_ptr(), ys.len(), PhantomData)
     }
 
     /// `at..at + len`.
@@ -164,8 +166,11 @@ impl SharedOut {
     /// No other thread reads or writes that range while the slice lives.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.1, "write past the output");
-        std::slice::from_raw_parts_mut(self.0.add(at), len)
+        // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+        unsafe {
+            assert!(at + len <= self.1, "write past the output");
+            std::slice::from_raw_parts_mut(self.0.add(at), len)
+        }
     }
 }
 

@@ -232,6 +232,7 @@ impl Quantize16 {
     #[inline(always)]
     unsafe fn bytes(&self, p: *const f32) -> std::arch::aarch64::uint8x16_t {
         use std::arch::aarch64::vld1q_f32;
+        // SAFETY: NEON is in the aarch64 baseline; `p` holds sixteen f32, as the caller promises.
         unsafe { self.bytes_of([0, 4, 8, 12].map(|at| vld1q_f32(p.add(at)))) }
     }
 

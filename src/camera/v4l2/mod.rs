@@ -326,8 +326,8 @@ impl Stream {
         for index in 0..req.count {
             let mut buf = stream.buffer(index);
             sys::VIDIOC_QUERYBUF.call(stream.file.as_fd(), &mut buf)?;
-            // SAFETY: QUERYBUF of an mmap buffer fills `offset`.
             #[allow(clippy::unnecessary_fallible_conversions)] // off_t is 32-bit on armv7
+            // SAFETY: QUERYBUF of an mmap buffer fills `offset`.
             let offset = libc::off_t::try_from(unsafe { buf.m.offset })
                 .map_err(|_| io::Error::other("buffer offset out of range"))?;
             let len = buf.length as usize;

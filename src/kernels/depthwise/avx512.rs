@@ -38,53 +38,56 @@ pub(super) unsafe fn rows_c_last(
     bias: &[f32],
     out: &mut [f32],
 ) -> usize {
-    let Image {
-        padded,
-        hpc: (h, pw, c),
-        stride,
-        t,
-        g,
-    } = image;
-    assert!(
-        padded.len() >= h * pw * stride
-            && stride >= c
-            && pw + 1 >= g.ow + g.kw
-            && taps_c.len() >= g.kh * g.kw * c
-            && bias.len() >= c
-            && out.len() >= ys.len() * g.ow * c
-            && ys.end <= g.oh
-    );
-    let blocks = c / LANES;
-    for c0 in (0..blocks).map(|b| b * LANES) {
-        let b = _mm512_loadu_ps(bias.as_ptr().add(c0));
-        for (y, out) in ys.clone().zip(out.chunks_exact_mut(g.ow * c)) {
-            // Kernel rows i0..i1 fall on image rows y + i − t.
-            let (i0, i1) = (t.saturating_sub(y), g.kh.min(h + t - y));
-            let at = Tile {
-                input: padded.as_ptr().add((y + i0 - t) * pw * stride + c0),
-                row: pw * stride,
-                stride,
-                c,
-                kernel: (i1 - i0, g.kw),
-                taps: taps_c.as_ptr().add(i0 * g.kw * c + c0),
-                bias: b,
-                out: out.as_mut_ptr().add(c0),
-            };
-            let mut x = 0;
-            while x + PIXELS <= g.ow {
-                at.run::<PIXELS>(x);
-                x += PIXELS;
-            }
-            if x + PIXELS / 2 <= g.ow {
-                at.run::<{ PIXELS / 2 }>(x);
-                x += PIXELS / 2;
-            }
-            for x in x..g.ow {
-                at.run::<1>(x);
+    // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+    unsafe {
+        let Image {
+            padded,
+            hpc: (h, pw, c),
+            stride,
+            t,
+            g,
+        } = image;
+        assert!(
+            padded.len() >= h * pw * stride
+                && stride >= c
+                && pw + 1 >= g.ow + g.kw
+                && taps_c.len() >= g.kh * g.kw * c
+                && bias.len() >= c
+                && out.len() >= ys.len() * g.ow * c
+                && ys.end <= g.oh
+        );
+        let blocks = c / LANES;
+        for c0 in (0..blocks).map(|b| b * LANES) {
+            let b = _mm512_loadu_ps(bias.as_ptr().add(c0));
+            for (y, out) in ys.clone().zip(out.chunks_exact_mut(g.ow * c)) {
+                // Kernel rows i0..i1 fall on image rows y + i − t.
+                let (i0, i1) = (t.saturating_sub(y), g.kh.min(h + t - y));
+                let at = Tile {
+                    input: padded.as_ptr().add((y + i0 - t) * pw * stride + c0),
+                    row: pw * stride,
+                    stride,
+                    c,
+                    kernel: (i1 - i0, g.kw),
+                    taps: taps_c.as_ptr().add(i0 * g.kw * c + c0),
+                    bias: b,
+                    out: out.as_mut_ptr().add(c0),
+                };
+                let mut x = 0;
+                while x + PIXELS <= g.ow {
+                    at.run::<PIXELS>(x);
+                    x += PIXELS;
+                }
+                if x + PIXELS / 2 <= g.ow {
+                    at.run::<{ PIXELS / 2 }>(x);
+                    x += PIXELS / 2;
+                }
+                for x in x..g.ow {
+                    at.run::<1>(x);
+                }
             }
         }
+        blocks * LANES
     }
-    blocks * LANES
 }
 
 /// One output row of one block of channels.
@@ -112,22 +115,25 @@ impl Tile {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn run<const P: usize>(self, x: usize) {
-        let Tile { c, stride, .. } = self;
-        let (kh, kw) = self.kernel;
-        let mut acc = [self.bias; P];
-        for i in 0..kh {
-            let input = self.input.add(i * self.row + x * stride);
-            let taps = self.taps.add(i * kw * c);
-            for j in 0..kw {
-                let k = _mm512_loadu_ps(taps.add(j * c));
-                let src = input.add(j * stride);
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(p * stride)), *acc);
+        // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+        unsafe {
+            let Tile { c, stride, .. } = self;
+            let (kh, kw) = self.kernel;
+            let mut acc = [self.bias; P];
+            for i in 0..kh {
+                let input = self.input.add(i * self.row + x * stride);
+                let taps = self.taps.add(i * kw * c);
+                for j in 0..kw {
+                    let k = _mm512_loadu_ps(taps.add(j * c));
+                    let src = input.add(j * stride);
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(p * stride)), *acc);
+                    }
                 }
             }
-        }
-        for (p, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(self.out.add((x + p) * c), *acc);
+            for (p, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(self.out.add((x + p) * c), *acc);
+            }
         }
     }
 }
@@ -139,25 +145,28 @@ impl Tile {
 /// The CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn plane(padded: &[f32], g: Geometry, taps: &[f32], bias: f32, out: &mut [f32]) {
-    assert!(
-        g.pw + 1 >= g.ow + g.kw + LANES
-            && padded.len() >= (g.oh + g.kh - 1) * g.pw
-            && taps.len() >= g.kh * g.kw
-            && out.len() >= g.oh * g.ow
-    );
-    let at = Plane {
-        padded: padded.as_ptr(),
-        g,
-        taps: taps.as_ptr(),
-        bias: _mm512_set1_ps(bias),
-        out: out.as_mut_ptr(),
-    };
-    for x0 in (0..g.ow).step_by(4 * LANES) {
-        match (g.ow - x0).div_ceil(LANES) {
-            1 => at.columns::<12, 1>(x0),
-            2 => at.columns::<6, 2>(x0),
-            3 => at.columns::<4, 3>(x0),
-            _ => at.columns::<3, 4>(x0),
+    // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+    unsafe {
+        assert!(
+            g.pw + 1 >= g.ow + g.kw + LANES
+                && padded.len() >= (g.oh + g.kh - 1) * g.pw
+                && taps.len() >= g.kh * g.kw
+                && out.len() >= g.oh * g.ow
+        );
+        let at = Plane {
+            padded: padded.as_ptr(),
+            g,
+            taps: taps.as_ptr(),
+            bias: _mm512_set1_ps(bias),
+            out: out.as_mut_ptr(),
+        };
+        for x0 in (0..g.ow).step_by(4 * LANES) {
+            match (g.ow - x0).div_ceil(LANES) {
+                1 => at.columns::<12, 1>(x0),
+                2 => at.columns::<6, 2>(x0),
+                3 => at.columns::<4, 3>(x0),
+                _ => at.columns::<3, 4>(x0),
+            }
         }
     }
 }
@@ -177,13 +186,16 @@ impl Plane {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn columns<const R: usize, const V: usize>(self, x0: usize) {
-        let mut y = 0;
-        while y + R <= self.g.oh {
-            self.tile::<R, V>(y, x0);
-            y += R;
-        }
-        for y in y..self.g.oh {
-            self.tile::<1, V>(y, x0);
+        // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+        unsafe {
+            let mut y = 0;
+            while y + R <= self.g.oh {
+                self.tile::<R, V>(y, x0);
+                y += R;
+            }
+            for y in y..self.g.oh {
+                self.tile::<1, V>(y, x0);
+            }
         }
     }
 
@@ -191,28 +203,31 @@ impl Plane {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const R: usize, const V: usize>(self, y: usize, x0: usize) {
-        let Geometry { kh, kw, pw, ow, .. } = self.g;
-        let mut acc = [[self.bias; V]; R];
-        for i in 0..kh {
-            let rows = self.padded.add((y + i) * pw + x0);
-            for j in 0..kw {
-                let k = _mm512_set1_ps(*self.taps.add(i * kw + j));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let src = rows.add(r * pw + j);
-                    for (v, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(v * LANES)), *acc);
+        // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+        unsafe {
+            let Geometry { kh, kw, pw, ow, .. } = self.g;
+            let mut acc = [[self.bias; V]; R];
+            for i in 0..kh {
+                let rows = self.padded.add((y + i) * pw + x0);
+                for j in 0..kw {
+                    let k = _mm512_set1_ps(*self.taps.add(i * kw + j));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let src = rows.add(r * pw + j);
+                        for (v, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm512_fmadd_ps(k, _mm512_loadu_ps(src.add(v * LANES)), *acc);
+                        }
                     }
                 }
             }
-        }
-        let last = ow - x0 - (V - 1) * LANES;
-        let mask: __mmask16 = if last >= LANES { !0 } else { (1 << last) - 1 };
-        for (r, acc) in acc.iter().enumerate() {
-            let out = self.out.add((y + r) * ow + x0);
-            for (v, acc) in acc[..V - 1].iter().enumerate() {
-                _mm512_storeu_ps(out.add(v * LANES), *acc);
+            let last = ow - x0 - (V - 1) * LANES;
+            let mask: __mmask16 = if last >= LANES { !0 } else { (1 << last) - 1 };
+            for (r, acc) in acc.iter().enumerate() {
+                let out = self.out.add((y + r) * ow + x0);
+                for (v, acc) in acc[..V - 1].iter().enumerate() {
+                    _mm512_storeu_ps(out.add(v * LANES), *acc);
+                }
+                _mm512_mask_storeu_ps(out.add((V - 1) * LANES), mask, acc[V - 1]);
             }
-            _mm512_mask_storeu_ps(out.add((V - 1) * LANES), mask, acc[V - 1]);
         }
     }
 }

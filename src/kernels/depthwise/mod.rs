@@ -172,6 +172,7 @@ impl DepthwiseConv {
         let taps_c = taps_c.as_slice::<f32>()?;
         let [t, _, l, r] = self.pads;
         let (pw, stride) = (l + w + r, pixel_stride(c));
+        // SAFETY: f32 has no invalid bit patterns, and `pad_c_last` writes every element.
         let mut padded = unsafe { Tensor::uninitialized::<f32>(&[n * h * pw * stride])? };
         let mut padded_view = padded.try_as_plain_ram_mut()?;
         let padded = padded_view.as_slice_mut::<f32>()?;
@@ -583,6 +584,7 @@ fn pixels<const N: usize, const X: usize>(
     // `c` used) or taps (`c` apart) and `at` is `c0` into one of them, so `at + N ≤ from.len()`.
     let vector = |from: &[f32], at: usize| -> [f32; N] {
         debug_assert!(at + N <= from.len());
+        // SAFETY: `at + N <= from.len()`, as the comment above shows; any bytes are an f32.
         unsafe { std::ptr::read_unaligned(from.as_ptr().add(at) as *const [f32; N]) }
     };
     let mut acc = [*bias; X];
@@ -641,6 +643,7 @@ impl EvalOp for DepthwiseConv {
         let bias = bias.as_slice::<f32>()?;
         let mut out_shape = [shape[0], 0, 0, 0];
         (out_shape[ca], out_shape[ha], out_shape[wa]) = (c, g.oh, g.ow);
+        // SAFETY: f32 has no invalid bit patterns, and each output plane is written whole.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let plane_out = g.oh * g.ow;
         let taps = g.kh * g.kw;

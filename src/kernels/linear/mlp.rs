@@ -102,11 +102,7 @@ impl MlpF32 {
                 let sources: Vec<Source> = hidden
                     .chunks(ROWS * ld1)
                     .take(block.1.div_ceil(ROWS))
-                    .map(|tile| Source {
-                        at: tile.as_ptr(),
-                        stride: ld1,
-                        step: 1,
-                    })
+                    .map(|tile| Source::rows(tile, ld1))
                     .collect();
                 fc2.products(&sources, 0..ld2 / LANES, &mut sums);
                 fc2.finish(&mut sums, block, 0..fc2.weights.n, &mut column, &out);

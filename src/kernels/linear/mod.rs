@@ -52,6 +52,7 @@
 //! tract internals used (tract 0.23.9): `Op`/`EvalOp`/`TypedOp`, and
 //! `multithread::{par_chunks_mut, current_tract_executor}` to run on the plan's thread pool.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -363,16 +364,18 @@ impl LinearF32 {
     /// Where each tile of positions `p0..p0 + rows` reads its input: in `xs` (`positions`
     /// rows of k), or, over `patches` or for the last positions, in a copy in `gathered`
     /// (`rows × k`) or `tail` (`ROWS × k`).
-    fn sources(
+    fn sources<'a>(
         &self,
-        xs: &[f32],
+        xs: &'a [f32],
         (p0, rows, positions): (usize, usize, usize),
         patches: Option<Patches>,
-        gathered: &mut [f32],
-        tail: &mut [f32],
-    ) -> Vec<Source> {
+        gathered: &'a mut [f32],
+        tail: &'a mut [f32],
+    ) -> Vec<Source<'a>> {
         let k = self.k();
         let mut gathered = gathered.chunks_exact_mut(ROWS * k);
+        // Only the last tile of the block can be short.
+        let mut tail = Some(tail);
         (p0..p0 + rows)
             .step_by(ROWS)
             .map(|first| match (patches, gathered.next()) {
@@ -383,7 +386,10 @@ impl LinearF32 {
                 _ if first + ROWS <= positions => {
                     Source::of(self.geometry.input, xs, first, positions, k)
                 }
-                _ => Source::tail(self.geometry.input, xs, first, positions, k, tail),
+                _ => {
+                    let tail = tail.take().expect("one short tile per block");
+                    Source::tail(self.geometry.input, xs, first, positions, k, tail)
+                }
             })
             .collect()
     }
@@ -455,26 +461,35 @@ impl LinearF32 {
 
 /// Where a tile's ROWS positions are read: from a pointer, `stride` between positions and
 /// `step` between values of k.
-struct Source {
+/// It borrows what it reads for as long as it lives.
+struct Source<'a> {
     at: *const f32,
     stride: usize,
     step: usize,
+    source: PhantomData<&'a [f32]>,
 }
 
-impl Source {
+impl<'a> Source<'a> {
     /// Positions `first..first + ROWS` of `xs`, all inside it.
-    fn of(layout: Layout, xs: &[f32], first: usize, positions: usize, k: usize) -> Source {
+    fn of(layout: Layout, xs: &'a [f32], first: usize, positions: usize, k: usize) -> Source<'a> {
         match layout {
-            Layout::ChannelsLast => Source {
-                at: xs[first * k..].as_ptr(),
-                stride: k,
-                step: 1,
-            },
+            Layout::ChannelsLast => Source::rows(&xs[first * k..], k),
             Layout::ChannelsFirst => Source {
                 at: xs[first..].as_ptr(),
                 stride: 1,
                 step: positions,
+                source: PhantomData,
             },
+        }
+    }
+
+    /// Rows of `stride` values from the start of `xs`.
+    pub(super) fn rows(xs: &'a [f32], stride: usize) -> Source<'a> {
+        Source {
+            at: xs.as_ptr(),
+            stride,
+            step: 1,
+            source: PhantomData,
         }
     }
 
@@ -486,8 +501,8 @@ impl Source {
         first: usize,
         positions: usize,
         k: usize,
-        tail: &mut [f32],
-    ) -> Source {
+        tail: &'a mut [f32],
+    ) -> Source<'a> {
         tail.fill(0.0);
         for (r, row) in tail.chunks_mut(k).take(positions - first).enumerate() {
             match layout {
@@ -499,11 +514,7 @@ impl Source {
                 }
             }
         }
-        Source {
-            at: tail.as_ptr(),
-            stride: k,
-            step: 1,
-        }
+        Source::rows(tail, k)
     }
 
     /// ROWS × LANES sums of the product by `panel` into `sums` (row stride `ld`).
@@ -512,18 +523,22 @@ impl Source {
     /// AVX-512 F; the source's ROWS positions of `k` values are readable; `panel` holds
     /// `k · LANES` values and `sums` ROWS rows of `ld` with LANES values each.
     unsafe fn tile(&self, panel: &[f32], k: usize, sums: &mut [f32], ld: usize) {
-        debug_assert!(panel.len() >= k * LANES && sums.len() >= (ROWS - 1) * ld + LANES);
-        if self.step == 1 {
-            tile_avx512::<false>(
-                self.at,
-                self.stride,
-                panel.as_ptr(),
-                k,
-                sums.as_mut_ptr(),
-                ld,
-            )
-        } else {
-            tile_avx512::<true>(self.at, self.step, panel.as_ptr(), k, sums.as_mut_ptr(), ld)
+        assert!(panel.len() >= k * LANES && sums.len() >= (ROWS - 1) * ld + LANES);
+        // SAFETY: the CPU and the source as the caller promises; `panel` and `sums` as
+        // asserted.
+        unsafe {
+            if self.step == 1 {
+                tile_avx512::<false>(
+                    self.at,
+                    self.stride,
+                    panel.as_ptr(),
+                    k,
+                    sums.as_mut_ptr(),
+                    ld,
+                )
+            } else {
+                tile_avx512::<true>(self.at, self.step, panel.as_ptr(), k, sums.as_mut_ptr(), ld)
+            }
         }
     }
 }
@@ -539,27 +554,30 @@ unsafe fn tile_avx512<const CF: bool>(
     sums: *mut f32,
     ld: usize,
 ) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-    for kk in 0..k {
-        // The panel is read from L2 (from memory the first time) by every tile; asking for
-        // it ahead keeps the FMAs from waiting on it. Past the panel's end this touches the
-        // next one or nothing: a prefetch never faults.
-        let ahead = w.wrapping_add((kk + PREFETCH) * LANES).cast::<i8>();
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        let w0 = _mm512_loadu_ps(w.add(kk * LANES));
-        let w1 = _mm512_loadu_ps(w.add(kk * LANES + 16));
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let at = if CF { kk * dist + r } else { r * dist + kk };
-            let v = _mm512_set1_ps(*x.add(at));
-            acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
+    // SAFETY: what this unsafe fn's callers guarantee (its `# Safety` section).
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        for kk in 0..k {
+            // The panel is read from L2 (from memory the first time) by every tile; asking for
+            // it ahead keeps the FMAs from waiting on it. Past the panel's end this touches the
+            // next one or nothing: a prefetch never faults.
+            let ahead = w.wrapping_add((kk + PREFETCH) * LANES).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            let w0 = _mm512_loadu_ps(w.add(kk * LANES));
+            let w1 = _mm512_loadu_ps(w.add(kk * LANES + 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = if CF { kk * dist + r } else { r * dist + kk };
+                let v = _mm512_set1_ps(*x.add(at));
+                acc[0] = _mm512_fmadd_ps(v, w0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(v, w1, acc[1]);
+            }
         }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(sums.add(r * ld), acc[0]);
-        _mm512_storeu_ps(sums.add(r * ld + 16), acc[1]);
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(sums.add(r * ld), acc[0]);
+            _mm512_storeu_ps(sums.add(r * ld + 16), acc[1]);
+        }
     }
 }
 

@@ -219,6 +219,7 @@ impl Affine4 {
     #[inline(always)]
     unsafe fn values(&self, p: *const i32) -> [std::arch::aarch64::float32x4_t; 4] {
         use std::arch::aarch64::*;
+        // SAFETY: NEON is in the aarch64 baseline; `p` holds sixteen i32, as the caller promises.
         unsafe {
             let a = vld1q_s32_x4(p);
             [a.0, a.1, a.2, a.3].map(|a| {
@@ -242,12 +243,15 @@ pub(super) fn channel_row_prefix(acc: &[i32], out: &mut [f32], row: Row, e: Epil
         }
         let f = Affine4::new(row);
         let n = acc.len().min(out.len());
+        // Written through a pointer taken from the exclusive borrow: the closure below only
+        // reads what it captures.
+        let dst = out.as_mut_ptr();
         // SAFETY: NEON is in the aarch64 baseline; each step reads acc[at..at + 16] and writes
         // out[at..at + 16] with at + 16 <= n.
         let run = |post: &dyn Fn(float32x4_t) -> float32x4_t| unsafe {
             crate::kernels::neon::blocks(n, |at| {
                 let [a, b, c, d] = f.values(acc.as_ptr().add(at)).map(post);
-                vst1q_f32_x4(out.as_ptr().add(at) as *mut f32, float32x4x4_t(a, b, c, d));
+                vst1q_f32_x4(dst.add(at), float32x4x4_t(a, b, c, d));
             })
         };
         match e.y.map(Fq4::new) {

@@ -28,6 +28,7 @@ impl QPointwiseConv {
         let kp = cin.div_ceil(4) * 4;
         let panel_bytes = kp * r;
         let panels = p.div_ceil(r);
+        // SAFETY: bytes have no invalid values, and every panel is written whole below.
         let mut blob =
             unsafe { Blob::new_for_size_and_align(panels * panel_bytes, format.alignment()) };
         let layout = self.layout;

@@ -110,6 +110,7 @@ impl QPointwiseConv {
             None => {
                 let xq = match x {
                     Operand::F32(x) => {
+                        // SAFETY: i8 has no invalid bit patterns; the quantizer writes every value.
                         let mut xq = unsafe { Tensor::uninitialized::<i8>(&x_shape)? };
                         quantizer.quantize_i8(x, xq.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
                         xq
@@ -119,7 +120,11 @@ impl QPointwiseConv {
                 b_format.prepare_one(&xq, k_axis, 1 - k_axis)?
             }
         };
+        // SAFETY: i32 has no invalid bit patterns; the product stores every sum.
         let mut acc = unsafe { Tensor::uninitialized::<i32>(&acc_shape)? };
+        // SAFETY: the kernel was picked by tract's dispatch for this CPU; `packed` and
+        // `packed_x` are in the kernel's packings for `cout × cin` and `cin × p`, and the store
+        // view is `acc`, `cout × p` along the axes given.
         unsafe {
             let store = mmm
                 .c_view(Some(m_axis), Some(1 - m_axis))
@@ -247,6 +252,8 @@ impl QPointwiseConv {
         for axis in self.spatial_axes(shape.len()) {
             out_shape[axis] /= self.patch;
         }
+        // SAFETY: `T` is f32 or i8 (`Emit`), which have no invalid bit patterns; every output
+        // row is written by the epilogue.
         let mut out = unsafe { Tensor::uninitialized::<T>(&out_shape)? };
         let mut out_view = out.try_as_plain_ram_mut()?;
         let ys = out_view.as_slice_mut::<T>()?;
