@@ -4,7 +4,7 @@
 //! - [`model`]: load an ONNX file (graph rewrites for exporter/quantizer quirks, tract
 //!   analysis and optimisation) and run it; [`model::inspect`] reports what is in a file.
 //! - [`precision`]: what precision a file stores; f16 ↔ f32 conversion at load.
-//! - [`kernels`]: our own compute kernels as tract ops (fast activation quantization).
+//! - [`kernels`]: our own compute kernels as tract ops; `kernels::cpu` says what the CPU has.
 //! - [`preprocess`]: decode images and reproduce timm / torchvision / Hugging Face evaluation
 //!   transforms.
 //! - [`labels`]: class names.
