@@ -2,8 +2,6 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 pub(crate) mod cpu;
 pub mod depthwise;
 pub mod gelu;

@@ -63,8 +63,10 @@ pub use arch::{available, exact_for};
 use arch::{elem, Elem};
 
 #[cfg(target_arch = "x86_64")]
-#[path = "x86_64.rs"]
+#[path = "x86_64/mod.rs"]
 mod arch;
+#[cfg(target_arch = "x86_64")]
+pub use arch::amx;
 #[cfg(target_arch = "aarch64")]
 #[path = "aarch64.rs"]
 mod arch;

@@ -7,10 +7,10 @@ use tract_linalg::MmmDispatch;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::amx;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::kernels::product;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::product::amx;
 use crate::kernels::Layout;
 
 /// Everything derived from the weights, computed once when the op is built.

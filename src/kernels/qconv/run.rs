@@ -7,10 +7,10 @@ use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::amx;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::kernels::product;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::product::amx;
 use crate::kernels::quantize::FastQuantize;
 use crate::kernels::{Layout, Patches, Sums};
 

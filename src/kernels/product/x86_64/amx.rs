@@ -50,9 +50,9 @@ use std::arch::asm;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-use super::block_rows;
-use super::product::par_blocks;
-use super::Sums;
+use crate::kernels::block_rows;
+use crate::kernels::product::par_blocks;
+use crate::kernels::Sums;
 
 /// Values of k per step: one tile row of bytes.
 pub const KSTEP: usize = 64;

@@ -5,6 +5,8 @@ use std::arch::x86_64::*;
 use super::{store_steps, Kernel};
 use crate::kernels::cpu::{self, Feature};
 
+pub mod amx;
+
 /// Operands are stored widened: `vpmaddwd` multiplies i16.
 pub(super) type Elem = i16;
 
