@@ -58,8 +58,8 @@ fn inference(c: &mut Criterion) {
 /// run as its two `LinearF32` one after the other, then as one `MlpF32`.
 #[cfg(target_arch = "x86_64")]
 fn mlp(c: &mut Criterion) {
-    use convnext_edge::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
-    use convnext_edge::kernels::Layout::{ChannelsFirst, ChannelsLast};
+    use convnext_edge::bench_internals::Layout::{ChannelsFirst, ChannelsLast};
+    use convnext_edge::bench_internals::{Geometry, LinearF32, MlpF32, OutAxis};
     use tract_onnx::prelude::{tvec, IntoTValue, TValue, TVec};
     use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
     if !LinearF32::available() {

@@ -4,7 +4,7 @@
 //! - [`model`]: load an ONNX file (graph rewrites for exporter/quantizer quirks, tract
 //!   analysis and optimisation) and run it; [`model::inspect`] reports what is in a file.
 //! - [`precision`]: what precision a file stores; f16 ↔ f32 conversion at load.
-//! - [`kernels`]: our own compute kernels as tract ops; `kernels::cpu` says what the CPU has.
+//! - `kernels` (internal): our own compute kernels as tract ops; `kernels::cpu` says what the CPU has.
 //! - [`preprocess`]: decode images and reproduce timm / torchvision / Hugging Face evaluation
 //!   transforms.
 //! - [`labels`]: class names.
@@ -33,7 +33,7 @@ pub mod classify;
 pub mod config;
 pub mod display;
 pub mod error;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod labels;
 pub mod live;
 pub mod machine;
@@ -49,3 +49,12 @@ pub use labels::Labels;
 pub use model::{IntegerPath, LoadOptions, Model};
 pub use precision::Precision;
 pub use preprocess::{Preprocess, Preset};
+
+/// The f32 `Linear` kernels, for the criterion benchmark that compares two products run apart
+/// with the fused MLP (`benches/inference.rs`); not part of the library's API.
+#[doc(hidden)]
+#[cfg(target_arch = "x86_64")]
+pub mod bench_internals {
+    pub use crate::kernels::linear::{Geometry, LinearF32, MlpF32, OutAxis};
+    pub use crate::kernels::Layout;
+}

@@ -3,8 +3,8 @@
 //! On aarch64 sixteen values per step go through FCVTL / FCVTN, which every arm64 CPU has (they
 //! are base Advanced SIMD, not the fp16-arithmetic extension), written as inline assembly
 //! because Rust's f16 vector types are not stable; `half`'s slice conversion, which this
-//! replaces there, converts four values per call through a copy and a feature check (~3
-//! guest instructions a value against ~0.5). Elsewhere, and for the last values of a slice,
+//! replaces there, converts four values per call through a copy and a feature check, several
+//! times the instructions a value. Elsewhere, and for the last values of a slice,
 //! `half`'s conversion runs (F16C on x86). Both round to nearest, ties to even.
 
 use half::f16;

@@ -83,8 +83,8 @@ impl<'a> Sums<'a> {
 /// Accumulators a block of rows keeps before they are handed on, in bytes: a quarter of the
 /// 512 KiB L2 of the AVX2 server cores this runs on (an eighth of a Pi 4's), so that the
 /// epilogue reads them from cache.
-/// Writing every sum of convnext_tiny's first stage (4.8 MB) before reading it back made those
-/// products run half as fast again as the same number of products in the third stage.
+/// Writing every sum of a large product before reading it back made it run much slower than
+/// the same number of products in a small one.
 const BLOCK_SUMS_BYTES: usize = 128 * 1024;
 
 /// Blocks a product of `rows` rows whose sums are `row_bytes` long needs on one thread, in

@@ -1,7 +1,7 @@
 //! Activation quantization `q = clamp(round_half_even(x · inv_scale) + zero_point)` to u8/i8.
 //!
 //! tract's `QuantizeLinearU8/I8` evaluate this one element at a time through a branchy
-//! rounding function, which took ~50% of an int8 QDQ ConvNeXt's run time. This version clamps
+//! rounding function, which took a large share of an int8 QDQ ConvNeXt's run time. This version clamps
 //! in float first (the bounds are integers, so clamping before rounding gives the same result)
 //! and rounds with the add-and-subtract 1.5·2²³ trick, which rounds half to even under the
 //! default rounding mode for |v| < 2²² — so the loop is branch-free and the compiler vectorises

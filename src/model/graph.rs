@@ -1,7 +1,7 @@
 //! Any ONNX graph through the classifier load pipeline minus the classifier contract:
 //! protobuf size checks → [`onnx::rewrite`](super::onnx) (the same rewrites as
 //! classifier loading) → tract parse and typing → precision
-//! handling → our [`passes`](super::passes) → optimisation. This is how the ONNX backend node
+//! handling → our typed-graph passes → optimisation. This is how the ONNX backend node
 //! tests (a suite no one here wrote) check that our rewrites and passes keep each op's meaning;
 //! [`Graph::load_plain`] gives plain tract on the same file, to tell tract's own failures from
 //! ours.

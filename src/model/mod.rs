@@ -1,7 +1,7 @@
 //! Loading an ONNX ConvNeXt classifier into a runnable tract plan, and running it.
 //!
 //! The pipeline: read the file → decode the protobuf → check it looks like an image classifier
-//! (one NCHW 3-channel input, one `[batch, classes]` output) → [`onnx::rewrite`] exporter and
+//! (one NCHW 3-channel input, one `[batch, classes]` output) → `onnx::rewrite` exporter and
 //! quantizer quirks into standard ONNX → tract parse (external `*.onnx.data` weights resolve
 //! relative to the model's folder) → fix the input fact (symbolic batch kept, spatial size
 //! from the file or `input_size`) → type analysis → optimisation → runnable plan with its own
@@ -44,7 +44,7 @@ pub struct LoadOptions {
     /// Largest tensor a model file may declare, in bytes; `None` = [`DEFAULT_MAX_TENSOR_BYTES`].
     /// Checked on the protobuf before anything is allocated for it.
     pub max_tensor_bytes: Option<u64>,
-    /// Whether quantized models run on our integer kernels (see [`qdq`]) or on tract's float
+    /// Whether quantized models run on our integer kernels (the QDQ fusions of `model/onnx/qdq`) or on tract's float
     /// path; `Auto` picks the integer kernels where the CPU makes them pay.
     pub integer: IntegerPath,
 }
@@ -62,8 +62,8 @@ pub struct LoadOptions {
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IntegerPath {
-    /// Integer kernels where they beat the float ones
-    /// ([`integer_kernels_pay`](crate::kernels::qconv::integer_kernels_pay)).
+    /// Integer kernels where they beat the float ones: x86 with VNNI, or AVX2 (our own
+    /// product), and arm64.
     #[default]
     Auto,
     /// Integer kernels on every CPU (tests, comparisons).

@@ -2,7 +2,7 @@
 //! widened to f32 on the way in and rounded back on the way out.
 //!
 //! tract 0.23.9 runs it one output point at a time through its zone walker on x86 (its
-//! vectorised kernel covers the interior rows only, without FMA), ~4x slower than
+//! vectorised kernel covers the interior rows only, without FMA), several times slower than
 //! onnxruntime's. This op copies each channel into a zero-padded plane once, so that every
 //! output row is a border-free sum of `kh · kw` shifted input rows, and keeps 16 outputs of a
 //! row in registers across all taps: per tap one broadcast weight, one unaligned load, one
@@ -15,20 +15,14 @@
 //! all of a thread's rows at a time so that the input rows under the kernel stay in L1. Output
 //! rows are split across the threads. In the padded copy one pixel is an odd number of cache
 //! lines from the next (`pixel_stride`): at 384 or 768 channels the pixels under a kernel
-//! otherwise share a handful of L1's sets (convnext_tiny QDQ, 1 thread, alternating profiles:
-//! third stage 1.01–1.12 → 0.88–1.02 ms, second 0.61–0.64 → 0.54–0.59 ms per inference). convnext_tiny's first-stage layer (56x56x96) went from
-//! 1.0–1.5 to 0.6–0.9 ms (AVX2, alternating runs), its 18 layers from 9.1–10.4 to 6.7–8.6 ms
-//! per inference in alternating profiles.
+//! otherwise share a handful of L1's sets.
 //!
 //! On AVX-512 both layouts run on the `avx512` submodule's tiles instead: 12–14 independent sums and a
-//! fused multiply-add per tap, ~2.5x faster channels first (convnext_tiny f32's 18 layers:
-//! 17–20 → 7–8 ms per inference in alternating profiles on a busy Xeon) and ~1.3x channels last
-//! (the QDQ model's: 6.3–7.6 → 4.6–5.7 ms).
+//! fused multiply-add per tap, faster in both layouts.
 //!
 //! On aarch64 a 7x7 kernel computes four output rows at once, so that each input vector loaded
 //! serves every output row it feeds, with the taps in registers and a fused multiply-add per
-//! tap by lane: convnext_atto's depthwise convolutions went from 40 M to 17 M guest instructions
-//! under qemu's cortex-a72.
+//! tap by lane.
 //!
 //! Summation order per output is the bias, then the taps row by row (the order of tract's
 //! scalar walk). On AVX2 and the x86 baseline with a multiply and an add per tap, so results
@@ -38,8 +32,8 @@
 //! QDQ models' depthwise convolutions run on int8 where the CPU has SDOT ([`quantized`]).
 //!
 //! f16 tensors are computed in f32: tract 0.23.9 has no f16 depthwise kernel (its generic loop
-//! calls `half`'s scalar multiply and add per tap: 1.3 G of the 1.6 G guest instructions of a
-//! convnext_atto inference on the Pi 5 profile), and f32 sums are what onnxruntime computes for
+//! calls `half`'s scalar multiply and add per tap: most of a convnext_atto f16 inference on the
+//! Pi 5 profile), and f32 sums are what onnxruntime computes for
 //! f16 convolutions on CPUs without an f16 kernel. Weights and bias are held in f32.
 //!
 //! tract internals used (tract-core 0.23.9): `Conv` / `PoolSpec` / `PaddingSpec` fields (read
@@ -253,7 +247,7 @@ multiversion! {
 /// `LANES` outputs of one row starting at column `x0`: bias, then every tap in row order.
 ///
 /// On aarch64 the sums are kept in NEON registers, written out because LLVM vectorises the
-/// portable loop across the taps there (a vector multiply, then scalar adds: ~2.5x the
+/// portable loop across the taps there (a vector multiply, then scalar adds: far more
 /// instructions), with a fused multiply-add per tap as in [`row_blocks_7x7`]; elsewhere a multiply
 /// and an add (Rust does not contract them), the bits of tract's own loop.
 #[inline(always)]

@@ -2,8 +2,7 @@
 //!
 //! tract 0.23.9's `GeluExact` on f16 multiplies and adds one value at a time in f16 through
 //! `half` (rounding three intermediates to f16) around its f32 erf, which it calls on a scratch
-//! copy: on the Pi 5 profile that is ~200 M guest instructions of a 350 M convnext_atto f16
-//! inference. This op widens a block of values to f32, applies GELU in f32 and rounds once, as
+//! copy: on the Pi 5 profile, over half of a convnext_atto f16 inference. This op widens a block of values to f32, applies GELU in f32 and rounds once, as
 //! onnxruntime does for f16 models on CPUs without f16 kernels. On f32 tensors it takes the
 //! place of tract's `GeluExact` too: one vectorised pass instead of tract's erf on a scratch
 //! copy followed by a second pass for the products.
@@ -31,7 +30,7 @@ const BLOCK: usize = 1024;
 
 /// Exact GELU on f16 (or f32) tensors with f32 arithmetic, in place.
 ///
-/// ```
+/// ```text
 /// use convnext_edge::kernels::gelu::GeluF32;
 /// use tract_onnx::prelude::*;
 /// use tract_onnx::tract_core::ops::element_wise::ElementWiseMiniOp;
@@ -52,8 +51,8 @@ impl ElementWiseMiniOp for GeluF32 {
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
         let dt = t.datum_type();
         let mut view = t.try_as_plain_ram_mut()?;
-        // Split across the plan's threads as tract splits its element-wise ops: at 2 threads
-        // convnext_tiny's GELUs took 6.0–7.0 ms on one thread against tract's 3.5–4.8 on two.
+        // Split across the plan's threads as tract splits its element-wise ops: on one thread
+        // at 2, they took longer than tract's split across both.
         if dt == f32::datum_type() {
             let xs = view.as_slice_mut::<f32>()?;
             super::par_elements(xs, gelu)
@@ -124,8 +123,7 @@ fn erf(x: f32) -> f32 {
 
 /// [`gelu_simd`]'s formula with the polynomial in fused multiply-adds and the reciprocal as
 /// `rcp14` and a Newton step (relative error ~2⁻²⁸, below f32's rounding) instead of a
-/// division: 0.47 → 0.35 ns a value on one core of a Sapphire Rapids Xeon (best of 200 over
-/// 32768 values, alternating). |x|/√2 is capped at 8, where erf is already 1 in f32, so that
+/// division, which is faster. |x|/√2 is capped at 8, where erf is already 1 in f32, so that
 /// `(1 + y)¹⁶` stays finite for the Newton step.
 ///
 /// # Safety

@@ -15,10 +15,9 @@
 //! for AVX-512, AVX2 or the baseline at run time (`multiversion!` in `kernels::simd`).
 //!
 //! Both forms are split across the plan's threads: rows, or across the axis ranges of at most
-//! 256 positions (so that their planes stay in L2 over the three passes). convnext_tiny f32 on
-//! 2 threads (channels first), alternating profiles: 2.8–3.3 → 2.4–2.5 ms per inference for its
-//! 23 norms; they do not halve, since each thread reads the channels that the other thread's
-//! share of the depthwise convolution before them wrote.
+//! 256 positions (so that their planes stay in L2 over the three passes). Two threads do not
+//! halve the time: each thread reads the channels that the other thread's share of the
+//! depthwise convolution before them wrote.
 //!
 //! It implements `axes_mapping` / `change_axes`, so tract's axis-change passes move transposes
 //! through it as they do through their own normalisation ops.

@@ -16,11 +16,10 @@
 //! thread reads half the weights rather than all of them, and that is worth more than the
 //! hidden tensor (a fifth of the weights' size there).
 //!
-//! ```
+//! ```text
 //! use convnext_edge::kernels::linear::{LinearF32, MlpF32};
 //! use tract_onnx::prelude::*;
 //! use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
-//! # fn main() -> TractResult<()> {
 //! if LinearF32::available() {
 //!     // One position of two channels, through 2 → 3 (+ bias) → 1.
 //!     let fc1 = LinearF32::channels_last(&tensor2(&[[1f32, 0.0, 1.0], [0.0, 1.0, 1.0]]))?
@@ -30,8 +29,6 @@
 //!     let y = mlp.eval(&EvalContext::out_of_plan(), tvec!(tensor2(&[[2f32, 3.0]]).into_tvalue()))?;
 //!     assert_eq!(y[0].try_as_plain_ram()?.as_slice::<f32>()?, &[9.0]);
 //! }
-//! # Ok(())
-//! # }
 //! ```
 
 use tract_linalg::multithread::par_chunks_mut;

@@ -21,9 +21,7 @@
 //!
 //! Over patches (`LinearF32::over_patches`: a convolution whose kernel is its stride, ConvNeXt's
 //! stem and downsampling layers), each tile's patches are gathered channels last once per block
-//! and read as above. convnext_tiny f32's four such layers, alternating profiles against tract's
-//! im2col and product: 5.1–7.2 → 4.5–5.1 ms per inference on 1 thread, 3.7–6.2 → 3.1–4.2 ms on
-//! 2.
+//! and read as above, which beats tract's im2col and product.
 //!
 //! Two such products in a row, a ConvNeXt MLP, run as one op block by block ([`MlpF32`], in
 //! `mlp.rs`), so that the hidden tensor between them stays in cache.
@@ -32,11 +30,10 @@
 //! the bias added after it as onnxruntime's `MatMul` then `Add` does; the FMA rounds once per
 //! step where a multiply then an add rounds twice, which is the only difference.
 //!
-//! ```
+//! ```text
 //! use convnext_edge::kernels::linear::LinearF32;
 //! use tract_onnx::prelude::*;
 //! use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
-//! # fn main() -> TractResult<()> {
 //! if LinearF32::available() {
 //!     // Two positions of three channels, channels last, times a 3 × 2 matrix, plus a bias.
 //!     let w = tensor2(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]]);
@@ -45,8 +42,6 @@
 //!     let y = op.eval(&EvalContext::out_of_plan(), tvec!(x.into_tvalue()))?;
 //!     assert_eq!(y[0].try_as_plain_ram()?.as_slice::<f32>()?, &[4.5, 4.5, 10.5, 10.5]);
 //! }
-//! # Ok(())
-//! # }
 //! ```
 //!
 //! tract internals used (tract 0.23.9): `Op`/`EvalOp`/`TypedOp`, and
@@ -73,9 +68,8 @@ const LANES: usize = 32;
 const ROWS: usize = 14;
 /// Fewest tiles per block: a weight panel brought into L1 serves at least this many.
 const MIN_BLOCK_TILES: usize = 8;
-/// Values of k ahead of the tile's that it prefetches the weights of (16 × 128 bytes).
-/// convnext_tiny f32, 1 thread, alternating `bench` runs (min): 97–132 ms without, 85–96 ms
-/// at 16 ahead; 8 ahead was no better than none, 32 and 64 about as good as 16.
+/// Values of k ahead of the tile's that it prefetches the weights of (16 × 128 bytes): the
+/// nearest distance that hid the weights' latency (benches/HISTORY.md).
 const PREFETCH: usize = 16;
 
 /// Where an output axis's size comes from.

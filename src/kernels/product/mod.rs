@@ -2,8 +2,7 @@
 //! ones, blocked so that the epilogue reads each block of sums from cache.
 //!
 //! - **x86 with AVX2 but no VNNI.** tract-linalg's kernel (`avx2_mmm_i32_8x8`) broadcasts and
-//!   widens one byte of the right operand at a time; on an AVX2-only AMD EPYC it ran
-//!   convnext_atto's 1x1 convolutions 35x slower than its own f32 kernels. Here both operands
+//!   widens one byte of the right operand at a time, far slower than its own f32 kernels. Here both operands
 //!   are widened to i16 once, when they are packed, and pairs are multiplied with `vpmaddwd`:
 //!   16 products and 8 additions per instruction, with no saturation for i8 values (a pair sums
 //!   to at most 2 · 128² = 32768, which `vpmaddwd` adds in i32). A tile is 6 rows × 16 lanes:
@@ -19,9 +18,8 @@
 //!   writes symmetric int8 weights in [−127, 127]. With the dot-product extension (Pi 5, Orin,
 //!   Xavier) a tile is 8 rows × 12 lanes on `SDOT` by element: a row's 4 bytes times 4 lanes'
 //!   4 bytes, 16 products into 4 outputs per instruction, in i32. It replaces tract's SDOT
-//!   kernel for its packing and blocking (convnext_atto's int8 products and their packing,
-//!   under qemu's cortex-a76: tract's 69 M instructions, a 4 × 4 `SDOT` tile's 60 M, this
-//!   tile's 42 M; 38.6 M with two k-steps a turn and a 4-lane tile for narrow last panels).
+//!   kernel for its packing and blocking, with two k-steps a turn and a 4-lane tile for narrow
+//!   last panels.
 //!
 //! The product is `out[r][l] = Σ_k rows[r][k] · lanes[l][k]`. Both operands are stored in
 //! panels: the *lane* operand in panels of a tile's lanes, the *row* operand in panels of a
@@ -30,9 +28,8 @@
 //! a tile reads both operands in order. The lane dimension is the output's contiguous one, so
 //! tiles are stored as whole vectors.
 //!
-//! ```
+//! ```text
 //! use convnext_edge::kernels::product::{available, product_into, LanePanels, RowSource, Rows};
-//! # fn main() -> tract_onnx::prelude::TractResult<()> {
 //! if available() {
 //!     // Two lanes and three rows of k = 3 values.
 //!     let lanes = LanePanels::pack(2, 3, |l, k| [[1, 2, 3], [-1, 0, 127]][l][k]);
@@ -46,8 +43,6 @@
 //!     })?;
 //!     assert_eq!(out, [6, 126, 2, -2, -125, 255]);
 //! }
-//! # Ok(())
-//! # }
 //! ```
 //!
 //! tract internals used (tract-linalg 0.23.9): `multithread::par_chunks_mut`, to run on the
@@ -110,8 +105,8 @@ type Transpose = unsafe fn(*const i8, usize, usize, &mut [Elem]);
 type StoreVector = fn(&[i8], &mut [Elem], usize, usize);
 
 /// Writes vector `j` of the panel of `width` vectors, in steps of `K` values, that starts
-/// `panel`, from its values. `K` a constant: the steps are copied as whole words (convnext_tiny
-/// on the Pi 5 profile spent 5.7 instructions a byte packing its rows with `K` a variable).
+/// `panel`, from its values. `K` a constant: the steps are copied as whole words, where a variable
+/// `K` copied byte by byte.
 fn store_steps<const K: usize>(values: &[i8], panel: &mut [Elem], width: usize, j: usize) {
     let whole = values.chunks_exact(K);
     let tail = whole.remainder();

@@ -103,8 +103,7 @@ impl Engine {
 /// Whether this CPU has int8 product kernels that beat tract's f32 ones, so that quantized
 /// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
 /// AVX-VNNI) or, with AVX2 alone, our [`product`] — tract's own AVX2 int8 kernel widens
-/// one byte at a time and ran convnext_atto's products 35x slower than its f32 kernels on an
-/// AVX2-only AMD EPYC; on arm64, our product. Elsewhere quantized models keep the float path.
+/// one byte at a time, far slower than its f32 kernels; on arm64, our product. Elsewhere quantized models keep the float path.
 pub fn integer_kernels_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -132,12 +131,9 @@ pub fn tract_int8_kernels_slow() -> bool {
 /// Whether a convolution over patches with weights `w` (i8) gains from running on our own
 /// product here, in a graph whose products are MatMuls (`matmul_form`: tract moves such graphs
 /// channels last, and [`QPointwiseConv::change_axes`] this op with them) or convolutions: where
-/// [`own_product_takes`] the weights, on arm64 and in MatMul-form graphs. convnext_atto's stem
-/// and downsampling under qemu: cortex-a76 132.5 → 125.7 M instructions per inference,
-/// cortex-a72 196.0 → 193.7 M. Channels first on x86 (AVX2, no VNNI) they ran no faster than
-/// tract's f32 im2col and GEMM (2.7 against 2.5 ms in alternating profiles): products of
-/// 6–10 M multiply-adds, where quantizing, gathering and packing the input cost as much as
-/// they save; channels last a patch is `side` contiguous runs, quantized straight into the
+/// [`own_product_takes`] the weights, on arm64 and in MatMul-form graphs. Channels first on x86
+/// (AVX2, no VNNI) they ran no faster than tract's f32 im2col and GEMM: small products, where
+/// quantizing, gathering and packing the input cost as much as they save; channels last a patch is `side` contiguous runs, quantized straight into the
 /// product's rows. On AMX, in MatMul-form graphs, they run channels last on [`amx`].
 pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
     let own = (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w);
@@ -173,9 +169,8 @@ pub(super) fn patches_run(w: &[i8]) -> bool {
 /// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
 /// tract-linalg's int8 kernels, and computes these weights exactly ([`product::exact_for`]).
 /// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on arm64, where
-/// tract's SMLAL kernel spent more instructions on convnext_atto's products than its f32
-/// kernel (171 M against 153 M under qemu's cortex-a72; ours 120 M) and, with SDOT, tract's
-/// kernel and its packing cost 69 M against our 60 M (cortex-a76).
+/// tract's SMLAL kernel spends more instructions on int8 products than its f32 kernel does, and
+/// with SDOT tract's kernel and its packing cost more than ours.
 pub(super) fn own_product_takes(w: &[i8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -43,8 +43,8 @@ pub(super) fn deinterleave(src: &[i8], s: usize, group: &mut [i8], at: usize, n:
     }
     for dx in 0..s {
         let dst = &mut group[dx * n + at..][..len];
-        // `chunks`, not `step_by`: the compiler makes a plain loop of it (step_by cost ~20
-        // instructions a byte here).
+        // `chunks`, not `step_by`: the compiler makes a plain loop of it, where `step_by`
+        // cost many instructions a byte.
         for (d, pixels) in dst.iter_mut().zip(src[dx..].chunks(s)) {
             *d = pixels[0];
         }

@@ -5,12 +5,10 @@
 //! [`PART_K`]. tract 0.23.9 blocks its products over rows and columns but runs each output
 //! tile over the whole depth: with ConvNeXt-T's last-stage `fc2` (K = 3072, 49 positions) one
 //! tile's two packed panels (16 + 6 rows of 3072 f32) are 270 KB, so on a 512 KB L2 its cache
-//! blocking has no tile to reuse and each product ran at half the speed of the others (7.3 ms
-//! against 3.6 ms for the same 116 M multiply-adds on a 2-core AMD EPYC). Split in two, each
-//! part runs at full speed (2.2 + 2.2 ms), and tract fuses the sum of the parts into the
-//! second product's epilogue, with the bias and layer scale that follow: the three products
-//! went from 26–27 ms to 14–16 ms of a single-thread inference. With 2 threads tract's
-//! per-thread chunks already fit and the split changes nothing (8.3 ms either way).
+//! blocking has no tile to reuse and each product runs at about half the speed of the others.
+//! Split, each part runs at full speed, and tract fuses the sum of the parts into the second
+//! product's epilogue, with the bias and layer scale that follow. With 2 threads tract's
+//! per-thread chunks already fit and the split changes nothing.
 //!
 //! Applied only where tract runs these products: on x86 with AVX-512 they go to our
 //! `LinearF32` (`model::linear`), which reads each weight panel slice by slice anyway.

@@ -24,7 +24,7 @@ pub(crate) mod qoperator;
 
 use tract_onnx::pb;
 
-/// The log of what [`rewrite`] changed: each kind of rewrite with its count, in the order
+/// The log of what the protobuf rewrites changed: each kind of rewrite with its count, in the order
 /// they ran, for `info` and logs.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Rewrites(pub Vec<(String, usize)>);

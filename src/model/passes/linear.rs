@@ -23,7 +23,7 @@
 //! 1, one group, NCHW, batch 1: ConvNeXt's stem and downsampling layers) is the same product
 //! over the patches, `k = C · s²`, with its bias; our op gathers each tile's patches once per
 //! block (`LinearF32::over_patches`). tract ran these as an im2col copy and its own product,
-//! neither split across threads (convnext_tiny f32: ~5 ms per inference on 1 or 2 threads).
+//! neither split across threads.
 //!
 //! Last, an op whose output only another of ours reads (not a model output, not over patches,
 //! the second's k the first's n: a ConvNeXt MLP's `fc1` with its GELU, then `fc2`) becomes the

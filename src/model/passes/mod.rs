@@ -34,8 +34,7 @@
 //!
 //! - **GELU in f32**: tract's `GeluExact` becomes [`GeluF32`] (see `kernels::gelu`): the same
 //!   erf, vectorised; on an f16 tensor computed in f32 and rounded once instead of three f16
-//!   roundings, one value at a time; on f32, a quarter faster than tract's (convnext_tiny's 21
-//!   GELUs 9.3–9.7 → 6.8–7.6 ms per-node at 1 thread, alternating binaries).
+//!   roundings, one value at a time; on f32, faster than tract's.
 //!
 //! - **Linear layers in f32**: an f32 product by a constant matrix, with the bias, GELU and layer
 //!   scale that follow it, becomes our `LinearF32` (`kernels::linear`) on x86 CPUs with

@@ -70,12 +70,11 @@ const WINDOWS_PER_LOAD: usize = 12;
 /// moved the channels last); the bias `[C]` f32 is its second input. Output f32 in the input's
 /// layout with `H + top + bottom − kh + 1` rows and `W + left + right − kw + 1` columns.
 ///
-/// ```
+/// ```text
 /// use convnext_edge::kernels::depthwise::quantized::QDepthwiseConv;
 /// use convnext_edge::kernels::qconv::ActQuant;
 /// use tract_onnx::prelude::*;
 /// use tract_onnx::tract_core::internal::{EvalContext, EvalOp};
-/// # fn main() -> TractResult<()> {
 /// let x = ActQuant { scale: 0.5, zero_point: 0, signed: true };
 /// // One channel, a 1x3 kernel of weights 1, 2, 1 (scale 1), a column of padding each side.
 /// let op = QDepthwiseConv::new(&[1, 2, 1], (1, 1, 3), [0, 0, 1, 1], x, &[1.0])?;
@@ -83,8 +82,6 @@ const WINDOWS_PER_LOAD: usize = 12;
 /// let bias = tensor1(&[0f32]);
 /// let y = op.eval(&EvalContext::out_of_plan(), tvec!(input.into_tvalue(), bias.into_tvalue()))?;
 /// assert_eq!(y[0].try_as_plain_ram()?.as_slice::<f32>()?, &[4.0, 8.0, 8.0]);
-/// # Ok(())
-/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct QDepthwiseConv {

@@ -20,9 +20,8 @@
 //! of 64 bytes whose row `j` holds `k = 4j … 4j + 3` of each lane in turn, zero past `k` and
 //! past the last lane. Lane panels come in pairs (lanes padded to 32).
 //!
-//! ```
+//! ```text
 //! use convnext_edge::kernels::amx::{available, product_into, Lanes};
-//! # fn main() -> tract_onnx::prelude::TractResult<()> {
 //! if available() {
 //!     // Two lanes and three rows of k = 3 values.
 //!     let lanes = Lanes::pack(2, 3, |l, k| [[1, 2, 3], [-1, 0, 127]][l][k]);
@@ -37,8 +36,6 @@
 //!     })?;
 //!     assert_eq!(out, [6, 126, 2, -2, -125, 255]);
 //! }
-//! # Ok(())
-//! # }
 //! ```
 //!
 //! tract internals used (tract-linalg 0.23.9): `x86_64::amx::has_amx_int8` (the CPUID check and

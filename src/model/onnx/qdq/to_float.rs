@@ -8,13 +8,12 @@ use crate::model::onnx::proto::{arg, dt, int_attr, int_attr_of, is_onnx};
 /// Rewrites each remaining `ConvInteger | MatMulInteger → Cast(float)` as
 /// `Conv | MatMul` of the zero-point-corrected operands in f32
 /// (`DequantizeLinear` with scale 1), for CPUs where tract-linalg's int8 kernel is much slower
-/// than its f32 ones (x86 without VNNI: dynamic-quantization models took 12 s for
-/// convnext_tiny). The integer operands and their products are exact in f32; sums are exact up
+/// than its f32 ones (x86 without VNNI, where dynamic-quantization models took seconds). The integer operands and their products are exact in f32; sums are exact up
 /// to 2²⁴ in magnitude, past which f32 rounds where the integer op would not (a relative error
 /// of 6e-8, the float model's own precision). With `grouped_only`, only grouped
 /// (depthwise) `ConvInteger`s: tract has no integer depthwise kernel on any CPU, and runs them
-/// as an im2col and a product per group (57% of a convnext_tiny dynamic inference on a Xeon
-/// with AMX), where in f32 they become our depthwise kernel. Returns how many.
+/// as an im2col and a product per group (the bulk of a dynamic inference), where in f32 they
+/// become our depthwise kernel. Returns how many.
 pub fn integer_ops_to_float(graph: &mut GraphProto, grouped_only: bool) -> usize {
     let ix = Index::new(graph);
     let mut rewrites = vec![];
