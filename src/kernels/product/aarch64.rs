@@ -166,9 +166,10 @@ pub fn exact_for(values: &[i8]) -> bool {
 /// `panel` and `rows` hold `steps` whole steps, `out` the tile; the lanes or the rows are
 /// [`exact_for`].
 unsafe fn tile_smull(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
-    assert!(panel.len() >= steps * 64 && rows.len() >= steps * 64);
-    assert!(out.len() >= 3 * ld + 4);
-    // SAFETY: all pointer reads and writes are within the lengths asserted above.
+    debug_assert!(panel.len() >= steps * 64 && rows.len() >= steps * 64);
+    debug_assert!(out.len() >= 3 * ld + 4);
+    // SAFETY: all pointer reads and writes are within the lengths the caller promises (the
+    // driver asserts them once per block; checked again here in debug builds).
     unsafe {
         let mut acc = [[vdupq_n_s32(0); 4]; 4];
         for s in 0..steps {
@@ -235,8 +236,8 @@ macro_rules! sdot_step {
 /// A CPU with SDOT; `panel` and `rows` hold `steps` whole steps, `out` the tile.
 #[target_feature(enable = "dotprod")]
 unsafe fn tile_sdot(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
-    assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
-    assert!(out.len() >= 7 * ld + 12);
+    debug_assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
+    debug_assert!(out.len() >= 7 * ld + 12);
     // SAFETY: reads `steps` steps of `panel` and `rows`, writes 8 rows of 12 values of
     // `out` at stride `ld`: within the lengths asserted above.
     unsafe {
@@ -290,8 +291,8 @@ unsafe fn tile_sdot(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld
 /// As [`tile_sdot`].
 #[target_feature(enable = "dotprod")]
 unsafe fn tile_sdot_4(panel: &[i8], rows: &[i8], steps: usize, out: &mut [i32], ld: usize) {
-    assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
-    assert!(out.len() >= 7 * ld + 4);
+    debug_assert!(panel.len() >= steps * 48 && rows.len() >= steps * 32);
+    debug_assert!(out.len() >= 7 * ld + 4);
     // SAFETY: reads the first 16 bytes of each of `steps` steps of `panel` and `steps`
     // steps of `rows`, writes 8 rows of 4 values of `out` at stride `ld`: within the
     // lengths asserted above.

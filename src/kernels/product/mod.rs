@@ -449,15 +449,29 @@ fn run_blocks<T: Send>(
                     &packed[..]
                 }
             };
-            let panels = lanes.data.chunks_exact(kernel.panel_len(kernel.lanes, k));
+            // What every tile call below relies on, checked once per block: whole steps in
+            // each lane panel and in the block's row tiles, and room in `sums` for the block's
+            // tiles of every panel.
+            let panel_len = kernel.panel_len(kernel.lanes, k);
+            assert!(
+                lanes.data.len() == width.div_ceil(kernel.lanes) * panel_len
+                    && panel_len >= steps * kernel.kstep * kernel.lanes
+                    && src.len() >= tiles * tile_len
+                    && tile_len >= steps * kernel.kstep * tile_rows
+                    && sums.len() >= tiles * tile_rows * ld
+                    && ld >= width.div_ceil(kernel.lanes) * kernel.lanes,
+                "int8 product: operands do not fit the block"
+            );
+            let panels = lanes.data.chunks_exact(panel_len);
             for (p, panel) in panels.enumerate() {
                 let tile = match kernel.narrow {
                     Some((n, narrow)) if width - p * kernel.lanes <= n => narrow,
                     _ => kernel.tile,
                 };
                 for t in 0..tiles {
-                    // SAFETY: `kernel.available` checked the CPU; the panel holds `steps` steps
-                    // of its lanes, `src` whole tiles from `t`, and `sums` from
+                    // SAFETY: `kernel.available` checked the CPU; as asserted for the block, the
+                    // panel holds `steps` steps of its lanes, `src` whole tiles from `t`, and
+                    // `sums` from
                     // `t · rows · ld + p · lanes` holds a tile's rows of a panel's lanes at
                     // stride `ld` (`ld` covers every panel).
                     unsafe {
