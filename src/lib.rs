@@ -28,13 +28,17 @@
 //! ```
 
 pub mod bench;
+#[cfg(feature = "camera")]
 pub mod camera;
 pub mod classify;
+#[cfg(feature = "camera")]
 pub mod config;
+#[cfg(feature = "camera")]
 pub mod display;
 pub mod error;
 pub(crate) mod kernels;
 pub mod labels;
+#[cfg(feature = "camera")]
 pub mod live;
 pub mod machine;
 pub mod model;
