@@ -55,10 +55,13 @@ fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 /// One of the top-K classes of an image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
+    /// The class index in the model's output.
     pub index: usize,
+    /// The class name (the index when no labels are known).
     pub label: String,
     /// Softmax probability over all classes.
     pub prob: f32,
+    /// The model's raw score for the class.
     pub logit: f32,
 }
 

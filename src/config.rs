@@ -29,30 +29,49 @@ use crate::preprocess::Preset;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CameraConfig {
+    /// `--model`.
     pub model: Option<PathBuf>,
+    /// `--source`.
     pub source: Option<String>,
     #[serde(default, deserialize_with = "parsed")]
+    /// `--size WxH`.
     pub size: Option<Size>,
+    /// `--fps`.
     pub fps: Option<f32>,
     #[serde(default, deserialize_with = "parsed")]
+    /// `--format`.
     pub format: Option<PixelFormat>,
     #[serde(rename = "loop")]
+    /// `--loop` (the key is `loop`).
     pub looped: Option<bool>,
+    /// `--frames`.
     pub frames: Option<u64>,
+    /// `--sink`, one entry per sink.
     pub sink: Option<Vec<String>>,
+    /// `--top`.
     pub top: Option<usize>,
+    /// `--every`.
     pub every: Option<usize>,
+    /// `--labels`.
     pub labels: Option<PathBuf>,
     #[serde(default, deserialize_with = "parsed")]
+    /// `--preprocess`.
     pub preprocess: Option<Preset>,
+    /// `--stats`.
     pub stats: Option<PathBuf>,
     #[serde(default, deserialize_with = "parsed_list")]
+    /// `--on`, one entry per trigger.
     pub on: Option<Vec<Trigger>>,
+    /// `--on-interval`, seconds.
     pub on_interval: Option<f64>,
     #[serde(default, deserialize_with = "parsed")]
+    /// `--source-timeout`.
     pub source_timeout: Option<SourceTimeout>,
+    /// `--threads`.
     pub threads: Option<usize>,
+    /// `--input-size`.
     pub input_size: Option<usize>,
+    /// `--float-only`.
     pub float_only: Option<bool>,
 }
 

@@ -9,39 +9,72 @@ pub enum Error {
     /// A file could not be opened, read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// The bytes are not a valid ONNX model (truncated, random, wrong format).
     #[error("{path}: not a valid ONNX model: {reason}")]
-    InvalidOnnx { path: PathBuf, reason: String },
+    InvalidOnnx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The ONNX graph is valid but not an image classifier this runtime can serve.
     #[error("{path}: not an image classifier: {reason}")]
-    NotAClassifier { path: PathBuf, reason: String },
+    NotAClassifier {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
     /// tract could not analyse, optimise or run the model.
     #[error("{path}: {stage} failed: {reason}")]
     Model {
+        /// The model file.
         path: PathBuf,
+        /// The load or run stage that failed.
         stage: &'static str,
+        /// tract's message.
         reason: String,
     },
     /// An input tensor does not fit the model.
     #[error("{what}: wrong tensor shape or type: expected {expected}, got {got}")]
     Shape {
+        /// The tensor.
         what: String,
+        /// The shape and type the model takes.
         expected: String,
+        /// What was given.
         got: String,
     },
     /// A `.npy` file is malformed or of an unsupported dtype.
     #[error("{path}: bad .npy file: {reason}")]
-    Npy { path: PathBuf, reason: String },
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// An image could not be decoded.
     #[error("{path}: cannot read image: {reason}")]
-    Image { path: PathBuf, reason: String },
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
     /// A labels file does not fit the model.
     #[error("{path}: {reason}")]
-    Labels { path: PathBuf, reason: String },
+    Labels {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
     /// An unknown or invalid option value (preprocessing preset, thread count, ...).
     #[error("{0}")]
     Config(String),

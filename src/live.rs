@@ -74,6 +74,7 @@ pub struct LiveOptions {
     pub frames: Option<u64>,
     /// Wait before the first reopen of a disconnected source; doubles up to `backoff_max`.
     pub backoff: Duration,
+    /// The longest wait between attempts to reopen a lost source.
     pub backoff_max: Duration,
     /// Draw the result over the frame before handing it to sinks.
     pub overlay: bool,
@@ -110,27 +111,44 @@ pub enum Event<'a> {
 /// Mean and worst of one stage over a run.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct StageStat {
+    /// Mean over the processed frames.
     pub mean_ms: f32,
+    /// The worst frame.
     pub max_ms: f32,
 }
 
 /// Counts and timings of a whole run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LiveStats {
+    /// Frames the source delivered.
     pub captured: u64,
+    /// Frames processed (classified or shown with the previous result).
     pub processed: u64,
+    /// Frames classified.
     pub classified: u64,
+    /// Frames dropped for a newer one.
     pub dropped: u64,
+    /// Corrupt frames skipped.
     pub corrupt: u64,
+    /// Times the source was reopened.
     pub reconnects: u64,
+    /// Sinks that failed and were dropped.
     pub sinks_failed: u64,
+    /// Wall time of the run.
     pub seconds: f32,
+    /// Processed frames per second.
     pub fps: f32,
+    /// Waiting for frames.
     pub wait: StageStat,
+    /// Decoding frames.
     pub decode: StageStat,
+    /// Preprocessing.
     pub preprocess: StageStat,
+    /// Inference.
     pub infer: StageStat,
+    /// Drawing the overlay.
     pub overlay: StageStat,
+    /// Sinks.
     pub sinks: StageStat,
 }
 
@@ -139,10 +157,13 @@ pub struct LiveStats {
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
     #[error(transparent)]
+    /// The source failed and could not be reopened.
     Source(#[from] SourceError),
     #[error("the only sink failed: {0}")]
+    /// The only sink failed.
     Sinks(#[from] SinkError),
     #[error(transparent)]
+    /// The model failed on ten frames in a row.
     Model(#[from] crate::Error),
 }
 

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 /// Where to read `/sys` and `/proc` from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sysfs {
+    /// Where sysfs is (`/sys`).
     pub sys: PathBuf,
+    /// Where procfs is (`/proc`).
     pub proc: PathBuf,
 }
 

@@ -19,9 +19,13 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
+    /// What the file stores, except f16 on a CPU without fp16 arithmetic, run in f32.
     Auto,
+    /// f32.
     F32,
+    /// f16.
     F16,
+    /// int8 (the file must be quantized).
     Int8,
 }
 

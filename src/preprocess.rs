@@ -32,9 +32,13 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// A named evaluation pipeline (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
+    /// timm's evaluation transform: the shorter side to ⌊size / crop_pct⌋, bicubic, centre crop.
     Timm,
+    /// torchvision's: the shorter side to round(size / crop_pct), bilinear, centre crop.
     Torchvision,
+    /// Hugging Face's `ConvNextImageProcessor` (see the module docs' table).
     Hf,
+    /// The whole image to size × size, aspect ratio not kept, no crop.
     Squash,
 }
 
@@ -83,10 +87,15 @@ enum CropOffset {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
+    /// The transform family.
     pub preset: Preset,
+    /// The output side.
     pub size: u32,
+    /// Crop fraction (timm).
     pub crop_pct: f32,
+    /// Per-channel mean subtracted.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by.
     pub std: [f32; 3],
 }
 

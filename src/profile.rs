@@ -19,24 +19,33 @@ use crate::model::Model;
 /// Mean time of one node of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeTime {
+    /// The node's id.
     pub node: usize,
+    /// The node's name.
     pub name: String,
+    /// Its op.
     pub op: String,
+    /// Mean time per inference, ms.
     pub ms: f64,
 }
 
 /// Total time of all nodes of one op type.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpTime {
+    /// The op.
     pub op: String,
+    /// How many nodes run it.
     pub nodes: usize,
+    /// Mean time per inference, ms.
     pub ms: f64,
+    /// Share of the total.
     pub share: f64,
 }
 
 /// A profile of one inference.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
+    /// Inferences timed.
     pub runs: usize,
     /// Sum of the nodes' mean times, ms.
     pub total_ms: f64,

@@ -30,6 +30,7 @@ use stats::Summary;
 /// Which CPUs to pin the worker threads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cpus {
+    /// These CPUs, by number.
     List(Vec<usize>),
     /// The biggest cores by `cpu_capacity` (big.LITTLE SoCs).
     Big,
@@ -58,14 +59,23 @@ pub enum Stop {
 /// What to benchmark and how.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
+    /// The models, in order.
     pub models: Vec<PathBuf>,
+    /// Precisions to run each model in.
     pub precisions: Vec<Precision>,
+    /// Thread counts to run each in.
     pub threads: Vec<usize>,
+    /// When to stop measuring.
     pub stop: Stop,
+    /// Warm-up runs per configuration after the first.
     pub warmup: usize,
+    /// Pause between configurations.
     pub cooldown: Duration,
+    /// CPUs to pin the worker threads to.
     pub cpus: Option<Cpus>,
+    /// Images per inference.
     pub batch: usize,
+    /// The input side, for models whose size is not fixed.
     pub input_size: Option<usize>,
     /// [`IntegerPath::Never`](crate::IntegerPath::Never) for every configuration.
     pub float_only: bool,
@@ -76,13 +86,17 @@ pub struct BenchSpec {
 /// One measured run: its total time and, in pipeline mode, each stage's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
+    /// The whole run, ms.
     pub total_ms: f64,
+    /// Each stage's time, ms, in pipeline mode.
     pub stages: Vec<(&'static str, f64)>,
 }
 
 /// Progress of the measured phase, for a progress bar.
 pub trait Progress {
+    /// Called as runs complete: the fraction done and what runs.
     fn update(&mut self, done_fraction: f64, message: &str);
+    /// Called once, when the runs are done.
     fn finish(&mut self);
 }
 

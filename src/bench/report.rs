@@ -25,71 +25,119 @@ use serde::{Deserialize, Serialize};
 use super::stats::Summary;
 use crate::machine::ThermalSample;
 
+/// The `schema` field of every report.
 pub const SCHEMA: &str = "convnext-edge-bench";
+/// The `schema_version` this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A whole `bench` run, as `--json` writes it.
 pub struct Report {
+    /// Always [`SCHEMA`].
     pub schema: String,
+    /// Always [`SCHEMA_VERSION`]; bumped when a field changes meaning.
     pub schema_version: u32,
+    /// The machine it ran on.
     pub machine: Machine,
+    /// How it was run.
     pub settings: Settings,
+    /// One entry per configuration, in the order given.
     pub results: Vec<ConfigResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the machine is.
 pub struct Machine {
+    /// The CPU's model name.
     pub cpu_model: String,
+    /// CPUs the OS shows (hardware threads).
     pub logical_cpus: usize,
+    /// Physical cores.
     pub physical_cores: usize,
+    /// SIMD features the CPU reports that tract's kernels use.
     pub simd: Vec<String>,
+    /// The OS (`linux`, …).
     pub os: String,
+    /// The CPU architecture (`x86_64`, `aarch64`, …).
     pub arch: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The measurement settings.
 pub struct Settings {
+    /// Measured runs per configuration, when a count was asked for.
     pub iters: Option<usize>,
+    /// Seconds of measured runs per configuration, when a duration was asked for.
     pub duration_s: Option<f64>,
+    /// Warm-up runs per configuration after the first.
     pub warmup: usize,
+    /// Pause between configurations, seconds.
     pub cooldown_s: f64,
     /// Configurations were measured round-robin (A B A B …).
     pub interleaved: bool,
+    /// The image timed stage by stage, in pipeline mode.
     pub pipeline_image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Whether a configuration ran.
 pub enum Status {
+    /// It ran: the latency fields are set.
     Ok,
+    /// It failed: `error` says why.
     Failed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One configuration (model × precision × threads) and what was measured.
 pub struct ConfigResult {
+    /// `file precision Nthr`.
     pub label: String,
+    /// The model's path.
     pub model: String,
+    /// The model file's size.
     pub model_bytes: Option<u64>,
+    /// The precision it ran in.
     pub precision: String,
+    /// Worker threads.
     pub threads: usize,
+    /// Images per inference.
     pub batch: usize,
+    /// The input's height and width.
     pub input_size: Option<[usize; 2]>,
+    /// The CPUs the threads were pinned to.
     pub cpus: Option<Vec<usize>>,
+    /// Whether it ran.
     pub status: Status,
+    /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Load and optimisation, ms.
     pub load_ms: Option<f64>,
+    /// The first inference, ms (not in the statistics).
     pub first_ms: Option<f64>,
     #[serde(flatten)]
+    /// Latency statistics of the measured runs.
     pub latency: Option<Summary>,
+    /// Images per second at the median latency.
     pub throughput_ips: Option<f64>,
+    /// This configuration's median over the first one's.
     pub ratio_p50: Option<f64>,
+    /// Peak resident memory of the process after the runs.
     pub peak_rss_bytes: Option<u64>,
+    /// The tract matmul kernels the plan uses.
     pub kernels: Vec<String>,
+    /// SoC temperature and clock before the runs.
     pub thermal_before: Option<ThermalSample>,
+    /// The same after the runs.
     pub thermal_after: Option<ThermalSample>,
+    /// The highest temperature seen.
     pub max_temp_c: Option<f32>,
+    /// The lowest clock seen.
     pub min_freq_mhz: Option<f32>,
+    /// Clock drops and throttling seen during the runs.
     pub warnings: Vec<String>,
+    /// Per-stage statistics, in pipeline mode.
     pub stages: Option<BTreeMap<String, Summary>>,
 }
 

@@ -5,12 +5,19 @@ use serde::{Deserialize, Serialize};
 /// Summary of a sample of latencies in milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// How many runs.
     pub runs: usize,
+    /// The fastest.
     pub min_ms: f64,
+    /// The median.
     pub p50_ms: f64,
+    /// The 90th percentile.
     pub p90_ms: f64,
+    /// The 99th percentile.
     pub p99_ms: f64,
+    /// The slowest.
     pub max_ms: f64,
+    /// The mean.
     pub mean_ms: f64,
     /// Sample standard deviation (n − 1); 0 for a single run.
     pub stddev_ms: f64,

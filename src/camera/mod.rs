@@ -115,13 +115,17 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
 /// One captured frame, as the device produced it.
 #[derive(Debug, Clone)]
 pub struct Frame {
+    /// The bytes as the device produced them.
     pub data: Vec<u8>,
+    /// How the bytes encode the pixels.
     pub format: PixelFormat,
     /// Pixel size; 0 for compressed frames until decoded.
     pub width: u32,
+    /// Pixel height; 0 for compressed frames until decoded.
     pub height: u32,
     /// Number of the frame within its source, from 0.
     pub seq: u64,
+    /// When the frame was captured (or read).
     pub captured: Instant,
     /// The file the frame was read from, for messages about it.
     pub origin: Option<PathBuf>,
@@ -163,12 +167,16 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{source_name}: {message}")]
 pub struct SourceError {
+    /// What kind of failure, for the loop to decide whether to reconnect.
     pub kind: ErrorKind,
+    /// The source, as given (`v4l2:/dev/video0`, …).
     pub source_name: String,
+    /// What went wrong.
     pub message: String,
 }
 
 impl SourceError {
+    /// An error of `kind` from the source named `source_name`.
     pub fn new(
         kind: ErrorKind,
         source_name: impl Into<String>,
@@ -263,6 +271,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Waits that start at `first` and double up to `max`.
     pub fn new(first: Duration, max: Duration) -> Self {
         Backoff { next: first, max }
     }

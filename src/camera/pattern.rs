@@ -24,6 +24,7 @@ const BARS: [[u8; 3]; 8] = [
 ];
 
 impl TestPattern {
+    /// A `width × height` pattern, at `fps` frames a second (as fast as asked for if `None`).
     pub fn new((width, height): (u32, u32), fps: Option<f32>) -> Self {
         TestPattern {
             width: width.max(8),

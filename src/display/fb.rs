@@ -16,8 +16,11 @@ use crate::machine::Sysfs;
 /// A framebuffer's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FbGeometry {
+    /// Visible width in pixels.
     pub width: u32,
+    /// Visible height in pixels.
     pub height: u32,
+    /// Bits per pixel (16 or 32 are drawn).
     pub bits_per_pixel: u32,
     /// Bytes per line.
     pub stride: u32,

@@ -10,7 +10,9 @@ use super::{encode_jpeg, Sink, SinkError, SinkErrorKind, View};
 /// Image file format of an [`ImageDirSink`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// PNG, lossless.
     Png,
+    /// JPEG.
     Jpeg,
 }
 

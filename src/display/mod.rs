@@ -59,12 +59,16 @@ pub enum SinkErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{sink}: {message}")]
 pub struct SinkError {
+    /// What kind of failure: whether the sink can go on.
     pub kind: SinkErrorKind,
+    /// The sink, as given (`jpeg:DIR`, …).
     pub sink: String,
+    /// What went wrong.
     pub message: String,
 }
 
 impl SinkError {
+    /// An error of `kind` from the sink named `sink`.
     pub fn new(kind: SinkErrorKind, sink: impl Into<String>, message: impl Into<String>) -> Self {
         SinkError {
             kind,
@@ -81,6 +85,7 @@ pub struct View<'a> {
     pub frame: &'a RgbImage,
     /// The frame with the result drawn over it.
     pub annotated: &'a RgbImage,
+    /// The result and timings of the frame.
     pub report: &'a FrameReport,
 }
 

@@ -26,9 +26,13 @@ const DEFAULT_PORT: u16 = 1883;
 /// What `mqtt://` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttTarget {
+    /// The broker's host name or address.
     pub host: String,
+    /// The broker's port (1883 unless given).
     pub port: u16,
+    /// User name and password, if the broker asks for them.
     pub credentials: Option<(String, String)>,
+    /// The topic results are published to.
     pub topic: String,
 }
 
@@ -81,6 +85,7 @@ struct Counts {
     dropped: AtomicU64,
 }
 
+/// Publishes each classified frame's result to an MQTT broker (see the module docs).
 pub struct MqttSink {
     name: String,
     topic: String,

@@ -13,8 +13,11 @@ use image::RgbImage;
 
 use crate::classify::Prediction;
 
+/// The label text.
 pub const TEXT: Rgb888 = Rgb888::new(255, 255, 255);
+/// A probability bar.
 pub const BAR: Rgb888 = Rgb888::new(46, 204, 64);
+/// The rest of a bar's track.
 pub const BAR_TRACK: Rgb888 = Rgb888::new(70, 70, 70);
 
 /// An [`RgbImage`] as an embedded-graphics draw target.
@@ -62,6 +65,7 @@ impl DrawTarget for RgbCanvas<'_> {
 /// Where the overlay's parts go on a frame of a given size.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// The font of the labels.
     pub font: &'static MonoFont<'static>,
     /// The darkened box behind everything.
     pub panel: Rectangle,

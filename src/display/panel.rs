@@ -117,6 +117,7 @@ pub struct ColorPanelSink<D> {
 }
 
 impl<D> ColorPanelSink<D> {
+    /// A sink drawing on `display`, named `name` in messages.
     pub fn new(name: &str, display: D) -> Self {
         ColorPanelSink {
             name: name.to_owned(),

@@ -10,9 +10,13 @@ use crate::classify::Prediction;
 pub struct StageTimes {
     /// Waiting for the frame after the previous one was done.
     pub wait: f32,
+    /// Decoding or converting the frame to RGB.
     pub decode: f32,
+    /// Resizing and normalising it for the model.
     pub preprocess: f32,
+    /// The inference.
     pub infer: f32,
+    /// Drawing the result on the frame.
     pub overlay: f32,
     /// Sinks of the previous frame (this frame's are not done when the report is made).
     pub sinks: f32,
@@ -31,7 +35,9 @@ pub struct FrameReport {
     pub latency_ms: f32,
     /// False when `every` > 1 and the previous result is shown again.
     pub classified: bool,
+    /// The top classes, most probable first.
     pub top: Vec<Prediction>,
+    /// Time in each stage.
     pub stages_ms: StageTimes,
     /// Processed frames per second (moving average).
     pub fps: f32,

@@ -33,8 +33,11 @@ pub enum Action {
 /// A class to watch for and what to do when it is seen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
+    /// The class that fires it.
     pub label: String,
+    /// The least probability that fires it.
     pub min_prob: f32,
+    /// What it does.
     pub action: Action,
 }
 

@@ -56,7 +56,9 @@ pub(crate) use for_each_variant;
 /// constant, PyTorch's `Linear`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
+    /// `[N, C, …]`.
     ChannelsFirst,
+    /// `[…, C]`.
     ChannelsLast,
 }
 

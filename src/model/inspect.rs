@@ -22,33 +22,54 @@ use crate::error::{Error, Result};
 /// The report of `convnext-edge info`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
+    /// The model file.
     pub file: String,
+    /// Its size, with external weights.
     pub file_bytes: u64,
+    /// The exporter's `producer_name`.
     pub producer: String,
+    /// The exporter as recognised (PyTorch, Hugging Face, …).
     pub exporter: Option<String>,
+    /// The default-domain opset.
     pub opset: i64,
+    /// Which ConvNeXt it is.
     pub variant: Variant,
+    /// The precision its weights are stored in.
     pub precision: String,
     /// The precision the plan runs in on this CPU (see `precision::effective`).
     pub runs_as: String,
+    /// How it is quantized, if it is.
     pub quantization: Option<Quantization>,
+    /// The input shape the file declares.
     pub input_shape: String,
+    /// Axes the file leaves symbolic.
     pub dynamic_axes: Vec<&'static str>,
+    /// The input height and width it was analysed at.
     pub input_size_used: [usize; 2],
+    /// Output classes.
     pub classes: usize,
+    /// Parameters (weight values).
     pub parameters: u64,
+    /// Multiply-adds of one inference.
     pub macs: u64,
+    /// The protobuf rewrites applied at load, by kind.
     pub rewrites: Vec<(String, usize)>,
+    /// The matmul kernels the plan uses.
     pub kernels: Vec<String>,
+    /// Nodes of the optimised plan, by op.
     pub op_counts: BTreeMap<String, usize>,
 }
 
 /// The ConvNeXt architecture found in the graph.
 #[derive(Debug, Clone, Serialize)]
 pub struct Variant {
+    /// `convnext_atto`, `convnext_tiny`, …, or `unknown`.
     pub name: String,
+    /// ConvNeXt version (1 or 2).
     pub version: u8,
+    /// Blocks per stage.
     pub depths: Vec<usize>,
+    /// Channels per stage.
     pub dims: Vec<usize>,
 }
 

@@ -111,7 +111,9 @@ impl LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {
+    /// f32 input.
     F32,
+    /// f16 input.
     F16,
 }
 
