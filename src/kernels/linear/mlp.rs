@@ -36,7 +36,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::{output, LinearF32, Source, LANES, MIN_BLOCK_TILES, ROWS};
-use crate::kernels::{blocks_needed, threads, SharedOut};
+use crate::kernels::blocking::blocks_needed;
+use crate::kernels::{threads, SharedOut};
 
 /// `fc2(fc1(x))`, the hidden tensor kept per block (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]

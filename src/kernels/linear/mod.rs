@@ -55,9 +55,10 @@ use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use super::blocking::blocks_needed;
 use super::gelu;
 use super::simd::multiversion;
-use super::{blocks_needed, threads, Layout, Patches, SharedOut};
+use super::{threads, Layout, Patches, SharedOut};
 
 mod mlp;
 pub use mlp::MlpF32;

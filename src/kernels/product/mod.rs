@@ -52,7 +52,7 @@ use tract_linalg::multithread::par_chunks_mut;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-use super::block_rows;
+use super::blocking::block_rows;
 pub use super::Sums;
 pub use arch::{available, exact_for};
 use arch::{elem, Elem};

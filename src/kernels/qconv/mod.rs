@@ -32,6 +32,7 @@ mod epilogue;
 mod gelu;
 mod op;
 mod pack;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod patches;
 mod run;
 #[cfg(test)]

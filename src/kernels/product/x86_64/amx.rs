@@ -47,7 +47,7 @@ use std::arch::asm;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-use crate::kernels::block_rows;
+use crate::kernels::blocking::block_rows;
 use crate::kernels::product::par_blocks;
 use crate::kernels::Sums;
 
