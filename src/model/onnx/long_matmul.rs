@@ -11,7 +11,7 @@
 //! per-thread chunks already fit and the split changes nothing.
 //!
 //! Applied only where tract runs these products: on x86 with AVX-512 they go to our
-//! `LinearF32` (`model::linear`), which reads each weight panel slice by slice anyway.
+//! `LinearF32` (`model/passes/linear.rs`), which reads each weight panel slice by slice anyway.
 //!
 //! Exact in real arithmetic; in f32 the sum is associated differently (two partial sums added
 //! instead of one running sum), a rounding-level difference like a change of kernel. The

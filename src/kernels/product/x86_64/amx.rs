@@ -21,7 +21,7 @@
 //! past the last lane. Lane panels come in pairs (lanes padded to 32).
 //!
 //! ```text
-//! use convnext_edge::kernels::amx::{available, product_into, Lanes};
+//! use convnext_edge::kernels::product::amx::{available, product_into, Lanes};
 //! if available() {
 //!     // Two lanes and three rows of k = 3 values.
 //!     let lanes = Lanes::pack(2, 3, |l, k| [[1, 2, 3], [-1, 0, 127]][l][k]);
