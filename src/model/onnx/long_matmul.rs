@@ -147,8 +147,7 @@ fn int64s(name: &str, v: &[i64]) -> TensorProto {
 mod tests {
     use super::*;
     use tract_onnx::pb::type_proto::{Tensor as TensorType, Value};
-    use tract_onnx::pb::{ModelProto, OperatorSetIdProto, TypeProto, ValueInfoProto};
-    use tract_onnx::prelude::*;
+    use tract_onnx::pb::{TypeProto, ValueInfoProto};
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -196,27 +195,7 @@ mod tests {
     }
 
     fn run(graph: GraphProto, k: usize) -> Vec<f32> {
-        let proto = ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        };
-        let mut model = crate::model::onnx::parser()
-            .parse(&proto, None)
-            .unwrap()
-            .model;
-        model
-            .set_input_fact(0, f32::fact([2, 3, k]).into())
-            .unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let x = Tensor::from_shape(&[2, 3, k], &values(6 * k, 1)).unwrap();
-        let y = plan.run(tvec!(x.into_tvalue())).unwrap().remove(0);
-        let y = y.try_as_plain_ram().unwrap();
-        y.as_slice::<f32>().unwrap().to_vec()
+        crate::model::onnx::run_graph(graph, &[2, 3, k], &values(6 * k, 1))
     }
 
     /// Two and three parts (uneven depth), both storages: the products of the unsplit graph,

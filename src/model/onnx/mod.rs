@@ -77,3 +77,26 @@ pub(crate) fn parser() -> tract_onnx::Onnx {
     layer_norm::register(&mut onnx);
     onnx
 }
+
+/// Runs a one-input graph (opset 17) through our parser and tract on `x` of `shape`: the
+/// rewrites' tests compare a graph before and after them.
+#[cfg(test)]
+pub(crate) fn run_graph(graph: pb::GraphProto, shape: &[usize], x: &[f32]) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let proto = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let mut model = parser().parse(&proto, None).unwrap().model;
+    model.set_input_fact(0, f32::fact(shape).into()).unwrap();
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    let x = Tensor::from_shape(shape, x).unwrap();
+    let y = plan.run(tvec!(x.into_tvalue())).unwrap().remove(0);
+    let y = y.try_as_plain_ram().unwrap();
+    y.as_slice::<f32>().unwrap().to_vec()
+}

@@ -208,7 +208,6 @@ mod tests {
     use super::*;
     use crate::model::onnx::proto::{dt, ints_attr};
     use tract_onnx::pb::TensorProto;
-    use tract_onnx::prelude::*;
 
     fn init(name: &str, data_type: i32, dims: Vec<i64>, raw: Vec<u8>) -> TensorProto {
         TensorProto {
@@ -523,27 +522,7 @@ mod tests {
 
     /// Runs a one-input graph through tract on `x` (`[1, 2, 3, 3]` f32).
     fn run_graph(graph: GraphProto, x: &[f32]) -> Vec<f32> {
-        let proto = tract_onnx::pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![tract_onnx::pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        };
-        let mut model = crate::model::onnx::parser()
-            .parse(&proto, None)
-            .unwrap()
-            .model;
-        let x = Tensor::from_shape(&[1, 2, 3, 3], x).unwrap();
-        model
-            .set_input_fact(0, f32::fact([1, 2, 3, 3]).into())
-            .unwrap();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let y = plan.run(tvec!(x.into_tvalue())).unwrap().remove(0);
-        let y = y.try_as_plain_ram().unwrap();
-        y.as_slice::<f32>().unwrap().to_vec()
+        crate::model::onnx::run_graph(graph, &[1, 2, 3, 3], x)
     }
 
     /// A graph of `node` from the f32 input `x` to the f32 output `y`.
