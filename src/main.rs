@@ -354,7 +354,13 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             json,
             images,
         } => {
-            let model = Model::load(&model, &options)?;
+            let model_path = model;
+            let model = Model::load(&model_path, &options)?;
+            if cli.verbose > 0 {
+                if let Some(w) = model.integer_coverage().warning() {
+                    log::warn!("{}: {w}", model_path.display());
+                }
+            }
             let labels = labels
                 .map(|p| Labels::from_file(&p, model.classes()))
                 .transpose()?;

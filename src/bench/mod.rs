@@ -312,6 +312,9 @@ fn load(
     let (h, w) = model.input_hw();
     live.result.input_size = Some([h, w]);
     live.result.kernels = inspect::kernels(model.typed_model());
+    live.result
+        .warnings
+        .extend(model.integer_coverage().warning());
     if let Some(b) = model.batch().filter(|&b| b != spec.batch) {
         return Err(format!(
             "the model has a fixed batch of {b}; asked for {}",
@@ -447,7 +450,8 @@ fn finish(
         .chain([&after])
         .filter_map(|t| t.freq_mhz)
         .reduce(f32::min);
-    r.warnings = thermal_warnings(r.thermal_before.as_ref(), r.min_freq_mhz, &after);
+    let thermal = thermal_warnings(r.thermal_before.as_ref(), r.min_freq_mhz, &after);
+    r.warnings.extend(thermal);
     r.thermal_after = Some(after);
 }
 

@@ -33,7 +33,7 @@ impl Graph {
             let mut proto = decode(path, &bytes)?;
             check_tensor_sizes(path, &proto, DEFAULT_MAX_TENSOR_BYTES)?;
             check_axes(path, &proto)?;
-            onnx::rewrite(&mut proto, IntegerPath::Auto.enabled())
+            onnx::rewrite(&mut proto, IntegerPath::Auto)
                 .map_err(stage_error_str(path, "graph rewrite"))?;
             let dir = path.parent().and_then(|d| d.to_str());
             let typed = onnx::parser()

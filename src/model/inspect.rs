@@ -54,6 +54,8 @@ pub struct Info {
     pub macs: u64,
     /// The protobuf rewrites applied at load, by kind.
     pub rewrites: Vec<(String, usize)>,
+    /// Where each quantized product runs (empty for a float model).
+    pub integer_coverage: crate::model::Coverage,
     /// The matmul kernels the plan uses.
     pub kernels: Vec<String>,
     /// Nodes of the optimised plan, by op.
@@ -150,6 +152,7 @@ impl Info {
                 .sum(),
             macs: macs(path, &bytes, options)?,
             rewrites: model.rewrites().0.clone(),
+            integer_coverage: model.integer_coverage().clone(),
             kernels: kernels(model.typed_model()),
             op_counts,
         })
@@ -214,6 +217,9 @@ impl std::fmt::Display for Info {
                 .map(|(k, n)| format!("{k} x{n}"))
                 .collect();
             writeln!(f, "rewritten:     {}", r.join(", "))?;
+        }
+        if !self.integer_coverage.products.is_empty() {
+            writeln!(f, "{}", self.integer_coverage)?;
         }
         writeln!(f, "tract kernels: {}", self.kernels.join(", "))?;
         let ops: Vec<String> = self

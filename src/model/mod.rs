@@ -15,6 +15,7 @@ pub mod inspect;
 pub(crate) mod onnx;
 pub(crate) mod passes;
 
+pub use onnx::qdq::{Coverage, Product};
 pub use onnx::Rewrites;
 
 use std::collections::HashMap;
@@ -210,6 +211,7 @@ pub(crate) struct Io {
     classes: usize,
     metadata: HashMap<String, String>,
     rewrites: Rewrites,
+    coverage: Coverage,
 }
 
 impl Model {
@@ -374,6 +376,12 @@ impl Model {
         &self.io.rewrites
     }
 
+    /// Where each quantized product of the file runs: on integer kernels, or on float and
+    /// why. Empty for a float model.
+    pub fn integer_coverage(&self) -> &Coverage {
+        &self.io.coverage
+    }
+
     /// The optimised tract model at batch 1 (for kernel and cost reports).
     pub fn typed_model(&self) -> &TypedModel {
         self.plan.model()
@@ -531,7 +539,7 @@ pub(crate) fn typed_model(
     )?;
     check_axes(path, &proto)?;
     let sig = Signature::of(path, &proto)?;
-    let rewrites = onnx::rewrite(&mut proto, options.integer.enabled())
+    let (rewrites, coverage) = onnx::rewrite(&mut proto, options.integer)
         .map_err(stage_error_str(path, "graph rewrite"))?;
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = onnx::parser()
@@ -587,6 +595,7 @@ pub(crate) fn typed_model(
         classes,
         metadata,
         rewrites,
+        coverage,
     };
     Ok((typed, io))
 }

@@ -21,8 +21,12 @@ pub(crate) mod long_matmul;
 pub(crate) mod proto;
 pub(crate) mod qdq;
 pub(crate) mod qoperator;
+#[cfg(test)]
+mod tests;
 
 use tract_onnx::pb;
+
+use super::IntegerPath;
 
 /// The log of what the protobuf rewrites changed: each kind of rewrite with its count, in the order
 /// they ran, for `info` and logs.
@@ -46,14 +50,27 @@ impl Rewrites {
     }
 }
 
-/// Rewrites `model` for tract (see the module docs); `integer` turns on the fusions into our
-/// integer ops. Errors name the node that cannot be expressed.
-pub(crate) fn rewrite(model: &mut pb::ModelProto, integer: bool) -> Result<Rewrites, String> {
+/// Rewrites `model` for tract (see the module docs); `integer` says whether to fuse quantized
+/// products into our integer ops. Returns the log, and where each quantized product runs.
+/// Errors name the node that cannot be expressed.
+pub(crate) fn rewrite(
+    model: &mut pb::ModelProto,
+    integer: IntegerPath,
+) -> Result<(Rewrites, qdq::Coverage), String> {
+    if let Some(graph) = model.graph.as_mut() {
+        name_nodes(graph);
+    }
     let mut log = qoperator::apply(model)?;
     let Some(graph) = model.graph.as_mut() else {
-        return Ok(log);
+        return Ok((log, qdq::Coverage::default()));
     };
-    if integer {
+    let surveyed = qdq::survey(graph);
+    let integer_off = match integer {
+        IntegerPath::Never => Some("the integer path is turned off (--float-only)"),
+        _ if !integer.enabled() => Some("no int8 kernel beats f32 on this CPU"),
+        _ => None,
+    };
+    if integer_off.is_none() {
         let pays = crate::kernels::depthwise::quantized::pays;
         let n = qdq::fuse_depthwise(graph, pays);
         log.record("QDQ depthwise Conv → integer", n);
@@ -63,11 +80,24 @@ pub(crate) fn rewrite(model: &mut pb::ModelProto, integer: bool) -> Result<Rewri
     let grouped_only = !crate::kernels::qconv::tract_int8_kernels_slow();
     let n = qdq::integer_ops_to_float(graph, grouped_only);
     log.record("ConvInteger/MatMulInteger → f32", n);
+    let coverage = qdq::outcome(graph, surveyed, integer_off);
     if !super::passes::own_f32_linear() {
         let n = long_matmul::split(graph);
         log.record("MatMul split along its depth", n);
     }
-    Ok(log)
+    Ok((log, coverage))
+}
+
+/// Gives every node a name of its own (ONNX leaves names optional and unchecked): the
+/// coverage report finds products by name, and our rewrites name what they add after them.
+fn name_nodes(graph: &mut pb::GraphProto) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, node) in graph.node.iter_mut().enumerate() {
+        if node.name.is_empty() || !seen.insert(node.name.clone()) {
+            node.name = format!("{}::cxe_node_{i}", node.op_type);
+            seen.insert(node.name.clone());
+        }
+    }
 }
 
 /// tract's ONNX front end with our own nodes' parsers registered.

@@ -19,14 +19,20 @@
 //! - **Gemm on f16 tensors** (onnxconverter-common's f16 models) becomes `MatMul` (+ `Add`):
 //!   tract's Gemm builds its alpha/beta constants as f32 and then fails the f16 graph's type
 //!   check. Only the plain case (alpha = beta = 1, no transposed A) is rewritten.
+//! - **Gemm on quantized weights** (a `DequantizeLinear` output, or a QGemm) becomes
+//!   `MatMul(A, [Transpose](B))` (+ `Add(C)`) too: the one form of a quantized product our QDQ
+//!   fusion matches. onnxruntime's `quant_pre_process` writes each `MatMul + Add` over a 4-D
+//!   tensor as `Reshape → Gemm → Reshape`, and a classifier head is a `Gemm` with `transB`.
 //!
 //! Relies on nothing inside tract: only on `tract_onnx::pb`, the generated protobuf types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb::{self, GraphProto, NodeProto, TensorProto};
 
-use super::proto::{dt, float_attr, float_attr_of, input, int_attr, int_attr_of, ints_attr, op};
+use super::proto::{
+    dt, float_attr, float_attr_of, floats, input, int_attr, int_attr_of, ints, ints_attr, op,
+};
 use super::Rewrites;
 
 const MS_DOMAIN: &str = "com.microsoft";
@@ -40,6 +46,11 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
     };
     let mut ed = Editor::new(graph);
     let nodes = std::mem::take(&mut ed.graph.node);
+    let dequantized: HashSet<String> = nodes
+        .iter()
+        .filter(|n| n.op_type == "DequantizeLinear")
+        .flat_map(|n| n.output.iter().cloned())
+        .collect();
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
         let replaced = match (node.domain.as_str(), node.op_type.as_str()) {
@@ -53,7 +64,10 @@ pub fn apply(model: &mut pb::ModelProto) -> Result<Rewrites, String> {
             ("" | "ai.onnx", "QLinearMatMul") if ed.constant_params(&node) => {
                 Some(ed.qlinear_matmul(&node))
             }
-            ("" | "ai.onnx", "Gemm") if ed.is_plain_f16_gemm(&node) => {
+            ("" | "ai.onnx", "Gemm")
+                if ed.is_plain_f16_gemm(&node)
+                    || (is_plain_gemm(&node) && dequantized.contains(&input(&node, 1))) =>
+            {
                 Some(ed.gemm_as_matmul(&node))
             }
             _ => None,
@@ -185,6 +199,17 @@ impl<'a> Editor<'a> {
         node: &NodeProto,
         [bias, x_scale, w_scale]: [usize; 3],
     ) -> String {
+        if let Some(values) = self.constant_bias(node, [bias, x_scale, w_scale]) {
+            let name = self.name(&node.name, "bias");
+            self.graph.initializer.push(TensorProto {
+                name: name.clone(),
+                data_type: dt::FLOAT,
+                dims: vec![values.len() as i64],
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            });
+            return name;
+        }
         let bias_scale = self.name(&node.name, "bias_scale");
         nodes.push(op(
             "Mul",
@@ -207,6 +232,29 @@ impl<'a> Editor<'a> {
             vec![],
         ));
         out
+    }
+
+    /// [`Editor::float_bias`] computed here when its inputs are initializers, with the same
+    /// f32 operations in the same order: a constant bias is what the QDQ fusion takes over.
+    fn constant_bias(
+        &self,
+        node: &NodeProto,
+        [bias, x_scale, w_scale]: [usize; 3],
+    ) -> Option<Vec<f32>> {
+        let bias = ints(self.initializer(&input(node, bias))?)?;
+        let x_scale = floats(self.initializer(&input(node, x_scale))?)?;
+        let w_scale = floats(self.initializer(&input(node, w_scale))?)?;
+        let [x_scale] = x_scale[..] else { return None };
+        if w_scale.len() != 1 && w_scale.len() != bias.len() {
+            return None;
+        }
+        let scale = |i: usize| x_scale * w_scale[if w_scale.len() == 1 { 0 } else { i }];
+        Some(
+            bias.iter()
+                .enumerate()
+                .map(|(i, &b)| b as i32 as f32 * scale(i))
+                .collect(),
+        )
     }
 
     /// QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, [B]) as
@@ -258,19 +306,29 @@ impl<'a> Editor<'a> {
         if !input(node, 6).is_empty() {
             gemm_inputs.push(self.float_bias(&mut nodes, node, [6, 1, 4]));
         }
-        let attrs = vec![
-            int_attr("transA", trans_a),
-            int_attr("transB", trans_b),
-            float_attr("alpha", alpha),
-            float_attr("beta", 1.0),
-        ];
-        if input(node, 7).is_empty() {
-            nodes.push(op("Gemm", gemm_inputs, node.output.clone(), attrs));
-        } else {
+        let mut gemm = op(
+            "Gemm",
+            gemm_inputs,
+            node.output.clone(),
+            vec![
+                int_attr("transA", trans_a),
+                int_attr("transB", trans_b),
+                float_attr("alpha", alpha),
+                float_attr("beta", 1.0),
+            ],
+        );
+        gemm.name = node.name.clone();
+        let mut quantize = vec![];
+        if !input(node, 7).is_empty() {
             let y = self.name(&node.name, "gemm");
-            nodes.push(op("Gemm", gemm_inputs, vec![y.clone()], attrs));
-            self.quantize(&mut nodes, node, y, 7);
+            gemm.output = vec![y.clone()];
+            self.quantize(&mut quantize, node, y, 7);
         }
+        match is_plain_gemm(&gemm) {
+            true => nodes.extend(self.gemm_as_matmul(&gemm)),
+            false => nodes.push(gemm),
+        }
+        nodes.extend(quantize);
         Ok(nodes)
     }
 
@@ -302,10 +360,7 @@ impl<'a> Editor<'a> {
     }
 
     fn is_plain_f16_gemm(&self, node: &NodeProto) -> bool {
-        let plain = int_attr_of(node, "transA").unwrap_or(0) == 0
-            && float_attr_of(node, "alpha").unwrap_or(1.0) == 1.0
-            && float_attr_of(node, "beta").unwrap_or(1.0) == 1.0;
-        plain
+        is_plain_gemm(node)
             && node
                 .input
                 .iter()
@@ -347,6 +402,13 @@ impl<'a> Editor<'a> {
         }
         nodes
     }
+}
+
+/// Gemm with alpha = beta = 1 and A not transposed: a MatMul (+ Add).
+fn is_plain_gemm(node: &NodeProto) -> bool {
+    int_attr_of(node, "transA").unwrap_or(0) == 0
+        && float_attr_of(node, "alpha").unwrap_or(1.0) == 1.0
+        && float_attr_of(node, "beta").unwrap_or(1.0) == 1.0
 }
 
 #[cfg(test)]

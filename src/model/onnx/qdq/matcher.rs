@@ -6,10 +6,10 @@ use super::fused::{
     gelu_attributes, DOMAIN, DYNAMIC_ATTR, FUSED_DEPTHWISE_OP, FUSED_OP, PATCH_ATTR,
 };
 use super::index::{all_ones, auto_pad, is_pointwise, patch_size, scalar, Index};
+use super::weights::{int8_copy, weights, Orientation};
+use super::Miss;
 use crate::kernels::qconv::{ActQuant, QdqGelu};
-use crate::model::onnx::proto::{
-    arg, dt, int_attr, int_attr_of, ints, ints_attr, ints_attr_of, is_onnx,
-};
+use crate::model::onnx::proto::{arg, dt, int_attr, int_attr_of, ints_attr, ints_attr_of, is_onnx};
 
 /// One match: the conv's index, the new node, the nodes it reads (the input pair, the weight
 /// dequantize) and the output pair's nodes, which it removes.
@@ -30,7 +30,11 @@ pub(super) fn find_all(graph: &GraphProto, patches: Option<bool>) -> Vec<Match> 
         .iter()
         .enumerate()
         .filter(|(_, n)| is_onnx(n))
-        .filter_map(|(i, n)| match_node(&ix, i, n, patches).or_else(|| match_dynamic(&ix, i, n)))
+        .filter_map(|(i, n)| {
+            match_node(&ix, i, n, patches)
+                .ok()
+                .or_else(|| match_dynamic(&ix, i, n))
+        })
         .collect()
 }
 
@@ -61,30 +65,36 @@ pub(super) fn match_node(
     node_ix: usize,
     op: &NodeProto,
     patches: Option<bool>,
-) -> Option<Match> {
+) -> Result<Match, Miss> {
     let (channels_last, patch) = match op.op_type.as_str() {
         "Conv" if is_pointwise(op) => (false, 1),
-        "Conv" if patches.is_some() => (false, patch_size(op)?),
+        "Conv" if patches.is_some() => (
+            false,
+            patch_size(op).ok_or("a convolution other than 1x1 or over patches")?,
+        ),
+        "Conv" => return Err("a convolution other than 1x1"),
         "MatMul" => (true, 1),
-        _ => return None,
+        "Gemm" => return Err("a Gemm with alpha or beta other than 1, or A transposed"),
+        _ => return Err("not a product"),
     };
-    let (x_q_ix, x_q, x_dq_ix) = input_pair(ix, op)?;
-    let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
-    let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == dt::INT8)?;
-    let (cout, channel_axes) = match (channels_last, &w.dims[..]) {
-        (false, &[cout, _, kh, kw]) if kh == patch && kw == patch => (cout, [0, -4]),
-        (true, &[_, cout]) => (cout, [1, -1]),
-        _ => return None,
+    let (x_q_ix, x_q, x_dq_ix) =
+        input_pair(ix, op).ok_or("its input is not quantized per tensor (Q → DQ)")?;
+    let orientation = match channels_last {
+        true => Orientation::MatMul,
+        false => Orientation::Conv,
     };
+    let w = weights(ix, arg(op, 1), orientation, &op.name)?;
+    if !channels_last && w.dims[2..] != [patch, patch] {
+        return Err("a convolution other than 1x1 or over patches");
+    }
+    let cout = w.cout(orientation);
     // Patches run on our own product alone; weights it cannot take exactly keep the float path.
     if patch > 1 {
-        let w = ints(w)?.into_iter().map(|v| v as i8).collect::<Vec<_>>();
-        if !crate::kernels::qconv::patches_pay(&w, patches == Some(true)) {
-            return None;
+        let values = w.values(ix).ok_or("weights kept in external data")?;
+        if !crate::kernels::qconv::patches_pay(&values, patches == Some(true)) {
+            return Err("a convolution over patches, faster in float on this CPU");
         }
     }
-    symmetric_weights(ix, w_dq, cout, &channel_axes)?;
-
     let bias = if channels_last { "" } else { arg(op, 2) };
     let mut node = NodeProto {
         name: op.name.clone(),
@@ -94,8 +104,8 @@ pub(super) fn match_node(
             arg(x_q, 0),
             arg(x_q, 1),
             arg(x_q, 2),
-            arg(w_dq, 0),
-            arg(w_dq, 1),
+            &w.name,
+            &w.scale,
             bias,
         ]
         .map(String::from)
@@ -108,28 +118,28 @@ pub(super) fn match_node(
         node.attribute.push(int_attr(PATCH_ATTR, patch));
     }
     let mut remove = vec![];
-    if let Some((qi, q, dqi, dq)) = output_pair(ix, op.output.first()?) {
+    let mut y = op.output.first().ok_or("no output")?.clone();
+    // A Gemm's bias (a MatMul, then Add before any quantization).
+    if let Some((ai, add)) = bias_add(ix, &y, cout).filter(|_| channels_last) {
+        node.input[5] = other_input(add, &y).unwrap_or_default().into();
+        node.output = add.output.clone();
+        y = add.output[0].clone();
+        remove.push(ai);
+    }
+    if let Some((qi, q, dqi, dq)) = output_pair(ix, &y) {
         node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
         node.output = dq.output.clone();
         remove.extend([qi, dqi]);
         // PyTorch's Linear on a 4-D tensor exports as MatMul then Add(bias): fused as well
-        // when the sum has its own pair.
-        let add = ix
-            .sole_consumer(&dq.output[0], "Add")
-            .filter(|_| channels_last);
+        // when the sum has its own pair (the op then quantizes twice, as the graph does).
+        let y = dq.output[0].clone();
+        let add = bias_add(ix, &y, cout).filter(|_| channels_last && arg(&node, 5).is_empty());
         if let Some((ai, add)) = add {
-            let other = if arg(add, 0) == dq.output[0] {
-                arg(add, 1)
-            } else {
-                arg(add, 0)
-            };
-            if is_bias(ix, other, cout) {
-                if let Some((qi, q, dqi, dq)) = output_pair(ix, &add.output[0]) {
-                    node.input[5] = other.into();
-                    node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
-                    node.output = dq.output.clone();
-                    remove.extend([ai, qi, dqi]);
-                }
+            if let Some((qi, q, dqi, dq)) = output_pair(ix, &add.output[0]) {
+                node.input[5] = other_input(add, &y).unwrap_or_default().into();
+                node.input.extend([arg(q, 1).into(), arg(q, 2).into()]);
+                node.output = dq.output.clone();
+                remove.extend([ai, qi, dqi]);
             }
         }
     }
@@ -142,14 +152,21 @@ pub(super) fn match_node(
         node.output = vec![out];
         remove.extend(nodes);
     }
-    let initializers = fill_defaults(&mut node, cout);
-    Some(Match {
+    let mut initializers = fill_defaults(&mut node, cout);
+    initializers.extend(w.new);
+    Ok(Match {
         conv: node_ix,
         node,
-        reads: [x_q_ix, x_dq_ix, w_dq_ix],
+        reads: [x_q_ix, x_dq_ix, w.dq],
         remove,
         initializers,
     })
+}
+
+/// The `Add` of a `[cout]` bias that alone reads `y`.
+fn bias_add<'g>(ix: &Index<'g>, y: &str, cout: i64) -> Option<(usize, &'g NodeProto)> {
+    let (ai, add) = ix.sole_consumer(y, "Add")?;
+    is_bias(ix, other_input(add, y)?, cout).then_some((ai, add))
 }
 
 /// The input pair `Q → DQ` a product reads (its quantize, the quantize's index, and the
@@ -165,30 +182,6 @@ pub(super) fn input_pair<'g>(
     }
     ix.act_quant(x_q)?;
     Some((x_q_ix, x_q, x_dq_ix))
-}
-
-/// Whether the weight dequantize `w_dq` is symmetric (zero point 0) with one f32 scale, or one
-/// per output channel along one of `channel_axes`.
-pub(super) fn symmetric_weights(
-    ix: &Index,
-    w_dq: &NodeProto,
-    cout: i64,
-    channel_axes: &[i64],
-) -> Option<()> {
-    let w_scale = ix.init(arg(w_dq, 1)).filter(|t| t.data_type == dt::FLOAT)?;
-    let per_channel = match w_scale.dims[..] {
-        [] | [1] => false,
-        [c] if c == cout => true,
-        _ => return None,
-    };
-    let axis = int_attr_of(w_dq, "axis").unwrap_or(1);
-    if per_channel && !channel_axes.contains(&axis) {
-        return None;
-    }
-    match ix.init(arg(w_dq, 2)) {
-        Some(zp) => ints(zp)?.iter().all(|&z| z == 0).then_some(()),
-        None => arg(w_dq, 2).is_empty().then_some(()),
-    }
 }
 
 /// See [`fuse_depthwise`].
@@ -211,15 +204,13 @@ pub(super) fn match_depthwise(
         Some(_) => return None,
     };
     let (x_q_ix, x_q, x_dq_ix) = input_pair(ix, op)?;
-    let (w_dq_ix, w_dq) = ix.producer(arg(op, 1), "DequantizeLinear")?;
-    let w = ix.init(arg(w_dq, 0)).filter(|t| t.data_type == dt::INT8)?;
+    let w = weights(ix, arg(op, 1), Orientation::Conv, &op.name).ok()?;
     let &[c, 1, kh, kw] = &w.dims[..] else {
         return None;
     };
     if int_attr_of(op, "group") != Some(c) || !pays(kh as usize, kw as usize) {
         return None;
     }
-    symmetric_weights(ix, w_dq, c, &[0, -4])?;
     let mut node = NodeProto {
         name: op.name.clone(),
         op_type: FUSED_DEPTHWISE_OP.into(),
@@ -228,8 +219,8 @@ pub(super) fn match_depthwise(
             arg(x_q, 0),
             arg(x_q, 1),
             arg(x_q, 2),
-            arg(w_dq, 0),
-            arg(w_dq, 1),
+            &w.name,
+            &w.scale,
             arg(op, 2),
         ]
         .map(String::from)
@@ -238,11 +229,12 @@ pub(super) fn match_depthwise(
         attribute: vec![ints_attr("pads", &pads)],
         ..Default::default()
     };
-    let initializers = fill_defaults(&mut node, c);
+    let mut initializers = fill_defaults(&mut node, c);
+    initializers.extend(w.new);
     Some(Match {
         conv: node_ix,
         node,
-        reads: [x_q_ix, x_dq_ix, w_dq_ix],
+        reads: [x_q_ix, x_dq_ix, w.dq],
         remove: vec![],
         initializers,
     })
@@ -302,18 +294,20 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
     if arg(op, 2) != dql.output.get(2)?.as_str() {
         return None;
     }
-    let w = ix.init(arg(op, 1)).filter(|t| t.data_type == dt::INT8)?;
+    let w = ix.init(arg(op, 1))?;
     let cout = match (channels_last, &w.dims[..]) {
         (false, &[cout, _, 1, 1]) | (true, &[_, cout]) => cout,
         _ => return None,
     };
-    if let Some(zp) = ix.init(arg(op, 3)) {
-        if !ints(zp)?.iter().all(|&z| z == 0) {
-            return None;
-        }
-    } else if !arg(op, 3).is_empty() {
-        return None;
-    }
+    let orientation = match channels_last {
+        true => Orientation::MatMul,
+        false => Orientation::Conv,
+    };
+    let zero_point = match arg(op, 3) {
+        "" => None,
+        zp => Some(ix.init(zp)?),
+    };
+    let new = int8_copy(w, zero_point, orientation, false, &op.name).ok()?;
     let (cast_ix, cast) = ix.sole_consumer(op.output.first()?, "Cast")?;
     if int_attr_of(cast, "to") != Some(dt::FLOAT as i64) {
         return None;
@@ -334,9 +328,16 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
         name: op.name.clone(),
         op_type: FUSED_OP.into(),
         domain: DOMAIN.into(),
-        input: [arg(dql, 0), "", "", arg(op, 1), w_scale_name, ""]
-            .map(String::from)
-            .to_vec(),
+        input: [
+            arg(dql, 0),
+            "",
+            "",
+            new.as_ref().map_or(arg(op, 1), |t| &t.name),
+            w_scale_name,
+            "",
+        ]
+        .map(String::from)
+        .to_vec(),
         output: mul.output.clone(),
         attribute: vec![
             int_attr("channels_last", channels_last as i64),
@@ -354,7 +355,8 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
             remove.push(add_ix);
         }
     }
-    let initializers = fill_defaults(&mut node, cout);
+    let mut initializers = fill_defaults(&mut node, cout);
+    initializers.extend(new);
     Some(Match {
         conv: node_ix,
         node,

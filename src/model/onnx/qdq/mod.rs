@@ -30,20 +30,27 @@
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
 
+mod coverage;
 mod fused;
 mod index;
 mod matcher;
 mod ops;
 mod to_float;
+mod weights;
 
 use tract_onnx::pb::{GraphProto, NodeProto};
 
 use crate::model::onnx::proto::{arg, int_attr, int_attr_of, is_onnx};
+pub(crate) use coverage::{outcome, survey};
+pub use coverage::{Coverage, Product};
 use fused::{emit_of, DOMAIN, DYNAMIC_ATTR, EMIT_ATTR};
 pub use fused::{FUSED_DEPTHWISE_OP, FUSED_OP};
 use index::Index;
 use matcher::{find_all, match_depthwise, Match};
 pub use to_float::integer_ops_to_float;
+
+/// Why a product stays on the float path, for `info`.
+pub type Miss = &'static str;
 
 /// Registers the parsers of [`FUSED_OP`] and [`FUSED_DEPTHWISE_OP`].
 pub fn register(onnx: &mut tract_onnx::Onnx) {
@@ -322,9 +329,17 @@ mod tests {
         assert_eq!(infos("MoveAxis").len(), 1);
     }
 
+    /// Weights with zero points are the same weights centred, where those fit in int8: the
+    /// fused node reads a centred copy. Full-range ones (here 1..6 around −128) keep the float
+    /// path, as do strided convolutions.
     #[test]
-    fn leaves_asymmetric_weights_and_strided_convs_alone() {
+    fn centres_asymmetric_weights_where_they_fit_and_leaves_strided_convs_alone() {
         let mut g = graph(3);
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        let w = &g.node[0].input[3];
+        let centred = g.initializer.iter().find(|t| &t.name == w).unwrap();
+        assert_eq!(centred.raw_data, [-2i8, -1, 0, 1, 2, 3].map(|v| v as u8));
+        let mut g = graph(128);
         assert_eq!(fuse_pointwise(&mut g), 0);
         let mut g = graph(0);
         g.node[3].attribute.push(tract_onnx::pb::AttributeProto {
@@ -509,9 +524,13 @@ mod tests {
         assert_eq!(fused.output, ["y"]);
         assert_eq!([&fused.input[0], &fused.input[3]], ["x", "w"]);
         assert_eq!(&fused.input[4..6], ["ws", "b"]);
-        // Non-zero weight zero point: left alone.
+        // A weight zero point: centred where the weights fit in int8, else left alone.
         let mut g = dynamic_graph();
         g.initializer[1].raw_data = vec![3];
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        assert_eq!(g.node[0].input[3], "acc::cxe_weights");
+        let mut g = dynamic_graph();
+        g.initializer[1].raw_data = vec![-125i8 as u8];
         assert_eq!(fuse_pointwise(&mut g), 0);
     }
 

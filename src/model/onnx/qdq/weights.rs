@@ -1,0 +1,205 @@
+//! A product's quantized weights, brought to the one form the fused ops read: int8 with zero
+//! point 0, in the product's own orientation.
+//!
+//! Quantizers store them several ways for the same function: s8 or u8, symmetric or with zero
+//! points (`WeightSymmetric=False`, `reduce_range`'s 7-bit u8), and a `Gemm`'s `transB`
+//! weights as `[cout, cin]` behind a `Transpose`. Where `q − zero_point` fits in int8 for
+//! every weight (always for s8 symmetric, 7-bit u8 and u8 around 128), the centred values are
+//! the same weights exactly; full-range asymmetric weights do not fit and keep the float path.
+
+use tract_onnx::pb::{NodeProto, TensorProto};
+
+use super::index::Index;
+use super::Miss;
+use crate::model::onnx::proto::{arg, dt, int_attr_of, ints, ints_attr_of};
+
+/// Where a product's output channels are in its weight tensor.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum Orientation {
+    /// A convolution's `[cout, cin / group, kh, kw]`.
+    Conv,
+    /// A MatMul's `[cin, cout]`.
+    MatMul,
+}
+
+/// Weights as a fused node reads them.
+pub(super) struct Weights {
+    /// The int8 weight tensor: the file's, or `new`.
+    pub(super) name: String,
+    /// A centred or transposed copy, added to the graph with the fused node.
+    pub(super) new: Option<TensorProto>,
+    /// The f32 scale: one, or one per output channel.
+    pub(super) scale: String,
+    pub(super) dims: Vec<i64>,
+    /// The weights' `DequantizeLinear`.
+    pub(super) dq: usize,
+}
+
+impl Weights {
+    pub(super) fn cout(&self, orientation: Orientation) -> i64 {
+        match orientation {
+            Orientation::Conv => self.dims[0],
+            Orientation::MatMul => self.dims[1],
+        }
+    }
+
+    /// The int8 values (row-major in `dims`), where the file stores them.
+    pub(super) fn values(&self, ix: &Index) -> Option<Vec<i8>> {
+        let t = self.new.as_ref().or_else(|| ix.init(&self.name))?;
+        Some(ints(t)?.into_iter().map(|v| v as i8).collect())
+    }
+}
+
+/// The weights `name` a product reads: `DequantizeLinear` of an 8-bit constant, for a MatMul
+/// maybe behind a 2-D `Transpose`; `fresh` names a copy if one is needed.
+pub(super) fn weights(
+    ix: &Index,
+    name: &str,
+    orientation: Orientation,
+    fresh: &str,
+) -> Result<Weights, Miss> {
+    let transpose = ix
+        .producer(name, "Transpose")
+        .filter(|(_, t)| ints_attr_of(t, "perm").is_none_or(|p| p == [1, 0]));
+    let dq_of = transpose.map_or(name, |(_, t)| arg(t, 0));
+    let not_constant = "weights are not a dequantized 8-bit constant";
+    let (dq_ix, dq) = ix.producer(dq_of, "DequantizeLinear").ok_or(not_constant)?;
+    let w = ix.init(arg(dq, 0)).ok_or(not_constant)?;
+    if w.data_type != dt::INT8 && w.data_type != dt::UINT8 {
+        return Err(not_constant);
+    }
+    let transposed = transpose.is_some();
+    if transposed && (orientation != Orientation::MatMul || w.dims.len() != 2) {
+        return Err("weights transposed other than as a Gemm's transB");
+    }
+    let cout_axis: i64 = match (orientation, transposed) {
+        (Orientation::Conv, _) | (Orientation::MatMul, true) => 0,
+        (Orientation::MatMul, false) => 1,
+    };
+    let rank = w.dims.len() as i64;
+    let ok_rank = match orientation {
+        Orientation::Conv => rank == 4,
+        Orientation::MatMul => rank == 2,
+    };
+    if !ok_rank {
+        return Err("weights of an unexpected rank");
+    }
+    let cout = w.dims[cout_axis as usize];
+    let scale = ix
+        .init(arg(dq, 1))
+        .filter(|t| t.data_type == dt::FLOAT)
+        .ok_or("weight scale is not an f32 constant")?;
+    let per_channel = match scale.dims[..] {
+        [] | [1] => false,
+        [c] if c == cout => true,
+        _ => return Err("weight scales neither per tensor nor per output channel"),
+    };
+    let axis = int_attr_of(dq, "axis").unwrap_or(1);
+    if per_channel && axis != cout_axis && axis != cout_axis - rank {
+        return Err("per-channel weight scales along the input channels");
+    }
+    let zero_points = match arg(dq, 2) {
+        "" => None,
+        zp => Some(ix.init(zp).ok_or("weight zero point is not a constant")?),
+    };
+    let new = int8_copy(w, zero_points, orientation, transposed, fresh)?;
+    let (name, dims) = match &new {
+        Some(t) => (t.name.clone(), t.dims.clone()),
+        None => (w.name.clone(), w.dims.clone()),
+    };
+    Ok(Weights {
+        name,
+        dims,
+        new,
+        scale: scale.name.clone(),
+        dq: dq_ix,
+    })
+}
+
+/// `w − zero_point` as int8, transposed to `[cin, cout]` if `transposed`, named after `fresh`;
+/// `None` when `w` is that already.
+pub(super) fn int8_copy(
+    w: &TensorProto,
+    zero_point: Option<&TensorProto>,
+    orientation: Orientation,
+    transposed: bool,
+    fresh: &str,
+) -> Result<Option<TensorProto>, Miss> {
+    let zero_points = match zero_point {
+        None => vec![0],
+        Some(zp) => ints(zp).ok_or("weight zero point is not a constant")?,
+    };
+    if w.data_type == dt::INT8 && zero_points.iter().all(|&z| z == 0) && !transposed {
+        return Ok(None);
+    }
+    let values = ints(w).ok_or("weights kept in external data need re-centring or transposing")?;
+    let cout = match (orientation, transposed) {
+        (Orientation::Conv, _) | (Orientation::MatMul, true) => w.dims[0],
+        (Orientation::MatMul, false) => *w.dims.last().ok_or("scalar weights")?,
+    } as usize;
+    if cout == 0 || (zero_points.len() != 1 && zero_points.len() != cout) {
+        return Err("weight zero points neither per tensor nor per output channel");
+    }
+    let channel = |i: usize| match (orientation, transposed) {
+        (Orientation::Conv, _) | (Orientation::MatMul, true) => i / (values.len() / cout),
+        (Orientation::MatMul, false) => i % cout,
+    };
+    let centred: Vec<i64> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            v - zero_points[if zero_points.len() == 1 {
+                0
+            } else {
+                channel(i)
+            }]
+        })
+        .collect();
+    if centred.iter().any(|&v| i8::try_from(v).is_err()) {
+        return Err("weight zero points put weights outside int8 (full-range asymmetric)");
+    }
+    let (dims, raw) = if transposed {
+        let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
+        let raw = (0..rows * cols)
+            .map(|i| centred[(i % rows) * cols + i / rows] as i8 as u8)
+            .collect();
+        (vec![w.dims[1], w.dims[0]], raw)
+    } else {
+        (
+            w.dims.clone(),
+            centred.iter().map(|&v| v as i8 as u8).collect(),
+        )
+    };
+    Ok(Some(TensorProto {
+        name: format!("{fresh}::cxe_weights"),
+        data_type: dt::INT8,
+        dims,
+        raw_data: raw,
+        ..Default::default()
+    }))
+}
+
+/// Whether `node` is a product reading quantized weights (see [`weights`] for what
+/// counts), with how it groups its input channels: 1 for a full product, C for depthwise.
+pub(super) fn quantized_product(ix: &Index, node: &NodeProto) -> Option<i64> {
+    let orientation = match node.op_type.as_str() {
+        "Conv" => Orientation::Conv,
+        "MatMul" => Orientation::MatMul,
+        "Gemm" => Orientation::MatMul,
+        "ConvInteger" | "MatMulInteger" => {
+            ix.init(arg(node, 1))?;
+            return Some(int_attr_of(node, "group").unwrap_or(1));
+        }
+        _ => return None,
+    };
+    let transpose = ix.producer(arg(node, 1), "Transpose");
+    let dq_of = transpose.map_or(arg(node, 1), |(_, t)| arg(t, 0));
+    let (_, dq) = ix.producer(dq_of, "DequantizeLinear")?;
+    let w = ix.init(arg(dq, 0))?;
+    let eight_bit = w.data_type == dt::INT8 || w.data_type == dt::UINT8;
+    let group = match orientation {
+        Orientation::Conv => int_attr_of(node, "group").unwrap_or(1),
+        Orientation::MatMul => 1,
+    };
+    eight_bit.then_some(group)
+}
