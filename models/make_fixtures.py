@@ -70,9 +70,9 @@ def photos():
                   if f.lower().endswith((".png", ".jpg")))
 
 
-def make_input(preset, size, crop_pct, batch):
+def make_input(preset, size, crop_pct, batch, out=OUT):
     name = f"input_{preset}_{size}_b{batch}.npy"
-    path = os.path.join(OUT, name)
+    path = os.path.join(out, name)
     imgs = [Image.open(p) for p in photos()[:batch]]
     x = np.concatenate([preprocess_ref.tensor(i, preset, size, crop_pct)[None] for i in imgs])
     np.save(path, x)
@@ -92,28 +92,30 @@ def meta(path):
     return {p.key: p.value for p in m.metadata_props}
 
 
-def record(entries, name, path, source, version, precision, fmt, batch):
+def record(entries, name, path, source, version, precision, fmt, batch, out=OUT, **extra):
+    """Runs onnxruntime on the file and appends its manifest entry (`extra` keys included)."""
     md = meta(path)
     preset, crop_pct = md["convnext_edge.preprocess"], float(md["convnext_edge.crop_pct"])
     m = onnx.load(path, load_external_data=False)
     size = m.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
-    inp_name = make_input(preset, size, crop_pct, batch)
-    x = np.load(os.path.join(OUT, inp_name))
+    inp_name = make_input(preset, size, crop_pct, batch, out)
+    x = np.load(os.path.join(out, inp_name))
     y, x_used = run_ort(path, x)
     if x_used.dtype != x.dtype:
         inp_name = inp_name.replace(".npy", "_f16.npy")
-        np.save(os.path.join(OUT, inp_name), x_used)
+        np.save(os.path.join(out, inp_name), x_used)
     ref = f"{name}.ort.npy"
-    np.save(os.path.join(OUT, ref), y)
+    np.save(os.path.join(out, ref), y)
     top2 = np.sort(y, axis=1)[:, -2:]
-    files = [os.path.basename(path)] + [f for f in os.listdir(OUT)
+    files = [os.path.basename(path)] + [f for f in os.listdir(out)
                                         if f.startswith(os.path.basename(path) + ".") and f.endswith(".data")]
     entries.append({
         "name": name, "model": os.path.basename(path), "source": source, "version": version,
         "precision": precision, "format": fmt, "exporter": md["convnext_edge.exporter"],
         "input": inp_name, "reference": ref,
         "min_top1_margin": float((top2[:, 1] - top2[:, 0]).min()),
-        "sha256": {f: sha256(os.path.join(OUT, f)) for f in files + [inp_name, ref]},
+        "sha256": {f: sha256(os.path.join(out, f)) for f in files + [inp_name, ref]},
+        **extra,
     })
     print(f"{name}: top1 {y.argmax(1).tolist()} margin {entries[-1]['min_top1_margin']:.3f}")
 

@@ -3,7 +3,10 @@
 
   python models/quantize.py f32.onnx out.onnx --mode qdq --calib-dir models/images
   modes: f16, f16-io32 (keep_io_types), qdq, qoperator, dynamic
-  int8 options: --per-tensor, --activation u8|s8, --weights s8|u8, --symmetric
+  int8 options: --per-tensor, --activation u8|s8, --weights s8|u8, --symmetric,
+                --weight-asymmetric, --reduce-range, --no-pre-process
+By default the file goes through onnxruntime's `quant_pre_process` first, as its documentation
+recommends; --no-pre-process quantizes the export as it is.
 """
 
 import argparse
@@ -46,7 +49,7 @@ class Reader:
 
 
 def convert(src, dst, mode, calib_dir=None, per_channel=True, activation="u8", weights="s8",
-            symmetric=False):
+            symmetric=False, weight_symmetric=None, reduce_range=False, pre_process=True):
     if mode in ("f16", "f16-io32"):
         from onnxconverter_common import float16
 
@@ -59,11 +62,18 @@ def convert(src, dst, mode, calib_dir=None, per_channel=True, activation="u8", w
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     qt = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    if weight_symmetric is None:
+        weight_symmetric = True if weights == "s8" else symmetric
     pre = dst + ".pre.onnx"
-    quant_pre_process(src, pre, skip_symbolic_shape=True)
+    if pre_process:
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+    else:
+        onnx.save(onnx.load(src), pre)
     try:
         if mode == "dynamic":
-            quantize_dynamic(pre, dst, weight_type=qt[weights], per_channel=per_channel)
+            quantize_dynamic(pre, dst, weight_type=qt[weights], per_channel=per_channel,
+                             reduce_range=reduce_range,
+                             extra_options={"WeightSymmetric": weight_symmetric})
             return dst
         m = onnx.load(pre)
         inp = m.graph.input[0]
@@ -75,8 +85,8 @@ def convert(src, dst, mode, calib_dir=None, per_channel=True, activation="u8", w
             pre, dst, Reader(batches, inp.name),
             quant_format=QuantFormat.QDQ if mode == "qdq" else QuantFormat.QOperator,
             per_channel=per_channel, activation_type=qt[activation], weight_type=qt[weights],
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True if weights == "s8" else symmetric},
+            calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": weight_symmetric},
         )
     finally:
         if os.path.exists(pre):
@@ -94,9 +104,14 @@ def main():
     ap.add_argument("--activation", choices=("u8", "s8"), default="u8")
     ap.add_argument("--weights", choices=("u8", "s8"), default="s8")
     ap.add_argument("--symmetric", action="store_true", help="symmetric activations")
+    ap.add_argument("--weight-asymmetric", action="store_true",
+                    help="weights with zero points (WeightSymmetric=False)")
+    ap.add_argument("--reduce-range", action="store_true", help="7-bit weights")
+    ap.add_argument("--no-pre-process", action="store_true", help="skip quant_pre_process")
     a = ap.parse_args()
     convert(a.src, a.dst, a.mode, a.calib_dir, not a.per_tensor, a.activation, a.weights,
-            a.symmetric)
+            a.symmetric, False if a.weight_asymmetric else None, a.reduce_range,
+            not a.no_pre_process)
     print(a.dst)
 
 

@@ -33,7 +33,12 @@ struct Manifest {
 }
 
 pub fn fixtures() -> Vec<Fixture> {
-    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json")).unwrap();
+    manifest(&fixtures_dir())
+}
+
+/// The entries of `dir/manifest.json` (models/fixtures, models/recipes).
+pub fn manifest(dir: &Path) -> Vec<Fixture> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     serde_json::from_str::<Manifest>(&text).unwrap().fixtures
 }
 

@@ -7,8 +7,10 @@
 //! both call it. In order:
 //! 1. [`qoperator`]: com.microsoft and QLinear ops restated as QDQ and float ops; f16 `Gemm`
 //!    as `MatMul`;
-//! 2. [`qdq`]: quantized depthwise, 1x1 and patch convolutions fused into our integer ops,
-//!    when the integer path is on;
+//! 2. [`qdq`]: quantized tensors' reshapes moved before their quantization (the pattern's
+//!    canonical form), then quantized depthwise, 1x1 and patch convolutions and MatMuls fused
+//!    into our integer ops, when the integer path is on, and where each quantized product
+//!    runs recorded ([`qdq::Coverage`]);
 //! 3. [`qdq::integer_ops_to_float`]: the integer ops left, in f32 where tract's int8 kernel is
 //!    slow (grouped ones everywhere);
 //! 4. [`long_matmul`]: products by long weights split along their depth, where our f32
@@ -64,6 +66,8 @@ pub(crate) fn rewrite(
     let Some(graph) = model.graph.as_mut() else {
         return Ok((log, qdq::Coverage::default()));
     };
+    let n = qdq::reshapes_before_quantize(graph);
+    log.record("Q → Reshape moved to Reshape → Q", n);
     let surveyed = qdq::survey(graph);
     let integer_off = match integer {
         IntegerPath::Never => Some("the integer path is turned off (--float-only)"),

@@ -30,6 +30,7 @@
 //! tract internals used (tract-onnx 0.23.9): the op registry (`Onnx::op_register`) and
 //! `tract_hir`'s `Expansion`.
 
+mod canonical;
 mod coverage;
 mod fused;
 mod index;
@@ -41,6 +42,7 @@ mod weights;
 use tract_onnx::pb::{GraphProto, NodeProto};
 
 use crate::model::onnx::proto::{arg, int_attr, int_attr_of, is_onnx};
+pub use canonical::reshapes_before_quantize;
 pub(crate) use coverage::{outcome, survey};
 pub use coverage::{Coverage, Product};
 use fused::{emit_of, DOMAIN, DYNAMIC_ATTR, EMIT_ATTR};
