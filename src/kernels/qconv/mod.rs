@@ -37,6 +37,7 @@ mod patches;
 mod run;
 #[cfg(test)]
 mod tests;
+mod zero_points;
 
 use std::sync::Arc;
 
@@ -105,6 +106,9 @@ pub struct QPointwiseConv {
     dynamic: bool,
     /// Side of the non-overlapping patches the input is read in (1: a 1x1 convolution).
     patch: usize,
+    /// The weights' zero points per output channel, when they keep some
+    /// ([`QPointwiseConv::with_weight_zero_points`]).
+    w_zero: Option<Arc<[i32]>>,
     kernel: Kernel,
 }
 
@@ -145,6 +149,7 @@ impl PartialEq for QPointwiseConv {
             && self.w_scales == other.w_scales
             && self.y == other.y
             && self.patch == other.patch
+            && self.w_zero == other.w_zero
     }
 }
 
@@ -199,6 +204,7 @@ impl QPointwiseConv {
             lookup: None,
             dynamic: false,
             patch: 1,
+            w_zero: None,
             kernel: Kernel { engine, n, w_sums },
         })
     }
@@ -378,7 +384,13 @@ impl QPointwiseConv {
         let zx = quantizer.zero_point();
         InputQuant {
             quantizer,
-            offset: self.kernel.w_sums.iter().map(|s| -zx * s).collect(),
+            // With weight zero points z, `+ z·K·zx` too (see `zero_points`).
+            offset: match &self.w_zero {
+                None => self.kernel.w_sums.iter().map(|s| -zx * s).collect(),
+                Some(z) => (self.kernel.w_sums.iter().zip(z.iter()))
+                    .map(|(s, z)| -zx * s + z * self.cin() as i32 * zx)
+                    .collect(),
+            },
             scale: self.w_scales.iter().map(|sw| sx * sw).collect(),
         }
     }

@@ -161,8 +161,22 @@ impl QPointwiseConv {
             Layout::ChannelsFirst => p,
             Layout::ChannelsLast => self.cout(),
         };
-        let finish = |first: usize, sums: Sums, out: &mut [T]| {
-            self.finish_rows(q, bias, first, sums, row_len, out)
+        let row_sums = self.input_row_sums(x, q.quantizer, p, patches);
+        let finish = |first: usize, sums: Sums, out: &mut [T]| match &row_sums {
+            None => self.finish_rows(q, bias, first, sums, row_len, out),
+            Some(row_sums) => {
+                let mut scratch = vec![];
+                let rows = out.len() / row_len;
+                let sums = self.less_weight_zero_points(
+                    sums,
+                    first,
+                    rows,
+                    row_len,
+                    row_sums,
+                    &mut scratch,
+                );
+                self.finish_rows(q, bias, first, sums, row_len, out)
+            }
         };
         match &self.kernel.engine {
             Engine::Tract {

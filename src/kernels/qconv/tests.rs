@@ -27,7 +27,7 @@ impl Lcg {
 #[allow(clippy::too_many_arguments)]
 fn reference(
     x: &[f32],
-    w: &[i8],
+    w: &[impl Into<i32> + Copy],
     cin: usize,
     cout: usize,
     p: usize,
@@ -47,7 +47,8 @@ fn reference(
         for i in 0..p {
             let mut s = 0f64;
             for ci in 0..cin {
-                s += xd[ci * p + i] as f64 * (w[co * cin + ci] as f32 * w_scales[co]) as f64;
+                let wv = w[co * cin + ci].into() as f32 * w_scales[co];
+                s += xd[ci * p + i] as f64 * wv as f64;
             }
             let v = s as f32 + bias[co];
             out[co * p + i] = match y {
@@ -191,17 +192,8 @@ for_each_variant! {
             let got = out.try_as_plain_ram().unwrap();
             let got = got.as_slice::<f32>().unwrap();
             for (n, got) in got.chunks_exact(cout * oh * ow).enumerate() {
-                // Row (ci, dy, dx), column (oy, ox): the weights' (ci, kh, kw) order.
-                let mut patches = vec![0f32; k * oh * ow];
-                for (r, row) in patches.chunks_exact_mut(oh * ow).enumerate() {
-                    let (ci, dy, dx) = (r / (s * s), r / s % s, r % s);
-                    for (o, v) in row.iter_mut().enumerate() {
-                        let (y, xx) = ((o / ow) * s + dy, (o % ow) * s + dx);
-                        *v = x[((n * c + ci) * h + y) * w + xx];
-                    }
-                }
                 let expected = reference(
-                    &patches,
+                    &gathered(&x, n, (c, h, w), s),
                     &weights,
                     k,
                     cout,
@@ -222,6 +214,80 @@ for_each_variant! {
             let got = eval(&last, nhwc, &bias)
                 .permute_axes(&[0, 3, 1, 2])
                 .unwrap();
+            assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
+        }
+    }
+}
+
+/// Image `n` of `x` (`[_, c, h, w]`) as the `c · s²` rows of a 1x1 product over its `s × s`
+/// patches: row `(ci, dy, dx)`, column `(oy, ox)`, the weights' `(ci, kh, kw)` order.
+fn gathered(x: &[f32], n: usize, (c, h, w): (usize, usize, usize), s: usize) -> Vec<f32> {
+    let (oh, ow) = (h / s, w / s);
+    let mut patches = vec![0f32; c * s * s * oh * ow];
+    for (r, row) in patches.chunks_exact_mut(oh * ow).enumerate() {
+        let (ci, dy, dx) = (r / (s * s), r / s % s, r % s);
+        for (o, v) in row.iter_mut().enumerate() {
+            let (y, xx) = ((o / ow) * s + dy, (o % ow) * s + dx);
+            *v = x[((n * c + ci) * h + y) * w + xx];
+        }
+    }
+    patches
+}
+
+for_each_variant! {
+    /// Full-range asymmetric weights: `w8 − z` spans ±255, the op subtracts `z` through the
+    /// input's row sums. 1x1 and over patches, channels first and last, against the
+    /// reference on the weights' true values.
+    fn weight_zero_points_are_exact() {
+        for (i, &(c, cout, h, w, s)) in [(16, 24, 5, 7, 1), (5, 33, 4, 6, 1), (3, 8, 8, 8, 2)]
+            .iter()
+            .enumerate()
+        {
+            let mut rng = Lcg(i as u64 + 90);
+            let k = c * s * s;
+            let w8: Vec<i8> = (0..cout * k).map(|_| rng.i8()).collect();
+            if s > 1 && !patches_run(&w8) {
+                continue;
+            }
+            let z: Vec<i32> = (0..cout).map(|_| (rng.next() % 256) as i32 - 128).collect();
+            let true_w: Vec<i32> = w8.iter().enumerate().map(|(j, &v)| v as i32 - z[j / k]).collect();
+            assert!(true_w.iter().any(|v| !(-128..=127).contains(v)));
+            let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.01)).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
+            let xq = ActQuant {
+                scale: 0.05,
+                zero_point: 131,
+                signed: false,
+            };
+            let x: Vec<f32> = (0..2 * c * h * w).map(|_| rng.f32(-7.0, 7.0)).collect();
+            let op = QPointwiseConv::new(
+                Tensor::from_shape(&[cout, k], &w8).unwrap(),
+                Layout::ChannelsFirst,
+                xq,
+                w_scales.clone(),
+                (None, None),
+                None,
+            )
+            .unwrap()
+            .with_weight_zero_points(&z)
+            .unwrap()
+            .over_patches(s)
+            .unwrap();
+            let out = eval(&op, Tensor::from_shape(&[2, c, h, w], &x).unwrap(), &bias);
+            let got = out.try_as_plain_ram().unwrap();
+            let got = got.as_slice::<f32>().unwrap();
+            let p = (h / s) * (w / s);
+            for (n, got) in got.chunks_exact(cout * p).enumerate() {
+                let patches = gathered(&x, n, (c, h, w), s);
+                let expected = reference(&patches, &true_w, k, cout, p, xq, &w_scales, &bias, None);
+                assert_close(got, &expected, None, &format!("{c}x{h}x{w} over {s}x{s}"));
+            }
+            let last = op.channels_last().unwrap();
+            let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
+                .unwrap()
+                .permute_axes(&[0, 2, 3, 1])
+                .unwrap();
+            let got = eval(&last, nhwc, &bias).permute_axes(&[0, 3, 1, 2]).unwrap();
             assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
         }
     }

@@ -23,6 +23,9 @@ pub(super) const EMIT_ATTR: &str = "emit_i8";
 
 /// Attribute of a fused node whose input quantization is computed per input.
 pub(super) const DYNAMIC_ATTR: &str = "dynamic";
+/// Attribute of a [`FUSED_OP`] whose weights keep zero points (one, or one per output
+/// channel) that it subtracts itself: full-range asymmetric weights.
+pub(super) const WEIGHT_ZERO_ATTR: &str = "weight_zero_points";
 /// Attribute of a [`FUSED_OP`] over non-overlapping patches: their side.
 pub(super) const PATCH_ATTR: &str = "patch";
 

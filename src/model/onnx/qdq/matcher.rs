@@ -4,6 +4,7 @@ use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
 use super::fused::{
     gelu_attributes, DOMAIN, DYNAMIC_ATTR, FUSED_DEPTHWISE_OP, FUSED_OP, PATCH_ATTR,
+    WEIGHT_ZERO_ATTR,
 };
 use super::index::{all_ones, auto_pad, is_pointwise, patch_size, scalar, Index};
 use super::weights::{int8_copy, weights, Orientation};
@@ -117,6 +118,10 @@ pub(super) fn match_node(
     if patch > 1 {
         node.attribute.push(int_attr(PATCH_ATTR, patch));
     }
+    if !w.zero_points.is_empty() {
+        node.attribute
+            .push(ints_attr(WEIGHT_ZERO_ATTR, &w.zero_points));
+    }
     let mut remove = vec![];
     let mut y = op.output.first().ok_or("no output")?.clone();
     // A Gemm's bias (a MatMul, then Add before any quantization).
@@ -204,7 +209,9 @@ pub(super) fn match_depthwise(
         Some(_) => return None,
     };
     let (x_q_ix, x_q, x_dq_ix) = input_pair(ix, op)?;
-    let w = weights(ix, arg(op, 1), Orientation::Conv, &op.name).ok()?;
+    let w = weights(ix, arg(op, 1), Orientation::Conv, &op.name)
+        .ok()
+        .filter(|w| w.zero_points.is_empty())?;
     let &[c, 1, kh, kw] = &w.dims[..] else {
         return None;
     };
@@ -307,7 +314,7 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
         "" => None,
         zp => Some(ix.init(zp)?),
     };
-    let new = int8_copy(w, zero_point, orientation, false, &op.name).ok()?;
+    let int8 = int8_copy(w, zero_point, orientation, false, &op.name).ok()?;
     let (cast_ix, cast) = ix.sole_consumer(op.output.first()?, "Cast")?;
     if int_attr_of(cast, "to") != Some(dt::FLOAT as i64) {
         return None;
@@ -332,7 +339,7 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
             arg(dql, 0),
             "",
             "",
-            new.as_ref().map_or(arg(op, 1), |t| &t.name),
+            int8.copy.as_ref().map_or(arg(op, 1), |t| &t.name),
             w_scale_name,
             "",
         ]
@@ -355,8 +362,12 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
             remove.push(add_ix);
         }
     }
+    if !int8.zero_points.is_empty() {
+        node.attribute
+            .push(ints_attr(WEIGHT_ZERO_ATTR, &int8.zero_points));
+    }
     let mut initializers = fill_defaults(&mut node, cout);
-    initializers.extend(new);
+    initializers.extend(int8.copy);
     Some(Match {
         conv: node_ix,
         node,

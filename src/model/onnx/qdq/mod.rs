@@ -213,9 +213,9 @@ fn apply(graph: &mut GraphProto, matches: Vec<Match>) {
 
 #[cfg(test)]
 mod tests {
-    use super::fused::{gelu_of, PATCH_ATTR};
+    use super::fused::{gelu_of, PATCH_ATTR, WEIGHT_ZERO_ATTR};
     use super::*;
-    use crate::model::onnx::proto::{dt, ints_attr};
+    use crate::model::onnx::proto::{dt, ints_attr, ints_attr_of};
     use tract_onnx::pb::TensorProto;
 
     fn init(name: &str, data_type: i32, dims: Vec<i64>, raw: Vec<u8>) -> TensorProto {
@@ -332,8 +332,8 @@ mod tests {
     }
 
     /// Weights with zero points are the same weights centred, where those fit in int8: the
-    /// fused node reads a centred copy. Full-range ones (here 1..6 around −128) keep the float
-    /// path, as do strided convolutions.
+    /// fused node reads a centred copy. Full-range ones keep their zero points, for the op.
+    /// Strided convolutions keep the float path.
     #[test]
     fn centres_asymmetric_weights_where_they_fit_and_leaves_strided_convs_alone() {
         let mut g = graph(3);
@@ -341,8 +341,15 @@ mod tests {
         let w = &g.node[0].input[3];
         let centred = g.initializer.iter().find(|t| &t.name == w).unwrap();
         assert_eq!(centred.raw_data, [-2i8, -1, 0, 1, 2, 3].map(|v| v as u8));
+        // Around −128, 1..6 are 129..134 away: the weights stay as stored, the zero point
+        // goes to the op.
         let mut g = graph(128);
-        assert_eq!(fuse_pointwise(&mut g), 0);
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        assert_eq!(g.node[0].input[3], "w");
+        assert_eq!(
+            ints_attr_of(&g.node[0], WEIGHT_ZERO_ATTR),
+            Some(&[-128, -128][..])
+        );
         let mut g = graph(0);
         g.node[3].attribute.push(tract_onnx::pb::AttributeProto {
             name: "strides".into(),
@@ -526,14 +533,19 @@ mod tests {
         assert_eq!(fused.output, ["y"]);
         assert_eq!([&fused.input[0], &fused.input[3]], ["x", "w"]);
         assert_eq!(&fused.input[4..6], ["ws", "b"]);
-        // A weight zero point: centred where the weights fit in int8, else left alone.
+        // A weight zero point: centred where the weights fit in int8, else kept for the op.
         let mut g = dynamic_graph();
         g.initializer[1].raw_data = vec![3];
         assert_eq!(fuse_pointwise(&mut g), 1);
         assert_eq!(g.node[0].input[3], "acc::cxe_weights");
+        assert_eq!(ints_attr_of(&g.node[0], WEIGHT_ZERO_ATTR), None);
         let mut g = dynamic_graph();
         g.initializer[1].raw_data = vec![-125i8 as u8];
-        assert_eq!(fuse_pointwise(&mut g), 0);
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        assert_eq!(
+            ints_attr_of(&g.node[0], WEIGHT_ZERO_ATTR),
+            Some(&[-125][..])
+        );
     }
 
     /// An input for [`run_graph`]: 18 values in ±4.

@@ -10,6 +10,7 @@ use tract_onnx::tract_hir::ops::expandable::{expand, Expansion};
 
 use super::fused::{
     emit_of, gelu_of, DYNAMIC_ATTR, EMIT_ATTR, FUSED_DEPTHWISE_OP, FUSED_OP, PATCH_ATTR,
+    WEIGHT_ZERO_ATTR,
 };
 use crate::kernels::depthwise::quantized::QDepthwiseConv;
 use crate::kernels::qconv::{ActQuant, Layout, QPointwiseConv, QdqGelu};
@@ -46,6 +47,11 @@ pub(super) fn parse(
             layout,
             gelu,
             patch: patch as usize,
+            weight_zero_points: ints_attr_of(node, WEIGHT_ZERO_ATTR)
+                .unwrap_or_default()
+                .iter()
+                .map(|&z| i32::try_from(z))
+                .collect::<Result<_, _>>()?,
         }),
         vec![],
     ))
@@ -62,6 +68,8 @@ pub(super) struct Fused {
     gelu: Option<QdqGelu>,
     /// Side of the patches a convolution runs over (1: a 1x1 convolution).
     patch: usize,
+    /// See [`WEIGHT_ZERO_ATTR`]; empty: none.
+    weight_zero_points: Vec<i32>,
 }
 
 pub(super) fn konst<'m>(
@@ -211,6 +219,10 @@ impl Expansion for Fused {
             quants,
             positions.to_usize().ok(),
         )?;
+        let op = match self.weight_zero_points.is_empty() {
+            true => op,
+            false => op.with_weight_zero_points(&self.weight_zero_points)?,
+        };
         let op = match self.patch {
             1 => op,
             s => op.over_patches(s)?,

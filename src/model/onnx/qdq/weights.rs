@@ -5,7 +5,7 @@
 //! points (`WeightSymmetric=False`, `reduce_range`'s 7-bit u8), and a `Gemm`'s `transB`
 //! weights as `[cout, cin]` behind a `Transpose`. Where `q − zero_point` fits in int8 for
 //! every weight (always for s8 symmetric, 7-bit u8 and u8 around 128), the centred values are
-//! the same weights exactly; full-range asymmetric weights do not fit and keep the float path.
+//! the same weights exactly; full-range asymmetric ones keep zero points that the op applies.
 
 use tract_onnx::pb::{NodeProto, TensorProto};
 
@@ -26,8 +26,10 @@ pub(super) enum Orientation {
 pub(super) struct Weights {
     /// The int8 weight tensor: the file's, or `new`.
     pub(super) name: String,
-    /// A centred or transposed copy, added to the graph with the fused node.
+    /// A centred, shifted or transposed copy, added to the graph with the fused node.
     pub(super) new: Option<TensorProto>,
+    /// Zero points left for the op to subtract (see [`int8_copy`]); empty: none.
+    pub(super) zero_points: Vec<i64>,
     /// The f32 scale: one, or one per output channel.
     pub(super) scale: String,
     pub(super) dims: Vec<i64>,
@@ -102,35 +104,50 @@ pub(super) fn weights(
         "" => None,
         zp => Some(ix.init(zp).ok_or("weight zero point is not a constant")?),
     };
-    let new = int8_copy(w, zero_points, orientation, transposed, fresh)?;
-    let (name, dims) = match &new {
+    let int8 = int8_copy(w, zero_points, orientation, transposed, fresh)?;
+    let (name, dims) = match &int8.copy {
         Some(t) => (t.name.clone(), t.dims.clone()),
         None => (w.name.clone(), w.dims.clone()),
     };
     Ok(Weights {
         name,
         dims,
-        new,
+        new: int8.copy,
+        zero_points: int8.zero_points,
         scale: scale.name.clone(),
         dq: dq_ix,
     })
 }
 
-/// `w − zero_point` as int8, transposed to `[cin, cout]` if `transposed`, named after `fresh`;
-/// `None` when `w` is that already.
+/// Weights in int8 for the fused op: the file's tensor or a copy, and the zero points left.
+pub(super) struct Int8 {
+    /// A copy (centred, shifted or transposed), `None` when the file's tensor is it.
+    pub(super) copy: Option<TensorProto>,
+    /// Zero points the op still subtracts (one, or one per output channel; empty: none).
+    pub(super) zero_points: Vec<i64>,
+}
+
+/// `w` as int8 in the orientation the product reads (`[cin, cout]` if `transposed`), named
+/// after `fresh`. Centred (`w − zero_point`) where that fits in int8, with no zero point
+/// left; otherwise, for full-range asymmetric weights, u8 values shifted by −128 (s8 ones as
+/// they are) with the zero points shifted alike, which the op subtracts through the input's
+/// row sums (`QPointwiseConv::with_weight_zero_points`).
 pub(super) fn int8_copy(
     w: &TensorProto,
     zero_point: Option<&TensorProto>,
     orientation: Orientation,
     transposed: bool,
     fresh: &str,
-) -> Result<Option<TensorProto>, Miss> {
+) -> Result<Int8, Miss> {
     let zero_points = match zero_point {
         None => vec![0],
         Some(zp) => ints(zp).ok_or("weight zero point is not a constant")?,
     };
     if w.data_type == dt::INT8 && zero_points.iter().all(|&z| z == 0) && !transposed {
-        return Ok(None);
+        return Ok(Int8 {
+            copy: None,
+            zero_points: vec![],
+        });
     }
     let values = ints(w).ok_or("weights kept in external data need re-centring or transposing")?;
     let cout = match (orientation, transposed) {
@@ -144,39 +161,53 @@ pub(super) fn int8_copy(
         (Orientation::Conv, _) | (Orientation::MatMul, true) => i / (values.len() / cout),
         (Orientation::MatMul, false) => i % cout,
     };
+    let zero_point = |i: usize| {
+        zero_points[if zero_points.len() == 1 {
+            0
+        } else {
+            channel(i)
+        }]
+    };
     let centred: Vec<i64> = values
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            v - zero_points[if zero_points.len() == 1 {
-                0
-            } else {
-                channel(i)
-            }]
-        })
+        .map(|(i, &v)| v - zero_point(i))
         .collect();
-    if centred.iter().any(|&v| i8::try_from(v).is_err()) {
-        return Err("weight zero points put weights outside int8 (full-range asymmetric)");
-    }
+    let (stored, left) = if centred.iter().all(|&v| i8::try_from(v).is_ok()) {
+        (centred, vec![])
+    } else {
+        let shift = if w.data_type == dt::UINT8 { 128 } else { 0 };
+        let left = zero_points.iter().map(|&z| z - shift).collect();
+        if shift == 0 && !transposed {
+            return Ok(Int8 {
+                copy: None,
+                zero_points: left,
+            });
+        }
+        (values.iter().map(|&v| v - shift).collect(), left)
+    };
     let (dims, raw) = if transposed {
         let (rows, cols) = (w.dims[0] as usize, w.dims[1] as usize);
         let raw = (0..rows * cols)
-            .map(|i| centred[(i % rows) * cols + i / rows] as i8 as u8)
+            .map(|i| stored[(i % rows) * cols + i / rows] as i8 as u8)
             .collect();
         (vec![w.dims[1], w.dims[0]], raw)
     } else {
         (
             w.dims.clone(),
-            centred.iter().map(|&v| v as i8 as u8).collect(),
+            stored.iter().map(|&v| v as i8 as u8).collect(),
         )
     };
-    Ok(Some(TensorProto {
-        name: format!("{fresh}::cxe_weights"),
-        data_type: dt::INT8,
-        dims,
-        raw_data: raw,
-        ..Default::default()
-    }))
+    Ok(Int8 {
+        copy: Some(TensorProto {
+            name: format!("{fresh}::cxe_weights"),
+            data_type: dt::INT8,
+            dims,
+            raw_data: raw,
+            ..Default::default()
+        }),
+        zero_points: left,
+    })
 }
 
 /// Whether `node` is a product reading quantized weights (see [`weights`] for what
