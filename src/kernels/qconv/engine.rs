@@ -128,32 +128,8 @@ pub fn tract_int8_kernels_slow() -> bool {
     }
 }
 
-/// Whether a convolution over patches with weights `w` (i8) gains from running on our own
-/// product here, in a graph whose products are MatMuls (`matmul_form`: tract moves such graphs
-/// channels last, and [`QPointwiseConv::change_axes`] this op with them) or convolutions: where
-/// [`own_product_takes`] the weights, on arm64 and in MatMul-form graphs. Channels first on x86
-/// (AVX2, no VNNI) they ran no faster than tract's f32 im2col and GEMM: small products, where
-/// quantizing, gathering and packing the input cost as much as they save; channels last a patch is `side` contiguous runs, quantized straight into the
-/// product's rows. On AMX, in MatMul-form graphs, they run channels last on [`amx`].
-pub(crate) fn patches_pay(w: &[i8], matmul_form: bool) -> bool {
-    let own = (cfg!(target_arch = "aarch64") || matmul_form) && own_product_takes(w);
-    own || (matmul_form && has_amx() && patches_run(w))
-}
-
-/// Whether our [`amx`] product runs here.
-pub(super) fn has_amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        amx::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether a convolution over patches with weights `w` can run here: our own [`product`]
-/// gathers the patches (channels first; channels last on AMX, [`amx`]).
+/// Whether our own [`product`] can run a convolution over patches with weights `w`, gathering
+/// the patches as it packs; elsewhere tract's kernel multiplies them gathered beforehand.
 pub(super) fn patches_run(w: &[i8]) -> bool {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {

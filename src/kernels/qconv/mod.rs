@@ -32,7 +32,6 @@ mod epilogue;
 mod gelu;
 mod op;
 mod pack;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod patches;
 mod run;
 #[cfg(test)]
@@ -48,7 +47,7 @@ use tract_onnx::tract_core::internal::*;
 use super::quantize::{FakeQuantize, FastQuantize};
 pub use super::Layout;
 use dynamic::dynamic_quant;
-pub(crate) use engine::{integer_kernels_pay, patches_pay, tract_int8_kernels_slow};
+pub(crate) use engine::{integer_kernels_pay, tract_int8_kernels_slow};
 use engine::{Engine, Kernel};
 use epilogue::{Epilogue, InputQuant, Lookup, Table};
 pub use gelu::QdqGelu;
@@ -228,18 +227,7 @@ impl QPointwiseConv {
         if side > 1 && !self.runs_on_own_product() {
             self.kernel.engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
         }
-        self.check_engine()?;
         Ok(self)
-    }
-
-    /// Patches are gathered by our own product only.
-    fn check_engine(&self) -> TractResult<()> {
-        let s = self.patch;
-        ensure!(
-            s == 1 || self.runs_on_own_product(),
-            "integer conv over {s}x{s} patches needs our own product on this CPU"
-        );
-        Ok(())
     }
 
     /// The same op channels last: what tract's axis changes ask for when they move the
@@ -271,7 +259,7 @@ impl QPointwiseConv {
             self.kernel.n,
             self.patch > 1,
         )?;
-        let op = QPointwiseConv {
+        Ok(QPointwiseConv {
             weights: Arc::new(weights),
             layout: Layout::ChannelsLast,
             kernel: Kernel {
@@ -279,9 +267,7 @@ impl QPointwiseConv {
                 ..self.kernel.clone()
             },
             ..self.clone()
-        };
-        op.check_engine()?;
-        Ok(op)
+        })
     }
 
     fn runs_on_own_product(&self) -> bool {

@@ -1,8 +1,28 @@
 //! The patches of a convolution over non-overlapping patches, as rows of a 1x1 product.
 
-use crate::kernels::Patches;
+use crate::kernels::{Layout, Patches};
 
 impl Patches {
+    /// The quantized input `xq` (`c` channels, laid out as `layout`) as the `p` rows (channels
+    /// last) or columns (channels first) of a 1x1 product over the patches: what tract's
+    /// kernels multiply, where our own product gathers as it packs.
+    pub(super) fn product_matrix(self, xq: &[i8], c: usize, layout: Layout, p: usize) -> Vec<i8> {
+        let k = c * self.side * self.side;
+        let mut rows = vec![0i8; k * p];
+        match layout {
+            Layout::ChannelsFirst => self.gather(xq, c, &mut rows),
+            Layout::ChannelsLast => {
+                let run = self.side * c;
+                for (r, row) in rows.chunks_exact_mut(k).enumerate() {
+                    for (dy, part) in row.chunks_exact_mut(run).enumerate() {
+                        part.copy_from_slice(&xq[self.run_start(r, dy, c)..][..run]);
+                    }
+                }
+            }
+        }
+        rows
+    }
+
     /// Channels last (`x` is `[n, h, w, c]`): where patch `r`'s input row `dy` starts, a run of
     /// `side · c` contiguous values (the weights' `(kh, kw, ci)` order).
     pub(super) fn run_start(self, r: usize, dy: usize, c: usize) -> usize {

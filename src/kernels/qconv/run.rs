@@ -1,6 +1,8 @@
 //! Running the op: one quantization of the input, the product on the chosen engine, the
 //! epilogue on each block of sums.
 
+use std::borrow::Cow;
+
 use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul};
 use tract_linalg::multithread::par_chunks_mut;
 use tract_linalg::pack::PackedI8K4;
@@ -21,6 +23,18 @@ use super::epilogue::{channel_codes, channel_row, position_row, Emit, InputQuant
 use super::{Operand, QPointwiseConv};
 
 impl QPointwiseConv {
+    /// `x` as the i8 the product reads: quantized, or as it came.
+    pub(super) fn quantized<'x>(&self, x: Operand<'x>, quantizer: FastQuantize) -> Cow<'x, [i8]> {
+        match x {
+            Operand::F32(x) => {
+                let mut q = vec![0i8; x.len()];
+                quantizer.quantize_i8(x, &mut q);
+                Cow::Owned(q)
+            }
+            Operand::I8(x) => Cow::Borrowed(x),
+        }
+    }
+
     /// [`Self::run_matrix`] on our own product: the epilogue runs on each block of sums as
     /// soon as it is computed.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -62,25 +76,14 @@ impl QPointwiseConv {
             #[cfg(target_arch = "x86_64")]
             OwnWeights::Amx(w) => amx::product_into(w, p, &fill, out, finish),
             OwnWeights::Rows(w) => {
-                let quantized;
-                let xq = match x {
-                    Operand::F32(x) => {
-                        let mut q = vec![0i8; x.len()];
-                        quantizer.quantize_i8(x, &mut q);
-                        quantized = q;
-                        &quantized[..]
-                    }
-                    Operand::I8(x) => x,
-                };
+                let xq = self.quantized(x, quantizer);
                 let rows;
                 let xq = match patches {
                     Some(g) => {
-                        let mut r = vec![0i8; self.cin() * p];
-                        g.gather(xq, self.in_channels(), &mut r);
-                        rows = r;
+                        rows = g.product_matrix(&xq, self.in_channels(), self.layout, p);
                         &rows[..]
                     }
-                    None => xq,
+                    None => &xq[..],
                 };
                 let x = product::LanePanels::pack_transposed(xq, self.cin(), p, p)?;
                 product::product_into(&x, product::RowSource::Packed(w), out, finish)
@@ -184,7 +187,15 @@ impl QPointwiseConv {
                 packing,
                 packed,
             } => {
-                ensure!(patches.is_none(), "integer conv: patches on tract's kernel");
+                let gathered;
+                let x = match patches {
+                    None => x,
+                    Some(g) => {
+                        let xq = self.quantized(x, q.quantizer);
+                        gathered = g.product_matrix(&xq, self.in_channels(), self.layout, p);
+                        Operand::I8(&gathered)
+                    }
+                };
                 let acc = self.tract_product(&**mmm, *packing, &**packed, x, q.quantizer, p)?;
                 let acc = acc.try_as_plain_ram()?;
                 let acc = acc.as_slice::<i32>()?;

@@ -49,38 +49,28 @@ impl QPointwiseConv {
         patches: Option<Patches>,
     ) -> Option<Vec<i32>> {
         self.w_zero.as_ref()?;
-        let quantized;
-        let xq = match x {
-            Operand::F32(x) => {
-                let mut q = vec![0i8; x.len()];
-                quantizer.quantize_i8(x, &mut q);
-                quantized = q;
-                &quantized[..]
-            }
-            Operand::I8(x) => x,
-        };
-        let sum = |v: &[i8]| v.iter().map(|&v| v as i32).sum::<i32>();
+        let xq = self.quantized(x, quantizer);
         let c = self.in_channels();
-        Some(match (self.layout, patches) {
-            (Layout::ChannelsLast, None) => xq.chunks_exact(c).take(p).map(sum).collect(),
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-            (Layout::ChannelsLast, Some(g)) => (0..p)
-                .map(|r| {
-                    let run = g.side * c;
-                    (0..g.side)
-                        .map(|dy| sum(&xq[g.run_start(r, dy, c)..][..run]))
-                        .sum()
-                })
+        let xq = match patches {
+            Some(g) => g.product_matrix(&xq, c, self.layout, p).into(),
+            None => xq,
+        };
+        let k = self.cin();
+        Some(match self.layout {
+            Layout::ChannelsLast => xq
+                .chunks_exact(k)
+                .take(p)
+                .map(|row| row.iter().map(|&v| v as i32).sum())
                 .collect(),
-            (Layout::ChannelsFirst, None) => column_sums(xq, p),
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-            (Layout::ChannelsFirst, Some(g)) => {
-                let mut rows = vec![0i8; self.cin() * p];
-                g.gather(xq, c, &mut rows);
-                column_sums(&rows, p)
+            Layout::ChannelsFirst => {
+                let mut sums = vec![0i32; p];
+                for row in xq.chunks_exact(p) {
+                    for (s, &v) in sums.iter_mut().zip(row) {
+                        *s += v as i32;
+                    }
+                }
+                sums
             }
-            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-            (_, Some(_)) => unreachable!("patches run on our own product only"),
         })
     }
 
@@ -113,15 +103,4 @@ impl QPointwiseConv {
         }
         Sums::new(scratch, width, width)
     }
-}
-
-/// `Σ` over the rows of a `[k, p]` matrix.
-fn column_sums(x: &[i8], p: usize) -> Vec<i32> {
-    let mut sums = vec![0i32; p];
-    for row in x.chunks_exact(p) {
-        for (s, &v) in sums.iter_mut().zip(row) {
-            *s += v as i32;
-        }
-    }
-    sums
 }

@@ -17,7 +17,7 @@ use super::index::Index;
 use super::matcher::match_node;
 use super::weights::quantized_product;
 use super::Miss;
-use crate::model::onnx::proto::{int_attr_of, is_onnx};
+use crate::model::onnx::proto::is_onnx;
 
 /// One quantized product of the file and where it runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -142,10 +142,6 @@ pub(crate) fn outcome(
         .enumerate()
         .map(|(i, n)| (n.name.as_str(), i))
         .collect();
-    let matmul_form = graph
-        .node
-        .iter()
-        .any(|n| n.op_type == FUSED_OP && int_attr_of(n, "channels_last") == Some(1));
     let products = surveyed
         .into_iter()
         .map(|(name, op_type, depthwise)| {
@@ -168,7 +164,7 @@ pub(crate) fn outcome(
                 }
                 _ if depthwise => Some("a depthwise convolution our int8 one does not take"),
                 Some((i, n)) => Some(
-                    match_node(&ix, i, n, Some(matmul_form))
+                    match_node(&ix, i, n)
                         .err()
                         .unwrap_or("not fused: it overlaps another fusion"),
                 ),

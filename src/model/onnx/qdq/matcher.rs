@@ -22,9 +22,8 @@ pub(super) struct Match {
     pub(super) initializers: Vec<TensorProto>,
 }
 
-/// The fusions in `graph`; convolutions over patches ([`patch_size`]) too when `patches` says
-/// whether the graph's products are MatMuls (channels last) or, if `None`, not.
-pub(super) fn find_all(graph: &GraphProto, patches: Option<bool>) -> Vec<Match> {
+/// The fusions in `graph`.
+pub(super) fn find_all(graph: &GraphProto) -> Vec<Match> {
     let ix = Index::new(graph);
     graph
         .node
@@ -32,7 +31,7 @@ pub(super) fn find_all(graph: &GraphProto, patches: Option<bool>) -> Vec<Match> 
         .enumerate()
         .filter(|(_, n)| is_onnx(n))
         .filter_map(|(i, n)| {
-            match_node(&ix, i, n, patches)
+            match_node(&ix, i, n)
                 .ok()
                 .or_else(|| match_dynamic(&ix, i, n))
         })
@@ -61,19 +60,13 @@ pub(super) fn is_bias(ix: &Index, name: &str, cout: i64) -> bool {
     }
 }
 
-pub(super) fn match_node(
-    ix: &Index,
-    node_ix: usize,
-    op: &NodeProto,
-    patches: Option<bool>,
-) -> Result<Match, Miss> {
+pub(super) fn match_node(ix: &Index, node_ix: usize, op: &NodeProto) -> Result<Match, Miss> {
     let (channels_last, patch) = match op.op_type.as_str() {
         "Conv" if is_pointwise(op) => (false, 1),
-        "Conv" if patches.is_some() => (
+        "Conv" => (
             false,
             patch_size(op).ok_or("a convolution other than 1x1 or over patches")?,
         ),
-        "Conv" => return Err("a convolution other than 1x1"),
         "MatMul" => (true, 1),
         "Gemm" => return Err("a Gemm with alpha or beta other than 1, or A transposed"),
         _ => return Err("not a product"),
@@ -89,13 +82,6 @@ pub(super) fn match_node(
         return Err("a convolution other than 1x1 or over patches");
     }
     let cout = w.cout(orientation);
-    // Patches run on our own product alone; weights it cannot take exactly keep the float path.
-    if patch > 1 {
-        let values = w.values(ix).ok_or("weights kept in external data")?;
-        if !crate::kernels::qconv::patches_pay(&values, patches == Some(true)) {
-            return Err("a convolution over patches, faster in float on this CPU");
-        }
-    }
     let bias = if channels_last { "" } else { arg(op, 2) };
     let mut node = NodeProto {
         name: op.name.clone(),
@@ -281,20 +267,22 @@ pub(super) fn fill_defaults(node: &mut NodeProto, cout: i64) -> Vec<TensorProto>
     initializers
 }
 
-/// Dynamic quantization's 1x1 products (onnxruntime's `quantize_dynamic`):
+/// Dynamic quantization's 1x1 and patch products (onnxruntime's `quantize_dynamic`):
 ///
 /// ```text
-/// x ─ DynamicQuantizeLinear ─ ConvInteger(1x1) | MatMulInteger(W int8) ─ Cast(float)
+/// x ─ DynamicQuantizeLinear ─ ConvInteger(1x1, patches) | MatMulInteger(W 8-bit) ─ Cast(float)
 ///       └─ scale ─ Mul(W scale) ──────────────────────────────────────────┴─ Mul ─ [Add(bias)]
 /// ```
 ///
 /// becomes one [`FUSED_OP`] with the attribute [`DYNAMIC_ATTR`]: the input's scale and zero
-/// point are computed from each input, as `DynamicQuantizeLinear` does. Same conditions on the
-/// weights as the static pattern (int8, zero point 0, one scale or one per output channel).
+/// point are computed from each input, as `DynamicQuantizeLinear` does. The weights as in the
+/// static pattern (8-bit, their zero points handled by [`int8_copy`]; one scale, or one per
+/// output channel channels last).
 pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Option<Match> {
-    let channels_last = match op.op_type.as_str() {
-        "ConvInteger" if is_pointwise(op) => false,
-        "MatMulInteger" => true,
+    let (channels_last, patch) = match op.op_type.as_str() {
+        "ConvInteger" if is_pointwise(op) => (false, 1),
+        "ConvInteger" => (false, patch_size(op)?),
+        "MatMulInteger" => (true, 1),
         _ => return None,
     };
     let (dql_ix, dql) = ix.producer(arg(op, 0), "DynamicQuantizeLinear")?;
@@ -303,7 +291,8 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
     }
     let w = ix.init(arg(op, 1))?;
     let cout = match (channels_last, &w.dims[..]) {
-        (false, &[cout, _, 1, 1]) | (true, &[_, cout]) => cout,
+        (false, &[cout, _, kh, kw]) if kh == patch && kw == patch => cout,
+        (true, &[_, cout]) => cout,
         _ => return None,
     };
     let orientation = match channels_last {
@@ -365,6 +354,9 @@ pub(super) fn match_dynamic(ix: &Index, node_ix: usize, op: &NodeProto) -> Optio
     if !int8.zero_points.is_empty() {
         node.attribute
             .push(ints_attr(WEIGHT_ZERO_ATTR, &int8.zero_points));
+    }
+    if patch > 1 {
+        node.attribute.push(int_attr(PATCH_ATTR, patch));
     }
     let mut initializers = fill_defaults(&mut node, cout);
     initializers.extend(int8.copy);

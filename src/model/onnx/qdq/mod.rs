@@ -15,13 +15,13 @@
 //! for any other consumer of the dequantized input (ConvNeXt's residual branch reads it); tract
 //! drops it when nothing else does. Conditions, each needed for the integer op to compute the
 //! same function: a 1x1 kernel, group 1, stride and dilation 1, no padding; per-tensor input
-//! and output quantization whose quantize and dequantize agree; int8 weights with zero point 0
-//! and one scale per output channel or one for all. Anything else keeps the float path.
+//! and output quantization whose quantize and dequantize agree; 8-bit weights with one scale
+//! per output channel or one for all (their zero points are centred away or kept for the op,
+//! `weights.rs`). Anything else keeps the float path, and [`Coverage`] says why.
 //!
 //! A convolution over non-overlapping `s × s` patches (kernel = stride = s, no padding:
 //! ConvNeXt's stem and downsampling layers) is a 1x1 product over the patches, and is fused
-//! the same way where that pays (`patches_pay`: our own integer product, on arm64 and in
-//! graphs whose products are MatMuls, which tract moves channels last).
+//! the same way: the op gathers the patches for whichever product kernel runs it.
 //!
 //! Quantized depthwise convolutions (ConvNeXt's 7x7 `conv_dw`) are fused the same way into
 //! [`FUSED_DEPTHWISE_OP`] ([`fuse_depthwise`]) where our integer depthwise pays: on arm64 with
@@ -64,11 +64,8 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
 /// Replaces every quantized 1x1 convolution matching the module docs' pattern; returns how many.
 pub fn fuse_pointwise(graph: &mut GraphProto) -> usize {
     let mut fused = 0;
-    let matmul_form = find_all(graph, None)
-        .iter()
-        .any(|m| int_attr_of(&m.node, "channels_last") == Some(1));
     loop {
-        let matches = non_overlapping(find_all(graph, Some(matmul_form)));
+        let matches = non_overlapping(find_all(graph));
         if matches.is_empty() {
             remove_dead_nodes(graph);
             link_integer_chains(graph);
@@ -282,10 +279,10 @@ mod tests {
         assert_eq!(fused.output, ["y"]);
     }
 
-    /// A 2x2 stride-2 convolution is a product over patches: fused where that pays (in a
-    /// graph of convolutions: arm64), with the patch side for the op; elsewhere left to tract.
+    /// A 2x2 stride-2 convolution is a product over patches: fused, with the patch side for
+    /// the op.
     #[test]
-    fn fuses_a_convolution_over_patches_where_it_pays() {
+    fn fuses_a_convolution_over_patches() {
         let ints = |name: &str, ints: &[i64]| tract_onnx::pb::AttributeProto {
             name: name.into(),
             r#type: 7,
@@ -297,15 +294,11 @@ mod tests {
         g.node[3]
             .attribute
             .extend([ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]);
-        let pays = crate::kernels::qconv::patches_pay(&[1], false);
-        assert_eq!(fuse_pointwise(&mut g), pays as usize);
-        if pays {
-            assert_eq!(int_attr_of(&g.node[0], PATCH_ATTR), Some(2));
-        }
+        assert_eq!(fuse_pointwise(&mut g), 1);
+        assert_eq!(int_attr_of(&g.node[0], PATCH_ATTR), Some(2));
     }
 
-    /// timm's ConvNeXt (MatMul form), where our product takes its weights: the stem and the
-    /// downsampling run over patches, the downsampling channels last with the blocks — tract's
+    /// timm's ConvNeXt (MatMul form): the stem and the downsampling run over patches, the downsampling channels last with the blocks — tract's
     /// layout change carried through them, one transpose left (after the stem, whose input is
     /// the model's).
     #[test]
@@ -313,7 +306,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("models/fixtures/timm_v1_qdq_pc_u8.onnx");
         let model = crate::Model::load(&path, &crate::LoadOptions::threads(1)).unwrap();
-        if !crate::kernels::qconv::patches_pay(&[1], true) || !crate::IntegerPath::Auto.enabled() {
+        if !crate::IntegerPath::Auto.enabled() {
             return;
         }
         let typed = model.typed_model();

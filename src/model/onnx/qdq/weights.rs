@@ -44,12 +44,6 @@ impl Weights {
             Orientation::MatMul => self.dims[1],
         }
     }
-
-    /// The int8 values (row-major in `dims`), where the file stores them.
-    pub(super) fn values(&self, ix: &Index) -> Option<Vec<i8>> {
-        let t = self.new.as_ref().or_else(|| ix.init(&self.name))?;
-        Some(ints(t)?.into_iter().map(|v| v as i8).collect())
-    }
 }
 
 /// The weights `name` a product reads: `DequantizeLinear` of an 8-bit constant, for a MatMul
