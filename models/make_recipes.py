@@ -2,6 +2,8 @@
 """The recipe matrix: one small ConvNeXt quantized the many ways users' tools do it.
 
   python models/make_recipes.py             # writes models/recipes/
+  python models/make_recipes.py --arch convnext_tiny --size 224 --out target/bench-models/recipes
+                                            # the same recipes at full size, for benchmarks
 
 Each f32 base is a real export (timm, torchvision or Hugging Face; torch.onnx legacy or
 dynamo; opset 13 to 21; fixed batch 1 or dynamic), and each recipe a real onnxruntime
@@ -15,6 +17,7 @@ tests/recipes.rs, which asserts that every product runs on integer kernels and t
 output matches onnxruntime's.
 """
 
+import argparse
 import json
 import os
 
@@ -73,35 +76,58 @@ RECIPES = {
 }
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    for f in os.listdir(OUT):
-        os.remove(os.path.join(OUT, f))
-    tmp = os.path.join(OUT, "tmp")
+def make(out, arch=None, size=SIZE, references=True, only=None):
+    """Exports the bases and quantizes the recipes (those named in `only`, if given) into
+    `out`; with `references`, runs onnxruntime on each and writes manifest.json."""
+    os.makedirs(out, exist_ok=True)
+    recipes = {k: v for k, v in RECIPES.items() if only is None or k in only}
+    tmp = os.path.join(out, "tmp")
     os.makedirs(tmp, exist_ok=True)
     kinds = {}
+    bases = {b for b, _, _ in recipes.values()}
     for seed, (name, (source, v2, exporter, opset, dynamic)) in enumerate(BASES.items()):
+        if name not in bases:
+            continue
         torch.manual_seed(seed)
-        model = convnext_builders.build(source, None, NET["depths"], NET["dims"], v2,
-                                        NET["num_classes"], False)
+        depths, dims = (None, None) if arch else (NET["depths"], NET["dims"])
+        model = convnext_builders.build(source, arch, depths, dims, v2,
+                                        None if arch else NET["num_classes"], False)
         convnext_builders.spread_random_weights(model, seed)
         path = os.path.join(tmp, name + ".onnx")
-        export.export(model, path, SIZE, opset, exporter, dynamic_batch=dynamic, source=source)
+        export.export(model, path, size, opset, exporter, dynamic_batch=dynamic, source=source)
         kinds[name] = (source, 2 if v2 else 1, dynamic)
     entries = []
-    for name, (base, mode, kw) in RECIPES.items():
-        path = os.path.join(OUT, name + ".onnx")
+    for name, (base, mode, kw) in recipes.items():
+        path = os.path.join(out, name + ".onnx")
         quantize.convert(os.path.join(tmp, base + ".onnx"), path, mode, IMAGES, **kw)
         source, version, dynamic = kinds[base]
-        recipe = {"base": base, "mode": mode, **kw}
-        make_fixtures.record(entries, name, path, source, version, "int8", mode,
-                             2 if dynamic else 1, out=OUT, recipe=recipe)
+        if references:
+            make_fixtures.record(entries, name, path, source, version, "int8", mode,
+                                 2 if dynamic else 1, out=out,
+                                 recipe={"base": base, "mode": mode, **kw})
     for f in os.listdir(tmp):
         os.remove(os.path.join(tmp, f))
     os.rmdir(tmp)
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
-        json.dump({"onnxruntime": ort.__version__, "torch": torch.__version__,
-                   "fixtures": entries}, f, indent=1)
+    if references:
+        with open(os.path.join(out, "manifest.json"), "w") as f:
+            json.dump({"onnxruntime": ort.__version__, "torch": torch.__version__,
+                       "fixtures": entries}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", help="a named ConvNeXt (convnext_atto, convnext_tiny) for "
+                    "benchmark files; default: the small test network")
+    ap.add_argument("--size", type=int, default=SIZE)
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--only", help="comma-separated recipe names")
+    a = ap.parse_args()
+    if a.out == OUT:
+        for f in os.listdir(OUT) if os.path.isdir(OUT) else []:
+            os.remove(os.path.join(OUT, f))
+    make(a.out, a.arch, a.size, references=a.arch is None,
+         only=a.only.split(",") if a.only else None)
 
 
 if __name__ == "__main__":
