@@ -35,6 +35,11 @@ IMAGES = os.path.join(HERE, "images")
 # Small enough that the files stay a few hundred KB, every layer kind still present.
 NET = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), num_classes=10)
 SIZE = 64
+# Full-size variants for benchmarks, built the same way in every source.
+ARCHS = {
+    "convnext_atto": ((2, 2, 6, 2), (40, 80, 160, 320), 1000),
+    "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768), 1000),
+}
 
 # name: (source, v2, exporter, opset, dynamic batch)
 BASES = {
@@ -89,9 +94,8 @@ def make(out, arch=None, size=SIZE, references=True, only=None):
         if name not in bases:
             continue
         torch.manual_seed(seed)
-        depths, dims = (None, None) if arch else (NET["depths"], NET["dims"])
-        model = convnext_builders.build(source, arch, depths, dims, v2,
-                                        None if arch else NET["num_classes"], False)
+        depths, dims, classes = ARCHS[arch] if arch else NET.values()
+        model = convnext_builders.build(source, None, depths, dims, v2, classes, False)
         convnext_builders.spread_random_weights(model, seed)
         path = os.path.join(tmp, name + ".onnx")
         export.export(model, path, size, opset, exporter, dynamic_batch=dynamic, source=source)
@@ -117,8 +121,8 @@ def make(out, arch=None, size=SIZE, references=True, only=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", help="a named ConvNeXt (convnext_atto, convnext_tiny) for "
-                    "benchmark files; default: the small test network")
+    ap.add_argument("--arch", choices=sorted(ARCHS), help="a full-size ConvNeXt for benchmark "
+                    "files; default: the small test network")
     ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--only", help="comma-separated recipe names")
