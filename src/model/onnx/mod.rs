@@ -66,8 +66,14 @@ pub(crate) fn rewrite(
     let Some(graph) = model.graph.as_mut() else {
         return Ok((log, qdq::Coverage::default()));
     };
+    let n = qdq::constants_to_initializers(graph);
+    log.record("Constant → initializer", n);
     let n = qdq::reshapes_before_quantize(graph);
     log.record("Q → Reshape moved to Reshape → Q", n);
+    let n = qdq::reshapes_around_products(graph);
+    log.record("Reshape pair around a product taken out", n);
+    let n = qdq::repeated_pairs(graph);
+    log.record("repeated Q → DQ pair dropped", n);
     let surveyed = qdq::survey(graph);
     let integer_off = match integer {
         IntegerPath::Never => Some("the integer path is turned off (--float-only)"),

@@ -134,10 +134,13 @@ pub(crate) fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     })
 }
 
-/// The values of a u8, i8 or i32 initializer stored in the file.
+/// The values of a u8, i8, i32 or i64 initializer stored in the file.
 pub(crate) fn ints(t: &TensorProto) -> Option<Vec<i64>> {
     if !t.int32_data.is_empty() {
         return Some(t.int32_data.iter().map(|&v| v as i64).collect());
+    }
+    if !t.int64_data.is_empty() {
+        return Some(t.int64_data.clone());
     }
     if t.data_location == Some(EXTERNAL) {
         return None;
@@ -145,6 +148,12 @@ pub(crate) fn ints(t: &TensorProto) -> Option<Vec<i64>> {
     match t.data_type {
         dt::UINT8 => Some(t.raw_data.iter().map(|&b| b as i64).collect()),
         dt::INT8 => Some(t.raw_data.iter().map(|&b| b as i8 as i64).collect()),
+        dt::INT64 if t.raw_data.len().is_multiple_of(8) => Some(
+            t.raw_data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("chunks of 8")))
+                .collect(),
+        ),
         dt::INT32 if t.raw_data.len().is_multiple_of(4) => Some(
             t.raw_data
                 .chunks_exact(4)

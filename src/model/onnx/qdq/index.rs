@@ -110,12 +110,22 @@ impl<'g> Index<'g> {
     }
 }
 
-/// The value of a scalar f32 initializer, or of the dequantization of a scalar one.
+/// The value of a scalar f32 initializer, or of the dequantization of a scalar one, or of its
+/// quantization and dequantization.
 pub(super) fn scalar(ix: &Index, name: &str) -> Option<f32> {
     if let Some(t) = ix.init(name) {
         return (t.data_type == dt::FLOAT && is_scalar(t)).then(|| floats(t)?.first().copied())?;
     }
     let (_, dq) = ix.producer(name, "DequantizeLinear")?;
+    // A constant quantized in the graph (the legacy exporter's `Constant` nodes): its value
+    // after the round trip.
+    if let Some((_, q)) = ix.producer(arg(dq, 0), "QuantizeLinear") {
+        let quant = ix.act_quant(q).filter(|_| ix.same_params(q, dq))?;
+        let (lo, hi) = if quant.signed { (-128, 127) } else { (0, 255) };
+        let v = scalar(ix, arg(q, 0))? / quant.scale;
+        let code = (v.round_ties_even() as i32 + quant.zero_point).clamp(lo, hi);
+        return Some(quant.dequantize(code));
+    }
     let q = ix.init(arg(dq, 0)).filter(|t| is_scalar(t))?;
     let scale = ix
         .init(arg(dq, 1))

@@ -42,7 +42,9 @@ mod weights;
 use tract_onnx::pb::{GraphProto, NodeProto};
 
 use crate::model::onnx::proto::{arg, int_attr, int_attr_of, is_onnx};
-pub use canonical::reshapes_before_quantize;
+pub use canonical::{
+    constants_to_initializers, repeated_pairs, reshapes_around_products, reshapes_before_quantize,
+};
 pub(crate) use coverage::{outcome, survey};
 pub use coverage::{Coverage, Product};
 use fused::{emit_of, DOMAIN, DYNAMIC_ATTR, EMIT_ATTR};
