@@ -38,13 +38,28 @@ fn i64s(name: &str, v: &[i64]) -> TensorProto {
 
 /// A graph input or output: f32, shape left to the run.
 fn value(name: &str) -> ValueInfoProto {
+    shaped(name, None)
+}
+
+/// An f32 graph input or output, with its shape if given.
+fn shaped(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
     use pb::type_proto::{Tensor, Value};
+    let shape = dims.map(|dims| pb::TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(Dim::DimValue(d)),
+                ..Default::default()
+            })
+            .collect(),
+    });
     ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
             value: Some(Value::TensorType(Tensor {
                 elem_type: dt::FLOAT,
-                shape: None,
+                shape,
             })),
             ..Default::default()
         }),
@@ -147,4 +162,28 @@ fn the_float_path_reports_every_product_with_its_reason() {
     let (_, coverage) = rewrite(&mut model(graph), IntegerPath::Never).unwrap();
     assert_eq!(coverage.count(false), (0, 1));
     assert!(coverage.warning().unwrap().contains("--float-only"));
+}
+
+/// With the input's shape in the file (as `quant_pre_process` writes it), the reshapes around
+/// the product go, and the pair the first one left after the input's own merges with it: the
+/// product reads `[1, 3, 4]` directly and computes the same.
+#[test]
+fn the_reshapes_around_a_pre_processed_gemm_go() {
+    let mut graph = gemm_graph(vec![3, 90, 127, 0, 64, 10, 33, 120], vec![60, 70]);
+    let expected = run_graph(graph.clone(), &[1, 3, 4], &X);
+    graph.input = vec![shaped("x", Some(&[1, 3, 4]))];
+    let mut m = model(graph);
+    let (log, coverage) = rewrite(&mut m, IntegerPath::Always).unwrap();
+    assert_eq!(coverage.count(false), (1, 1));
+    let count = |what: &str| {
+        log.0
+            .iter()
+            .find(|(k, _)| k.contains(what))
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count("Reshape pair"), Some(1), "{log:?}");
+    assert_eq!(count("repeated"), Some(1), "{log:?}");
+    let graph = m.graph.unwrap();
+    assert!(graph.node.iter().all(|n| n.op_type != "Reshape"));
+    assert_eq!(run_graph(graph, &[1, 3, 4], &X), expected);
 }

@@ -140,7 +140,8 @@ fn next_pair(graph: &GraphProto) -> Option<Pair> {
             let (i, n) = only_reader(&ix, at)?;
             match n.op_type.as_str() {
                 "QuantizeLinear" | "DequantizeLinear" => {
-                    ix.init(arg(n, 1)).filter(|s| s.dims.iter().product::<i64>() == 1)?;
+                    ix.init(arg(n, 1))
+                        .filter(|s| s.dims.iter().product::<i64>() == 1)?;
                 }
                 "MatMul" if outputs.is_none() && arg(n, 0) == at => {
                     outputs = Some(product_width(&ix, arg(n, 1), k)?);
