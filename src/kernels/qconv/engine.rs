@@ -130,16 +130,9 @@ pub fn tract_int8_kernels_slow() -> bool {
 
 /// Whether our own [`product`] can run a convolution over patches with weights `w`, gathering
 /// the patches as it packs; elsewhere tract's kernel multiplies them gathered beforehand.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) fn patches_run(w: &[i8]) -> bool {
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    {
-        product::available() && product::exact_for(w)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = w;
-        false
-    }
+    product::available() && product::exact_for(w)
 }
 
 /// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
@@ -147,6 +140,7 @@ pub(super) fn patches_run(w: &[i8]) -> bool {
 /// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on arm64, where
 /// tract's SMLAL kernel spends more instructions on int8 products than its f32 kernel does, and
 /// with SDOT tract's kernel and its packing cost more than ours.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) fn own_product_takes(w: &[i8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -155,11 +149,6 @@ pub(super) fn own_product_takes(w: &[i8]) -> bool {
     #[cfg(target_arch = "aarch64")]
     {
         product::exact_for(w)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = w;
-        false
     }
 }
 /// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.
