@@ -1,7 +1,9 @@
 /*
  * A qemu-user TCG plugin that counts executed guest instructions and prints the total to
  * stderr at exit ("guest_insns N"). With the argument pcs=FILE it also writes, per translated
- * block, "ADDRESS INSNS EXECUTIONS" lines to FILE, which run.py --symbols maps to functions. Debian ships qemu-user's plugin loader but not
+ * block, "ADDRESS INSNS EXECUTIONS BYTES" lines to FILE (BYTES: the block's instructions in
+ * hex, as the guest holds them), which run.py --symbols maps to functions and run.py --cycles
+ * hands to llvm-mca. Debian ships qemu-user's plugin loader but not
  * qemu-plugin.h, so the few API v1 entry points used are declared here; the dynamic
  * qemu-aarch64 / qemu-arm of Debian 12 (qemu 7.2) resolve them at load time.
  *
@@ -20,6 +22,7 @@
 
 typedef uint64_t qemu_plugin_id_t;
 struct qemu_plugin_tb;
+struct qemu_plugin_insn;
 typedef struct qemu_info_t qemu_info_t;
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
@@ -27,6 +30,9 @@ typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
 
 extern size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 extern uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+extern struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+extern const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
+extern size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
 extern void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
                                                      void *ptr, uint64_t imm);
 extern void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
@@ -42,6 +48,8 @@ struct block {
     uint64_t vaddr;
     uint64_t n_insns;
     uint64_t executions;
+    unsigned char *bytes;
+    size_t n_bytes;
     struct block *next;
 };
 static struct block *blocks;
@@ -58,6 +66,19 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
         }
         b->vaddr = qemu_plugin_tb_vaddr(tb);
         b->n_insns = n;
+        for (size_t i = 0; i < n; i++) {
+            b->n_bytes += qemu_plugin_insn_size(qemu_plugin_tb_get_insn(tb, i));
+        }
+        b->bytes = malloc(b->n_bytes ? b->n_bytes : 1);
+        if (b->bytes) {
+            size_t at = 0;
+            for (size_t i = 0; i < n; i++) {
+                struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+                size_t size = qemu_plugin_insn_size(insn);
+                memcpy(b->bytes + at, qemu_plugin_insn_data(insn), size);
+                at += size;
+            }
+        }
         b->next = blocks;
         blocks = b;
         qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->executions, 1);
@@ -76,7 +97,11 @@ static void at_exit(qemu_plugin_id_t id, void *userdata) {
         }
         for (struct block *b = blocks; b; b = b->next) {
             if (b->executions) {
-                fprintf(f, "%" PRIx64 " %" PRIu64 " %" PRIu64 "\n", b->vaddr, b->n_insns, b->executions);
+                fprintf(f, "%" PRIx64 " %" PRIu64 " %" PRIu64 " ", b->vaddr, b->n_insns, b->executions);
+                for (size_t i = 0; b->bytes && i < b->n_bytes; i++) {
+                    fprintf(f, "%02x", b->bytes[i]);
+                }
+                fputc('\n', f);
             }
         }
         fclose(f);

@@ -23,6 +23,7 @@ Standard library only.
 import argparse
 import bisect
 import collections
+import concurrent.futures
 import json
 import os
 import re
@@ -55,27 +56,46 @@ def plugin():
     return so
 
 
-def count(board, binary, so, model, precision, iters, pcs=None):
-    """Instructions of the run, its bench result, and with `pcs` (a directory) the per-block
-    counts and the guest address the binary was loaded at."""
+def run_counted(board, argv, so, pcs=None):
+    """Runs `argv` under the board's qemu CPU with the plugin: the guest instructions, stdout,
+    and with `pcs` (a directory) the per-block counts and the guest address the program was
+    loaded at."""
     sysroot = "/usr/aarch64-linux-gnu" if board["qemu"] == "qemu-aarch64" else "/usr/arm-linux-gnueabihf"
     plugin_arg, log_args = so, []
     if pcs:
         plugin_arg += f",pcs={pcs}/blocks.txt"
         log_args = ["-d", "page", "-D", f"{pcs}/page.log"]
     cmd = [board["qemu"], "-L", sysroot, "-cpu", board["cpu"], "-plugin", plugin_arg, *log_args,
-           binary, "bench", "--model", model, "--precision", precision, "--threads", "1",
-           "--warmup", "0", "--iters", str(iters), "--json", "-"]
+           *argv]
     env = dict(os.environ, **board["env"])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     m = re.search(r"guest_insns (\d+)", p.stderr)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr[-2000:]}")
-    result = json.loads(p.stdout)["results"][0]
     blocks = None
     if pcs:
         blocks = (load_base(f"{pcs}/page.log"), read_blocks(f"{pcs}/blocks.txt"))
-    return int(m.group(1)), result, blocks
+    return int(m.group(1)), p.stdout, blocks
+
+
+def count(board, binary, so, model, precision, iters, pcs=None):
+    """[`run_counted`] of our bench on `model`, with its result."""
+    argv = [binary, "bench", "--model", model, "--precision", precision, "--threads", "1",
+            "--warmup", "0", "--iters", str(iters), "--json", "-"]
+    n, out, blocks = run_counted(board, argv, so, pcs)
+    return n, json.loads(out)["results"][0], blocks
+
+
+def peer(lib_dir):
+    """ort_peer.c built against onnxruntime's arm64 library in `lib_dir`."""
+    exe = os.path.join(ROOT, "target", "arm-insns", "ort_peer")
+    src = os.path.join(HERE, "ort_peer.c")
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        os.makedirs(os.path.dirname(exe), exist_ok=True)
+        subprocess.run(["aarch64-linux-gnu-gcc", "-O2", "-o", exe, src, "-L", lib_dir,
+                        "-l:libonnxruntime.so.1", f"-Wl,-rpath,{os.path.abspath(lib_dir)}"],
+                       check=True)
+    return exe
 
 
 def load_base(page_log):
@@ -90,8 +110,10 @@ def load_base(page_log):
 
 
 def read_blocks(path):
+    """Per translated block: its address, instructions executed in all, executions, bytes."""
     with open(path) as f:
-        return [(int(a, 16), int(n) * int(e)) for a, n, e in (line.split() for line in f)]
+        rows = (line.split() + [""] for line in f)
+        return [(int(a, 16), int(n) * int(e), int(e), code) for a, n, e, code, *_ in rows]
 
 
 def symbol_table(binary):
@@ -112,12 +134,77 @@ def by_symbol(blocks, table, size):
     base, counted = blocks
     starts, names = table
     totals = collections.Counter()
-    for addr, n in counted:
+    for addr, n, *_ in counted:
         offset = addr - base
         i = bisect.bisect_right(starts, offset) - 1
         inside = 0 <= offset < size and i >= 0
         totals[names[i] if inside else "[outside the binary: libc, loader]"] += n
     return totals
+
+
+# The llvm-mca scheduling model for each board core (see shared notes: LLVM has no A76 or A78
+# model, and -mcpu=cortex-a76 falls back to the A57's; Neoverse N1 is the A76's derivative and
+# stands in for both; the A72 is modelled as the A57 it derives from). Cores not listed (the
+# armv7 board) get no estimate.
+MCA_MODEL = {"cortex-a53": "cortex-a53", "cortex-a57": "cortex-a57", "cortex-a72": "cortex-a72",
+             "cortex-a76": "neoverse-n1", "neoverse-n1": "neoverse-n1"}
+MCA_ITERATIONS = 100
+
+
+def block_cycles(codes, mcpu, llvm="19"):
+    """Steady-state cycles of one execution of each block (hex bytes) on `mcpu`, by llvm-mca:
+    each block disassembled by llvm-mc, all of them analysed in one llvm-mca run as regions."""
+    def disassemble(code):
+        text = " ".join(f"0x{code[i:i + 2]}" for i in range(0, len(code), 2))
+        p = subprocess.run([f"llvm-mc-{llvm}", "--disassemble", "-triple=aarch64",
+                            "-mattr=+neon,+fullfp16,+dotprod,+crc,+crypto"],
+                           input=text, capture_output=True, text=True)
+        return [line.strip() for line in p.stdout.splitlines()
+                if line.strip() and not line.strip().startswith(".")]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        asm = list(pool.map(disassemble, codes))
+    src = []
+    for i, lines in enumerate(asm):
+        src += [f"# LLVM-MCA-BEGIN b{i}", *lines, f"# LLVM-MCA-END b{i}"]
+    p = subprocess.run([f"llvm-mca-{llvm}", "-mtriple=aarch64", f"-mcpu={mcpu}",
+                        f"-iterations={MCA_ITERATIONS}", "-all-views=false", "-summary-view"],
+                       input="\n".join(src) + "\n", capture_output=True, text=True)
+    cycles = {}
+    region = None
+    for line in p.stdout.splitlines():
+        m = re.match(r"\[\d+\] Code Region - b(\d+)", line)
+        if m:
+            region = int(m.group(1))
+        m = re.match(r"Total Cycles:\s+(\d+)", line)
+        if m and region is not None:
+            cycles[region] = int(m.group(1)) / MCA_ITERATIONS
+    if len(cycles) != len(codes):
+        raise RuntimeError(f"llvm-mca analysed {len(cycles)} of {len(codes)} blocks: "
+                           f"{p.stderr[-2000:]}")
+    return [cycles[i] for i in range(len(codes))]
+
+
+def estimated_cycles(b0, b1, mcpu):
+    """Cycles of one inference: per block, the executions the N+1 run has over the N run,
+    times its llvm-mca cycles."""
+    executions = collections.Counter()
+    for sign, (_, blocks) in ((-1, b0), (1, b1)):
+        for _, _, e, code in blocks:
+            executions[code] += sign * e
+    hot = [(code, e) for code, e in executions.items() if e > 0 and code]
+    cycles = block_cycles([code for code, _ in hot], mcpu)
+    return sum(e * c for (_, e), c in zip(hot, cycles))
+
+
+def row(name, board, model, precision, n0, n1, b0, b1, cycles, kernels):
+    """One table row: instructions per inference and, with `cycles`, the estimate and IPC."""
+    est = ""
+    if cycles:
+        mcpu = MCA_MODEL.get(board["cpu"])
+        c = estimated_cycles(b0, b1, mcpu) if mcpu else None
+        est = f"| {mcpu} | {c / 1e6:.1f} | {(n1 - n0) / c:.2f} " if c else "| - | - | - "
+    return (f"| {name} | {board['cpu']} | {os.path.basename(model)} | {precision} | "
+            f"{(n1 - n0) / 1e6:.1f} {est}| {kernels} |")
 
 
 def main():
@@ -128,11 +215,21 @@ def main():
     ap.add_argument("--bin", help="ARM binary (default: target/<board's target>/release/convnext-edge)")
     ap.add_argument("--symbols", type=int, default=0, metavar="N",
                     help="also list the N functions with the most instructions per inference")
+    ap.add_argument("--peer", metavar="DIR",
+                    help="also run onnxruntime's arm64 libonnxruntime.so.1 (from the npm package "
+                    "onnxruntime-node 1.22.0) in DIR on each model, one thread, as the peer row")
+    ap.add_argument("--peer-io", default="input,logits", help="the models' input and output names")
+    ap.add_argument("--peer-size", type=int, default=224, help="the models' input size")
+    ap.add_argument("--cycles", action="store_true",
+                    help="also estimate cycles per inference with llvm-mca-19 (the board core's "
+                    "scheduling model, weighted by each block's executions)")
     a = ap.parse_args()
     known = boards()
     so = plugin()
-    print("| board | qemu -cpu | model | precision | M guest insns / inference | tract kernels |")
-    print("|---|---|---|---|---|---|")
+    cycles_cols = ("| llvm-mca model | M est. cycles / inference | IPC ", "|---|---|---")
+    print("| board | qemu -cpu | model | precision | M guest insns / inference "
+          f"{cycles_cols[0] if a.cycles else ''}| tract kernels |")
+    print(f"|---|---|---|---|---{cycles_cols[1] if a.cycles else ''}|---|")
     for name in a.boards.split(","):
         if name not in known:
             sys.exit(f"unknown board {name}; known: {', '.join(known)}")
@@ -144,12 +241,21 @@ def main():
         for spec in a.models:
             model, _, precision = spec.partition(":")
             with tempfile.TemporaryDirectory() as d0, tempfile.TemporaryDirectory() as d1:
-                pcs = (d0, d1) if a.symbols else (None, None)
+                pcs = (d0, d1) if a.symbols or a.cycles else (None, None)
                 n0, _, b0 = count(board, binary, so, model, precision or "auto", a.iters, pcs[0])
                 n1, r, b1 = count(board, binary, so, model, precision or "auto", a.iters + 1, pcs[1])
             kernels = ", ".join(k for k in r["kernels"])
-            print(f"| {name} | {board['cpu']} | {os.path.basename(model)} | {r['precision']} | "
-                  f"{(n1 - n0) / 1e6:.1f} | {kernels} |", flush=True)
+            print(row(name, board, model, r["precision"], n0, n1, b0, b1, a.cycles, kernels),
+                  flush=True)
+            if a.peer and board["qemu"] == "qemu-aarch64":
+                exe = peer(a.peer)
+                io = a.peer_io.split(",")
+                with tempfile.TemporaryDirectory() as d0, tempfile.TemporaryDirectory() as d1:
+                    pcs = (d0, d1) if a.cycles else (None, None)
+                    runs = [run_counted(board, [exe, model, *io, str(a.peer_size), str(n)], so, d)
+                            for n, d in ((a.iters, pcs[0]), (a.iters + 1, pcs[1]))]
+                print(row(name, board, model, "onnxruntime", runs[0][0], runs[1][0], runs[0][2],
+                          runs[1][2], a.cycles, "onnxruntime 1.22 (MLAS)"), flush=True)
             if a.symbols:
                 per = by_symbol(b1, table, size)
                 per.subtract(by_symbol(b0, table, size))
