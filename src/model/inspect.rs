@@ -358,7 +358,7 @@ fn quantization(graph: &pb::GraphProto) -> Option<Quantization> {
 /// Multiply-accumulates of one batch-1 inference, from tract's cost model of the
 /// decluttered (not yet kernel-lowered) graph.
 fn macs(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<u64> {
-    let typed = super::typed_model(path, bytes, options)?.0;
+    let typed = super::typed_model(path, super::decode(path, bytes)?, options)?.0;
     let mut batch1 = SymbolValues::default();
     for sym in typed.symbols.all_symbols() {
         batch1.set(&sym, 1);

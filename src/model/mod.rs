@@ -218,17 +218,32 @@ impl Model {
     /// Loads and optimises the ONNX file at `path`.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Model> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(path, &bytes, options)
+        // The file's bytes go as soon as they are decoded: a board with 512 MB holds the model
+        // once, not three times, at the peak of loading.
+        let proto = crate::error::catch_panic(|| decode(path, &bytes))
+            .map_err(stage_error_str(path, "loading"))??;
+        drop(bytes);
+        Self::from_proto(path, proto, options)
     }
 
     /// Loads a model from bytes; `path` names it in errors and locates external weight files.
     pub fn from_bytes(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
-        crate::error::catch_panic(|| Self::from_bytes_unguarded(path, bytes, options))
+        let proto = crate::error::catch_panic(|| decode(path, bytes))
+            .map_err(stage_error_str(path, "loading"))??;
+        Self::from_proto(path, proto, options)
+    }
+
+    fn from_proto(path: &Path, proto: pb::ModelProto, options: &LoadOptions) -> Result<Model> {
+        crate::error::catch_panic(|| Self::from_proto_unguarded(path, proto, options))
             .map_err(stage_error_str(path, "loading"))?
     }
 
-    fn from_bytes_unguarded(path: &Path, bytes: &[u8], options: &LoadOptions) -> Result<Model> {
-        let (typed, io) = typed_model(path, bytes, options)?;
+    fn from_proto_unguarded(
+        path: &Path,
+        proto: pb::ModelProto,
+        options: &LoadOptions,
+    ) -> Result<Model> {
+        let (typed, io) = typed_model(path, proto, options)?;
         let threads = options.threads.unwrap_or_else(default_threads);
         if threads == 0 {
             return Err(Error::Config("thread count must be at least 1".into()));
@@ -525,13 +540,12 @@ pub(crate) fn check_tensor_sizes(path: &Path, proto: &pb::ModelProto, max: u64) 
     Ok(())
 }
 
-/// Decodes, checks, rewrites, parses and types a model (see the module docs).
+/// Checks, rewrites, parses and types a decoded model (see the module docs).
 pub(crate) fn typed_model(
     path: &Path,
-    bytes: &[u8],
+    mut proto: pb::ModelProto,
     options: &LoadOptions,
 ) -> Result<(TypedModel, Io)> {
-    let mut proto = decode(path, bytes)?;
     check_tensor_sizes(
         path,
         &proto,
@@ -541,10 +555,18 @@ pub(crate) fn typed_model(
     let sig = Signature::of(path, &proto)?;
     let (rewrites, coverage) = onnx::rewrite(&mut proto, options.integer)
         .map_err(stage_error_str(path, "graph rewrite"))?;
+    let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks the graph"));
+    let metadata = proto
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
     let dir = path.parent().and_then(|d| d.to_str());
     let parsed = onnx::parser()
         .parse(&proto, dir)
         .map_err(stage_error(path, "ONNX parsing"))?;
+    // tract holds its own copy of every weight now.
+    drop(proto);
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Model {
             path: path.to_owned(),
@@ -572,7 +594,6 @@ pub(crate) fn typed_model(
     let typed = model
         .into_typed()
         .map_err(stage_error(path, "type and shape analysis"))?;
-    let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks the graph"));
     let typed = precision::convert(typed, stored, options.precision)
         .map_err(stage_error_str(path, "precision conversion"))?;
     let input_type = match typed.input_fact(0).map(|f| f.datum_type) {
@@ -580,11 +601,6 @@ pub(crate) fn typed_model(
         _ => InputType::F32,
     };
     let classes = output_classes(path, &typed)?;
-    let metadata = proto
-        .metadata_props
-        .iter()
-        .map(|p| (p.key.clone(), p.value.clone()))
-        .collect();
     let io = Io {
         input_type,
         precision: precision::effective(stored, options.precision),

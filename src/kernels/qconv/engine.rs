@@ -14,7 +14,7 @@ use crate::kernels::product::amx;
 use crate::kernels::Layout;
 
 /// Everything derived from the weights, computed once when the op is built.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Kernel {
     pub(super) engine: Engine,
     /// The product width (positions per image) the engine was chosen for, if known.
@@ -24,7 +24,7 @@ pub(super) struct Kernel {
 }
 
 /// The code computing the integer sums, with the weights packed for it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum Engine {
     /// A tract-linalg kernel (VNNI on x86, SMLAL / SDOT on arm64).
     Tract {
@@ -40,7 +40,7 @@ pub(super) enum Engine {
 }
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum OwnWeights {
     Lanes(product::LanePanels),
     Rows(product::Rows),

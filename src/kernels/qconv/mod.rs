@@ -108,7 +108,9 @@ pub struct QPointwiseConv {
     /// The weights' zero points per output channel, when they keep some
     /// ([`QPointwiseConv::with_weight_zero_points`]).
     w_zero: Option<Arc<[i32]>>,
-    kernel: Kernel,
+    /// Shared by the op's clones: tract clones ops as it rewrites the graph, and the packed
+    /// weights are the model's size.
+    kernel: Arc<Kernel>,
 }
 
 /// The input of the product: f32 to quantize, or i8 already quantized (`ActQuant::to_i8`).
@@ -204,7 +206,7 @@ impl QPointwiseConv {
             dynamic: false,
             patch: 1,
             w_zero: None,
-            kernel: Kernel { engine, n, w_sums },
+            kernel: Arc::new(Kernel { engine, n, w_sums }),
         })
     }
 
@@ -225,7 +227,12 @@ impl QPointwiseConv {
         );
         self.patch = side;
         if side > 1 && !self.runs_on_own_product() {
-            self.kernel.engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
+            let engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
+            self.kernel = Arc::new(Kernel {
+                engine,
+                n: self.kernel.n,
+                w_sums: self.kernel.w_sums.clone(),
+            });
         }
         Ok(self)
     }
@@ -262,10 +269,11 @@ impl QPointwiseConv {
         Ok(QPointwiseConv {
             weights: Arc::new(weights),
             layout: Layout::ChannelsLast,
-            kernel: Kernel {
+            kernel: Arc::new(Kernel {
                 engine,
-                ..self.kernel.clone()
-            },
+                n: self.kernel.n,
+                w_sums: self.kernel.w_sums.clone(),
+            }),
             ..self.clone()
         })
     }
