@@ -146,7 +146,19 @@ fn next_pair(graph: &GraphProto) -> Option<Pair> {
                 "MatMul" if outputs.is_none() && arg(n, 0) == at => {
                     outputs = Some(product_width(&ix, arg(n, 1), k)?);
                 }
-                "Add" if outputs.is_some() => {}
+                // A bias only: a constant of at most one axis broadcasts the same either way.
+                "Add" if outputs.is_some() => {
+                    let other = if arg(n, 0) == at {
+                        arg(n, 1)
+                    } else {
+                        arg(n, 0)
+                    };
+                    let constant = ix.init(other).or_else(|| {
+                        let (_, dq) = ix.producer(other, "DequantizeLinear")?;
+                        ix.init(arg(dq, 0))
+                    });
+                    constant.filter(|t| t.dims.len() <= 1)?;
+                }
                 "Reshape" if outputs.is_some() => {
                     let mut restored = x_shape.clone();
                     *restored.last_mut()? = outputs?;
