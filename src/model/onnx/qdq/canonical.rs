@@ -239,10 +239,6 @@ pub fn repeated_pairs(graph: &mut GraphProto) -> usize {
                 *input = kept.clone();
             }
         }
-        for o in graph.output.iter_mut().filter(|o| o.name == gone) {
-            o.name = kept.clone();
-            graph.node[first_dq].output[0] = gone.clone();
-        }
         for i in remove.into_iter().rev() {
             graph.node.remove(i);
         }
@@ -261,6 +257,10 @@ fn next_repeat(graph: &GraphProto) -> Option<(usize, usize, [usize; 2])> {
         let (_, q1) = ix.producer(arg(dq1, 0), "QuantizeLinear")?;
         let (qi, q2) = ix.sole_consumer(dq1.output.first()?, "QuantizeLinear")?;
         let (dqi, dq2) = ix.sole_consumer(q2.output.first()?, "DequantizeLinear")?;
+        // The graph's output keeps its name.
+        if ix.graph.output.iter().any(|o| Some(&o.name) == dq2.output.first()) {
+            return None;
+        }
         let same = ix.same_params(q1, dq1) && ix.same_params(q2, dq1) && ix.same_params(q2, dq2);
         let mut remove = [qi, dqi];
         remove.sort_unstable();
