@@ -209,7 +209,8 @@ pub fn constants_to_initializers(graph: &mut GraphProto) -> usize {
     let mut i = 0;
     while i < graph.node.len() {
         let n = &graph.node[i];
-        let value = (is_onnx(n) && n.op_type == "Constant" && n.output.len() == 1)
+        let output = graph.output.iter().any(|o| Some(&o.name) == n.output.first());
+        let value = (is_onnx(n) && n.op_type == "Constant" && n.output.len() == 1 && !output)
             .then(|| n.attribute.iter().find(|a| a.name == "value")?.t.clone())
             .flatten();
         match value {
