@@ -4,6 +4,7 @@ use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
 use tract_onnx::pb::{type_proto, GraphProto, NodeProto};
 
 use super::index::Index;
+use super::weights::dequantized_constant;
 use crate::model::onnx::proto::{arg, ints, is_onnx};
 
 /// Moves each `Reshape` or `Flatten` that alone reads a `QuantizeLinear`'s output before that
@@ -188,13 +189,10 @@ fn only_reader<'g>(ix: &Index<'g>, name: &str) -> Option<(usize, &'g NodeProto)>
     is_onnx(n).then_some((i, n))
 }
 
-/// The output width of a MatMul by constant `[k, N]` weights (dequantized, maybe behind a
-/// transpose of `[N, k]`).
+/// The output width of a MatMul by quantized `[k, N]` weights (or `[N, k]` transposed).
 fn product_width(ix: &Index, weights: &str, k: i64) -> Option<i64> {
-    let transpose = ix.producer(weights, "Transpose");
-    let dq_of = transpose.map_or(weights, |(_, t)| arg(t, 0));
-    let (_, dq) = ix.producer(dq_of, "DequantizeLinear")?;
-    match (&ix.init(arg(dq, 0))?.dims[..], transpose.is_some()) {
+    let w = dequantized_constant(ix, weights)?;
+    match (&w.w.dims[..], w.transposed) {
         (&[rows, n], false) if rows == k => Some(n),
         (&[n, cols], true) if cols == k => Some(n),
         _ => None,
@@ -209,7 +207,10 @@ pub fn constants_to_initializers(graph: &mut GraphProto) -> usize {
     let mut i = 0;
     while i < graph.node.len() {
         let n = &graph.node[i];
-        let output = graph.output.iter().any(|o| Some(&o.name) == n.output.first());
+        let output = graph
+            .output
+            .iter()
+            .any(|o| Some(&o.name) == n.output.first());
         let value = (is_onnx(n) && n.op_type == "Constant" && n.output.len() == 1 && !output)
             .then(|| n.attribute.iter().find(|a| a.name == "value")?.t.clone())
             .flatten();
@@ -259,7 +260,12 @@ fn next_repeat(graph: &GraphProto) -> Option<(usize, usize, [usize; 2])> {
         let (qi, q2) = ix.sole_consumer(dq1.output.first()?, "QuantizeLinear")?;
         let (dqi, dq2) = ix.sole_consumer(q2.output.first()?, "DequantizeLinear")?;
         // The graph's output keeps its name.
-        if ix.graph.output.iter().any(|o| Some(&o.name) == dq2.output.first()) {
+        if ix
+            .graph
+            .output
+            .iter()
+            .any(|o| Some(&o.name) == dq2.output.first())
+        {
             return None;
         }
         let same = ix.same_params(q1, dq1) && ix.same_params(q2, dq1) && ix.same_params(q2, dq2);

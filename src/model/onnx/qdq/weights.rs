@@ -54,17 +54,12 @@ pub(super) fn weights(
     orientation: Orientation,
     fresh: &str,
 ) -> Result<Weights, Miss> {
-    let transpose = ix
-        .producer(name, "Transpose")
-        .filter(|(_, t)| ints_attr_of(t, "perm").is_none_or(|p| p == [1, 0]));
-    let dq_of = transpose.map_or(name, |(_, t)| arg(t, 0));
-    let not_constant = "weights are not a dequantized 8-bit constant";
-    let (dq_ix, dq) = ix.producer(dq_of, "DequantizeLinear").ok_or(not_constant)?;
-    let w = ix.init(arg(dq, 0)).ok_or(not_constant)?;
-    if w.data_type != dt::INT8 && w.data_type != dt::UINT8 {
-        return Err(not_constant);
-    }
-    let transposed = transpose.is_some();
+    let DequantizedConstant {
+        transposed,
+        dq_ix,
+        dq,
+        w,
+    } = dequantized_constant(ix, name).ok_or("weights are not a dequantized 8-bit constant")?;
     if transposed && (orientation != Orientation::MatMul || w.dims.len() != 2) {
         return Err("weights transposed other than as a Gemm's transB");
     }
@@ -204,6 +199,34 @@ pub(super) fn int8_copy(
     })
 }
 
+/// Weights as a quantizer stores them: an 8-bit constant `w`, its `DequantizeLinear` (and that
+/// node's index), maybe behind a 2-D `Transpose` (a `Gemm`'s `transB`).
+pub(super) struct DequantizedConstant<'g> {
+    pub(super) transposed: bool,
+    pub(super) dq_ix: usize,
+    pub(super) dq: &'g NodeProto,
+    pub(super) w: &'g TensorProto,
+}
+
+/// The [`DequantizedConstant`] the tensor `name` is, if it is one.
+pub(super) fn dequantized_constant<'g>(
+    ix: &Index<'g>,
+    name: &str,
+) -> Option<DequantizedConstant<'g>> {
+    let transpose = ix
+        .producer(name, "Transpose")
+        .filter(|(_, t)| ints_attr_of(t, "perm").is_none_or(|p| p == [1, 0]));
+    let dq_of = transpose.map_or(name, |(_, t)| arg(t, 0));
+    let (dq_ix, dq) = ix.producer(dq_of, "DequantizeLinear")?;
+    let w = ix.init(arg(dq, 0))?;
+    (w.data_type == dt::INT8 || w.data_type == dt::UINT8).then_some(DequantizedConstant {
+        transposed: transpose.is_some(),
+        dq_ix,
+        dq,
+        w,
+    })
+}
+
 /// Whether `node` is a product reading quantized weights (see [`weights`] for what
 /// counts), with how it groups its input channels: 1 for a full product, C for depthwise.
 pub(super) fn quantized_product(ix: &Index, node: &NodeProto) -> Option<i64> {
@@ -217,14 +240,9 @@ pub(super) fn quantized_product(ix: &Index, node: &NodeProto) -> Option<i64> {
         }
         _ => return None,
     };
-    let transpose = ix.producer(arg(node, 1), "Transpose");
-    let dq_of = transpose.map_or(arg(node, 1), |(_, t)| arg(t, 0));
-    let (_, dq) = ix.producer(dq_of, "DequantizeLinear")?;
-    let w = ix.init(arg(dq, 0))?;
-    let eight_bit = w.data_type == dt::INT8 || w.data_type == dt::UINT8;
-    let group = match orientation {
+    dequantized_constant(ix, arg(node, 1))?;
+    Some(match orientation {
         Orientation::Conv => int_attr_of(node, "group").unwrap_or(1),
         Orientation::MatMul => 1,
-    };
-    eight_bit.then_some(group)
+    })
 }
