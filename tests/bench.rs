@@ -163,3 +163,35 @@ fn cpus_must_exist() {
     assert!(ok, "{err}");
     assert_eq!(v["results"][0]["cpus"], serde_json::json!([0]));
 }
+
+/// A quantized model whose products run on float says so in the report: here forced with
+/// `--float-only`; on its own, on a CPU with int8 kernels, it runs them all on integer ones.
+#[test]
+fn products_left_on_float_are_a_warning() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            "models/digits/convnext_digits_int8.onnx",
+            "--threads",
+            "1",
+            "--iters",
+            "2",
+            "--json",
+            "-",
+        ];
+        args.extend(extra);
+        let (ok, v, err) = bench(&args);
+        assert!(ok, "{err}");
+        v["results"][0]["warnings"].to_string()
+    };
+    let warnings = run(&["--float-only"]);
+    assert!(
+        warnings.contains("int8 products run on float"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("--float-only"), "{warnings}");
+    if convnext_edge::IntegerPath::Auto.enabled() {
+        let warnings = run(&[]);
+        assert!(!warnings.contains("int8 products"), "{warnings}");
+    }
+}

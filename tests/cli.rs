@@ -410,3 +410,29 @@ fn camera_skips_unreadable_images_and_goes_on() {
     assert!(err.contains("b.png") && err.contains("skipped"), "{err}");
     assert!(err.contains("1 corrupt"), "{err}");
 }
+
+/// `classify -v` warns when a quantized model runs products on float; without `-v` it does not.
+#[test]
+fn classify_verbose_warns_of_products_on_float() {
+    let args = [
+        "classify",
+        "--float-only",
+        "--model",
+        "models/digits/convnext_digits_int8.onnx",
+        "models/digits/samples/7.png",
+    ];
+    let quiet = bin(&args);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert!(
+        !stderr(&quiet).contains("int8 products"),
+        "{}",
+        stderr(&quiet)
+    );
+    let verbose = bin(&[&["-v"][..], &args[..]].concat());
+    assert!(verbose.status.success(), "{}", stderr(&verbose));
+    let err = stderr(&verbose);
+    assert!(
+        err.contains("warning:") && err.contains("int8 products run on float"),
+        "{err}"
+    );
+}
