@@ -17,6 +17,23 @@ fn bench(args: &[&str]) -> (bool, serde_json::Value, String) {
     (o.status.success(), json, stderr)
 }
 
+/// Two inferences of the shipped int8 model on one thread, with `extra` options.
+fn short_digits_run(extra: &[&str]) -> (bool, serde_json::Value, String) {
+    let model = "models/digits/convnext_digits_int8.onnx";
+    let mut args = vec![
+        "--model",
+        model,
+        "--threads",
+        "1",
+        "--iters",
+        "2",
+        "--json",
+        "-",
+    ];
+    args.extend(extra);
+    bench(&args)
+}
+
 #[test]
 fn json_report_is_complete_and_consistent() {
     let (ok, v, err) = bench(&[
@@ -148,18 +165,7 @@ fn cpus_must_exist() {
         .as_str()
         .unwrap()
         .contains("CPU 4095"));
-    let (ok, v, err) = bench(&[
-        "--model",
-        "models/digits/convnext_digits_int8.onnx",
-        "--cpus",
-        "0",
-        "--threads",
-        "1",
-        "--iters",
-        "2",
-        "--json",
-        "-",
-    ]);
+    let (ok, v, err) = short_digits_run(&["--cpus", "0"]);
     assert!(ok, "{err}");
     assert_eq!(v["results"][0]["cpus"], serde_json::json!([0]));
 }
@@ -169,18 +175,7 @@ fn cpus_must_exist() {
 #[test]
 fn products_left_on_float_are_a_warning() {
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--model",
-            "models/digits/convnext_digits_int8.onnx",
-            "--threads",
-            "1",
-            "--iters",
-            "2",
-            "--json",
-            "-",
-        ];
-        args.extend(extra);
-        let (ok, v, err) = bench(&args);
+        let (ok, v, err) = short_digits_run(extra);
         assert!(ok, "{err}");
         v["results"][0]["warnings"].to_string()
     };

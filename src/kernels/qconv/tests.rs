@@ -121,6 +121,46 @@ fn check_weights(
     }
 }
 
+/// A u8 input quantization the patch tests share.
+const U8_INPUT: ActQuant = ActQuant {
+    scale: 0.05,
+    zero_point: 131,
+    signed: false,
+};
+
+/// A channels-first op of `[cout, k]` weights on [`U8_INPUT`], output quantized as `y` says.
+fn channels_first(w: &[i8], cout: usize, w_scales: &[f32], y: Option<ActQuant>) -> QPointwiseConv {
+    let weights = Tensor::from_shape(&[cout, w.len() / cout], w).unwrap();
+    let quants = (None, y);
+    QPointwiseConv::new(
+        weights,
+        Layout::ChannelsFirst,
+        U8_INPUT,
+        w_scales.to_vec(),
+        quants,
+        None,
+    )
+    .unwrap()
+}
+
+/// `op` moved channels last computes `out` (its channels-first output on `x`, `[2, c, h, w]`)
+/// bit for bit.
+fn assert_channels_last_agrees(
+    op: &QPointwiseConv,
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    bias: &[f32],
+    out: &Tensor,
+) {
+    let nhwc = Tensor::from_shape(&[2, c, h, w], x)
+        .unwrap()
+        .permute_axes(&[0, 2, 3, 1])
+        .unwrap();
+    let last = op.channels_last().unwrap();
+    let got = eval(&last, nhwc, bias).permute_axes(&[0, 3, 1, 2]).unwrap();
+    assert_eq!(&got, out, "{c}x{h}x{w}, channels last");
+}
+
 /// Exact but for f32 rounding: with an output quantization a value on a rounding boundary
 /// may land one step away.
 fn assert_close(got: &[f32], expected: &[f32], y: Option<ActQuant>, what: &str) {
@@ -157,28 +197,16 @@ for_each_variant! {
             let weights: Vec<i8> = (0..cout * k).map(|_| rng.i8()).collect();
             let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.02)).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
-            let xq = ActQuant {
-                scale: 0.05,
-                zero_point: 131,
-                signed: false,
-            };
+            let xq = U8_INPUT;
             let yq = Some(ActQuant {
                 scale: 0.1,
                 zero_point: 120,
                 signed: false,
             });
             let x: Vec<f32> = (0..2 * c * h * w).map(|_| rng.f32(-7.0, 7.0)).collect();
-            let op = QPointwiseConv::new(
-                Tensor::from_shape(&[cout, k], &weights).unwrap(),
-                Layout::ChannelsFirst,
-                xq,
-                w_scales.clone(),
-                (None, yq),
-                None,
-            )
-            .unwrap()
-            .over_patches(s)
-            .unwrap();
+            let op = channels_first(&weights, cout, &w_scales, yq)
+                .over_patches(s)
+                .unwrap();
             let input = Tensor::from_shape(&[2, c, h, w], &x).unwrap();
             let out = eval(&op, input, &bias);
             let (oh, ow) = (h / s, w / s);
@@ -200,15 +228,7 @@ for_each_variant! {
                 assert_close(got, &expected, yq, &format!("{c}x{h}x{w} over {s}x{s}"));
             }
             // Channels last, on the same input: the same values, bit for bit.
-            let last = op.channels_last().unwrap();
-            let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
-                .unwrap()
-                .permute_axes(&[0, 2, 3, 1])
-                .unwrap();
-            let got = eval(&last, nhwc, &bias)
-                .permute_axes(&[0, 3, 1, 2])
-                .unwrap();
-            assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
+            assert_channels_last_agrees(&op, &x, (c, h, w), &bias, &out);
         }
     }
 }
@@ -248,22 +268,10 @@ for_each_variant! {
             assert!(true_w.iter().any(|v| !(-128..=127).contains(v)));
             let w_scales: Vec<f32> = (0..cout).map(|_| rng.f32(0.001, 0.01)).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rng.f32(-1.0, 1.0)).collect();
-            let xq = ActQuant {
-                scale: 0.05,
-                zero_point: 131,
-                signed: false,
-            };
+            let xq = U8_INPUT;
             let x: Vec<f32> = (0..2 * c * h * w).map(|_| rng.f32(-7.0, 7.0)).collect();
-            let op = QPointwiseConv::new(
-                Tensor::from_shape(&[cout, k], &w8).unwrap(),
-                Layout::ChannelsFirst,
-                xq,
-                w_scales.clone(),
-                (None, None),
-                None,
-            )
-            .unwrap()
-            .with_weight_zero_points(&z)
+            let op = channels_first(&w8, cout, &w_scales, None)
+                .with_weight_zero_points(&z)
             .unwrap()
             .over_patches(s)
             .unwrap();
@@ -276,13 +284,7 @@ for_each_variant! {
                 let expected = reference(&patches, &true_w, k, cout, p, xq, &w_scales, &bias, None);
                 assert_close(got, &expected, None, &format!("{c}x{h}x{w} over {s}x{s}"));
             }
-            let last = op.channels_last().unwrap();
-            let nhwc = Tensor::from_shape(&[2, c, h, w], &x)
-                .unwrap()
-                .permute_axes(&[0, 2, 3, 1])
-                .unwrap();
-            let got = eval(&last, nhwc, &bias).permute_axes(&[0, 3, 1, 2]).unwrap();
-            assert_eq!(got, out, "{c}x{h}x{w} over {s}x{s}, channels last");
+            assert_channels_last_agrees(&op, &x, (c, h, w), &bias, &out);
         }
     }
 }
