@@ -105,6 +105,22 @@ pub(crate) fn has(feature: Feature) -> bool {
     enabled() & feature.bit() & variant::current() != 0
 }
 
+/// Whether our kernels may use AVX-512 VNNI: [`Feature::Vnni`] also stands for AVX-VNNI, the
+/// 256-bit form on CPUs without AVX-512.
+pub(crate) fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        has(Feature::Avx512)
+            && has(Feature::Vnni)
+            && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(not(test))]
 mod variant {
     /// Outside unit tests every enabled feature is used.
@@ -132,13 +148,13 @@ mod variant {
 }
 
 /// The feature sets a test runs its body under: everything this CPU has, then each step down
-/// a level (x86: without AVX-512 and AMX, without VNNI, without AVX2; arm64: without fp16,
-/// without the dot product), down to the portable code. Sets that would be the same on this
+/// a level (x86: without AMX, without AVX-512, without VNNI, without AVX2; arm64: without
+/// fp16, without the dot product), down to the portable code. Sets that would be the same on this
 /// CPU are listed once.
 #[cfg(test)]
 pub(crate) fn variants() -> Vec<(String, u8)> {
     use Feature::*;
-    let steps: [&[Feature]; 4] = [&[], &[Avx512, Amx, Fp16], &[Vnni, DotProd], &[Avx2]];
+    let steps: [&[Feature]; 5] = [&[], &[Amx], &[Avx512, Fp16], &[Vnni, DotProd], &[Avx2]];
     let mut bits = enabled();
     let mut out: Vec<(String, u8)> = vec![];
     for step in steps {

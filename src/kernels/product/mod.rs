@@ -61,7 +61,7 @@ use arch::{elem, Elem};
 #[path = "x86_64/mod.rs"]
 mod arch;
 #[cfg(target_arch = "x86_64")]
-pub use arch::amx;
+pub use arch::{amx, vnni};
 #[cfg(target_arch = "aarch64")]
 #[path = "aarch64.rs"]
 mod arch;

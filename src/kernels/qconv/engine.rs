@@ -1,6 +1,6 @@
 //! The code computing the integer sums and the CPU policy choosing it: tract-linalg's int8
-//! kernels (VNNI on x86), our own [`product`] (x86 with AVX2 alone, arm64) or, channels last
-//! on Intel AMX, our [`amx`] product.
+//! kernels, our own [`product`] (x86 with AVX2 alone, arm64) or, channels last, our [`amx`]
+//! product on Intel AMX and our [`vnni`] one on AVX-512 VNNI.
 
 use tract_linalg::mmm::{MMMInputValue, MatMatMul, Query};
 use tract_linalg::MmmDispatch;
@@ -10,7 +10,7 @@ use tract_onnx::tract_core::internal::*;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::kernels::product;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::product::amx;
+use crate::kernels::product::{amx, vnni};
 use crate::kernels::Layout;
 
 /// Everything derived from the weights, computed once when the op is built.
@@ -47,6 +47,9 @@ pub(super) enum OwnWeights {
     /// Channels last on AMX ([`amx`]).
     #[cfg(target_arch = "x86_64")]
     Amx(amx::Lanes),
+    /// Channels last on AVX-512 VNNI ([`vnni`]).
+    #[cfg(target_arch = "x86_64")]
+    Vnni(vnni::Lanes),
 }
 
 impl Engine {
@@ -64,9 +67,18 @@ impl Engine {
         {
             let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
             #[cfg(target_arch = "x86_64")]
-            if layout == Layout::ChannelsLast && amx::available() {
-                let lanes = amx::Lanes::pack(cout, cin, |l, k| w[l * cin + k]);
-                return Ok(Engine::Own(OwnWeights::Amx(lanes)));
+            if layout == Layout::ChannelsLast {
+                let at = |l: usize, k: usize| w[l * cin + k];
+                if amx::available() {
+                    return Ok(Engine::Own(OwnWeights::Amx(amx::Lanes::pack(
+                        cout, cin, at,
+                    ))));
+                }
+                if vnni::available() {
+                    return Ok(Engine::Own(OwnWeights::Vnni(vnni::Lanes::pack(
+                        cout, cin, at,
+                    ))));
+                }
             }
             if own_product_takes(w) || (over_patches && patches_run(w)) {
                 return Ok(Engine::Own(match layout {
@@ -94,6 +106,8 @@ impl Engine {
             Engine::Tract { mmm, .. } => mmm.name().to_string(),
             #[cfg(target_arch = "x86_64")]
             Engine::Own(OwnWeights::Amx(_)) => amx::kernel().to_string(),
+            #[cfg(target_arch = "x86_64")]
+            Engine::Own(OwnWeights::Vnni(_)) => vnni::kernel().to_string(),
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             Engine::Own(_) => product::kernel().to_string(),
         }

@@ -12,7 +12,7 @@ use tract_onnx::tract_core::internal::*;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::kernels::product;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::product::amx;
+use crate::kernels::product::{amx, vnni};
 use crate::kernels::quantize::FastQuantize;
 use crate::kernels::{Layout, Patches, Sums};
 
@@ -75,6 +75,8 @@ impl QPointwiseConv {
             }
             #[cfg(target_arch = "x86_64")]
             OwnWeights::Amx(w) => amx::product_into(w, p, &fill, out, finish),
+            #[cfg(target_arch = "x86_64")]
+            OwnWeights::Vnni(w) => vnni::product_into(w, p, &fill, out, finish),
             OwnWeights::Rows(w) => {
                 let xq = self.quantized(x, quantizer);
                 let rows;

@@ -47,8 +47,7 @@ use std::arch::asm;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
-use crate::kernels::blocking::block_rows;
-use crate::kernels::product::par_blocks;
+use super::filled::{self, Geometry};
 use crate::kernels::Sums;
 
 /// Values of k per step: one tile row of bytes.
@@ -112,28 +111,21 @@ pub fn product_into<T: Send>(
     out: &mut [T],
     finish: impl Fn(usize, Sums, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
-    let (k, width) = (lanes.k, lanes.lanes);
-    ensure!(k > 0, "empty product");
-    ensure!(out.len() == rows * width, "output of the wrong size");
     ensure!(available(), "the int8 product needs AMX-INT8");
-    if out.is_empty() {
-        return Ok(());
-    }
-    let (steps, ld) = (k.div_ceil(KSTEP), lanes.padded());
+    let (k, ld) = (lanes.k, lanes.padded());
+    let steps = k.div_ceil(KSTEP);
     let kp = steps * KSTEP;
-    // Rows past a block's last are computed from stale (or zero) bytes and never read; the
-    // padding of k meets zero weights.
-    let block = block_rows(rows, TILE, ld * 4, 1);
-    let scratch = || (vec![0i8; block * kp], vec![0i32; block * ld]);
-    let work = rows * width * steps;
-    par_blocks(out, width, block, work, scratch, |(a, sums), r0, out| {
-        let n = out.len() / width;
-        for (i, row) in a.chunks_exact_mut(kp).take(n).enumerate() {
-            fill(r0 + i, &mut row[..k]);
-        }
+    let geometry = Geometry {
+        k,
+        kp,
+        width: lanes.lanes,
+        ld,
+        tile_rows: TILE,
+    };
+    filled::product_into(geometry, rows, fill, out, finish, |a, n, sums| {
         // SAFETY: AMX-INT8 with the tile state granted (checked above); the row buffer holds
-        // whole tiles of TILE rows of `kp` bytes, the lanes `ld / PANEL` panels of `steps` operand
-        // tiles, and `sums` TILE rows of `ld` sums for every row tile; nothing between
+        // whole tiles of TILE rows of `kp` bytes, the lanes `ld / PANEL` panels of `steps`
+        // operand tiles, and `sums` TILE rows of `ld` sums for every row tile; nothing between
         // `configure` and `release` uses other tile configurations.
         unsafe {
             configure();
@@ -151,7 +143,6 @@ pub fn product_into<T: Send>(
             }
             release();
         }
-        finish(r0, Sums::new(sums, ld, width), out)
     })
 }
 
@@ -252,8 +243,6 @@ unsafe fn tile(
 mod tests {
     use super::*;
     use crate::kernels::for_each_variant;
-    use crate::kernels::product::reference::product as triple_loop;
-    use crate::kernels::test_values as values;
 
     for_each_variant! {
         fn matches_the_scalar_product_on_odd_shapes() {
@@ -261,33 +250,10 @@ mod tests {
                 eprintln!("skipped: no AMX-INT8 here");
                 return;
             }
-            for (rows, lanes, k) in [
-                (1, 1, 1),
-                (3, 2, 3),
-                (31, 17, 65),
-                (33, 32, 64),
-                (70, 96, 96),
-                (64, 48, 200),
-                (100, 35, 129),
-                (7, 130, 384),
-            ] {
-                let x = values(rows * k, 1);
-                let mut w = values(lanes * k, 2);
-                w[0] = -128;
+            filled::check_odd_shapes(|w, lanes, k, rows, fill, out, finish| {
                 let packed = Lanes::pack(lanes, k, |l, kk| w[l * k + kk]);
-                let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&x[r * k..][..k]);
-                let mut out = vec![0i32; rows * lanes];
-                product_into(&packed, rows, &fill, &mut out, |first, sums, out| {
-                    for (i, o) in out.chunks_mut(lanes).enumerate() {
-                        assert!(first + i < rows);
-                        o.copy_from_slice(sums.row(i));
-                    }
-                    Ok(())
-                })
-                .unwrap();
-                let expected = triple_loop(&w, &x, lanes, k, rows);
-                assert_eq!(out, expected, "{rows} x {lanes} x {k}");
-            }
+                product_into(&packed, rows, fill, out, finish)
+            });
         }
     }
 }

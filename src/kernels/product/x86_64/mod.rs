@@ -6,6 +6,8 @@ use super::{store_steps, Kernel};
 use crate::kernels::cpu::{self, Feature};
 
 pub mod amx;
+mod filled;
+pub mod vnni;
 
 /// Operands are stored widened: `vpmaddwd` multiplies i16.
 pub(super) type Elem = i16;
