@@ -90,7 +90,7 @@ impl Lanes {
         let columns = lanes.div_ceil(COLUMN);
         let mut data = vec![0; columns * steps * KSTEP * COLUMN];
         let mut start = vec![0; columns * COLUMN];
-        for l in 0..lanes {
+        for (l, start) in start.iter_mut().enumerate().take(lanes) {
             let (column, n) = (l / COLUMN, l % COLUMN);
             let (first, width) = panel_of(column, columns);
             let panel = &mut data[first * steps * KSTEP * COLUMN..];
@@ -98,7 +98,7 @@ impl Lanes {
                 let (s, b) = (kk / KSTEP, kk % KSTEP);
                 let v = at(l, kk);
                 panel[((s * width + column - first) * COLUMN + n) * KSTEP + b] = v;
-                start[l] -= 128 * v as i32;
+                *start -= 128 * v as i32;
             }
         }
         Lanes {
