@@ -4,6 +4,7 @@
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) mod blocking;
+pub mod channelwise;
 pub(crate) mod cpu;
 pub mod depthwise;
 pub mod gelu;

@@ -191,6 +191,7 @@ fn plan_for(
     optimized
         .optimize()
         .map_err(stage_error(path, "optimisation"))?;
+    passes::after_optimisation(&mut optimized).map_err(stage_error(path, "graph passes"))?;
     optimized
         .into_runnable_with_options(run_options)
         .map_err(stage_error(path, "planning"))

@@ -41,11 +41,18 @@
 //!   AVX-512; two in a row (an MLP), one `MlpF32` that keeps the hidden tensor in cache (see
 //!   `passes/linear.rs`).
 //!
-//! tract internals used: `ElementWiseOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
+//! After tract's optimisation:
+//!
+//! - **Per-channel constants**: an f32 `Mul` or `Add` by one constant per channel (channels
+//!   last) that tract left on its generic broadcasting loop becomes our [`ChannelwiseF32`] (see
+//!   `kernels::channelwise`): the same products, on every thread.
+//!
+//! tract internals used: `ElementWiseOp`, `TypedBinOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
 //! `GeluExact` (tract-core 0.23.9).
 
 mod casts;
+mod channelwise;
 mod conv;
 mod depthwise;
 mod gelu;
@@ -65,6 +72,12 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
         + depthwise::depthwise(model)?
         + gelu::gelu_in_f32(model)?
         + f32_linear(model)?)
+}
+
+/// The passes on the optimised model, before it is planned: where tract's optimisation left an
+/// op on a slow path it could not see.
+pub fn after_optimisation(model: &mut TypedModel) -> TractResult<usize> {
+    channelwise::channelwise(model)
 }
 
 /// Whether f32 `Linear` layers run on our op on this CPU.
