@@ -107,18 +107,12 @@ pub(crate) fn has(feature: Feature) -> bool {
 
 /// Whether our kernels may use AVX-512 VNNI: [`Feature::Vnni`] also stands for AVX-VNNI, the
 /// 256-bit form on CPUs without AVX-512.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static DETECTED: OnceLock<bool> = OnceLock::new();
-        has(Feature::Avx512)
-            && has(Feature::Vnni)
-            && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    has(Feature::Avx512)
+        && has(Feature::Vnni)
+        && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
 }
 
 #[cfg(not(test))]
