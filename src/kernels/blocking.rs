@@ -23,14 +23,20 @@ pub(crate) fn blocks_needed(
     rows.div_ceil(tile_rows).div_ceil(per_block)
 }
 
-/// Rows per block of such a product: [`blocks_needed`], and at least one block per thread.
+/// Rows per block of such a product: [`blocks_needed`], and on several threads a multiple of
+/// four blocks per thread, as tiles allow. tract's `par_chunks_mut` deals whole blocks out in
+/// four chunks per thread: 10 blocks on 2 threads made 5 chunks of 2, 3 for one thread and 2
+/// for the other.
 pub(crate) fn block_rows(
     rows: usize,
     tile_rows: usize,
     row_bytes: usize,
     min_tiles: usize,
 ) -> usize {
-    let tiles = rows.div_ceil(tile_rows);
-    let blocks = blocks_needed(rows, tile_rows, row_bytes, min_tiles).max(threads().min(tiles));
+    let (tiles, threads) = (rows.div_ceil(tile_rows), threads());
+    let mut blocks = blocks_needed(rows, tile_rows, row_bytes, min_tiles);
+    if threads > 1 {
+        blocks = blocks.next_multiple_of(4 * threads).min(tiles);
+    }
     tiles.div_ceil(blocks.max(1)).max(1) * tile_rows
 }
