@@ -14,7 +14,10 @@
 //! - **Quantize → lookup table → dequantize**: tract turns `DQ → element-wise → Q` stretches
 //!   of QDQ graphs into a byte lookup table between the quantize and the next dequantize; the
 //!   three become one in-place op, `y = table[quantize(x)]` with the dequantized table
-//!   precomputed ([`QuantizeLookup`]): the same values, one pass instead of three.
+//!   precomputed ([`QuantizeLookup`]): the same values, one pass instead of three. A table that
+//!   maps every byte to itself (where a dequantize and a quantize of the same steps met, around
+//!   a `Transpose` of onnxruntime's documented flow) is dropped first, so that its quantize and
+//!   dequantize fuse into the arithmetic [`FakeQuantize`] instead of a table lookup per value.
 //!
 //! - **Redundant fake quantizations**: a [`FakeQuantize`] is dropped where it cannot change
 //!   what the graph computes: when each value its input can take is one it leaves as it is (the
@@ -66,6 +69,7 @@ use tract_onnx::prelude::*;
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
     Ok(casts::fold_constant_casts(model)?
         + quantize::fast_quantize(model)?
+        + quantize::drop_identity_lookups(model)?
         + quantize::fuse_quantize_lookup_dequantize(model)?
         + quantize::fuse_quantize_dequantize(model)?
         + quantize::drop_redundant_fake_quantize(model)?

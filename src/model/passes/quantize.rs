@@ -140,6 +140,39 @@ pub(super) fn drop_redundant_fake_quantize(model: &mut TypedModel) -> TractResul
     Ok(dropped)
 }
 
+/// Removes, one at a time, each lookup table that maps every byte to itself (tract leaves one
+/// where a dequantize and a quantize of the same steps meet), so that the quantize and
+/// dequantize around it fuse into a [`FakeQuantize`] rather than a [`QuantizeLookup`].
+pub(super) fn drop_identity_lookups(model: &mut TypedModel) -> TractResult<usize> {
+    let mut dropped = 0;
+    while let Some(id) = next_identity_lookup(model)? {
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, model.nodes()[id].inputs[0])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), input)?;
+        patch.apply(model)?;
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+fn next_identity_lookup(model: &TypedModel) -> TractResult<Option<usize>> {
+    for (id, lut) in inner_mini_ops::<LookupTable>(model)? {
+        let node = &model.nodes()[id];
+        let same_type = model.outlet_fact(node.inputs[0])?.datum_type
+            == model.outlet_fact(OutletId::new(id, 0))?.datum_type;
+        let identity = lut
+            .table
+            .table()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b as usize == i);
+        if same_type && identity {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
 pub(super) fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractResult<usize> {
     fuse_chains(model, next_quantize_lookup)
 }
@@ -258,6 +291,43 @@ mod tests {
                 "case {i}"
             );
             assert_eq!(output(&after), output(&before), "case {i}");
+        }
+    }
+
+    /// `x` quantized, looked up in `table` and dequantized.
+    fn through_table(table: &[u8]) -> TypedModel {
+        let mut model = chain(vec![Box::new(FastQuantize::new(20.0, 131, false))]);
+        let quantized = model.output_outlets().unwrap()[0];
+        let lut = LookupTable {
+            table: tract_linalg::routines::lut_u8(table).unwrap(),
+        };
+        let looked_up = model
+            .wire_node("lut", ElementWiseOp(Box::new(lut), None), &[quantized])
+            .unwrap();
+        let dq = DequantizeLinearF32 {
+            scale: 0.05,
+            zero_point: 131,
+        };
+        let out = model.wire_node("dq", dq, &looked_up).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        model
+    }
+
+    /// An identity table goes and the chain becomes a fake quantization; any other table
+    /// stays and becomes a quantized lookup; the outputs do not change.
+    #[test]
+    fn drops_only_identity_lookups() {
+        let identity: Vec<u8> = (0..=255).collect();
+        let mut swapped = identity.clone();
+        swapped.swap(3, 200);
+        for (table, dropped) in [(identity, 1), (swapped, 0)] {
+            let before = through_table(&table);
+            let mut after = before.clone();
+            assert_eq!(drop_identity_lookups(&mut after).unwrap(), dropped);
+            fuse_quantize_lookup_dequantize(&mut after).unwrap();
+            fuse_quantize_dequantize(&mut after).unwrap();
+            assert_eq!(fake_quantizations(&after), dropped);
+            assert_eq!(output(&after), output(&before));
         }
     }
 }
