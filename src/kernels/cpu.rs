@@ -115,6 +115,15 @@ pub(crate) fn has_avx512_vnni() -> bool {
         && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vnni"))
 }
 
+/// Whether our kernels may use AVX-512 VBMI (byte permutes across a whole register): Ice Lake,
+/// Zen 4 and later, not Skylake-X. Taken away with [`Feature::Avx512`].
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512_vbmi() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    has(Feature::Avx512)
+        && *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512vbmi"))
+}
+
 #[cfg(not(test))]
 mod variant {
     /// Outside unit tests every enabled feature is used.

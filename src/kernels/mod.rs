@@ -19,6 +19,8 @@ pub mod product;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+mod vbmi;
 
 use std::borrow::Cow;
 use std::marker::PhantomData;

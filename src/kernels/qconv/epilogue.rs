@@ -92,24 +92,36 @@ impl Emit for i8 {
 }
 
 /// `out[i] = table[idx[i]]` for a 256-byte table; sixteen a step on aarch64
-/// ([`crate::kernels::neon::lookup16`]).
+/// ([`crate::kernels::neon::lookup16`]), 64 on x86_64 with AVX-512 VBMI
+/// ([`crate::kernels::vbmi::gather`]).
 pub(super) fn gather_i8(table: &[i8; 256], idx: &[u8], out: &mut [i8]) {
     let n = idx.len().min(out.len());
+    // SAFETY: i8 and u8 have the same size and alignment.
+    let (bytes, out) = unsafe {
+        (
+            &*(table as *const [i8; 256] as *const [u8; 256]),
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n),
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::cpu::has_avx512_vbmi() {
+        // SAFETY: the CPU has AVX-512 VBMI.
+        return unsafe { crate::kernels::vbmi::gather(bytes, idx, out) };
+    }
     #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is in the aarch64 baseline; each step reads idx[at..at + 16] and writes
-    // out[at..at + 16] with at + 16 <= n; i8 and u8 share size and alignment.
+    // out[at..at + 16] with at + 16 <= n.
     let done = unsafe {
         use std::arch::aarch64::{vld1q_u8, vst1q_u8};
-        let bytes = &*(table as *const [i8; 256] as *const [u8; 256]);
         crate::kernels::neon::blocks(n, |at| {
             let r = crate::kernels::neon::lookup16(bytes, vld1q_u8(idx.as_ptr().add(at)));
-            vst1q_u8(out.as_mut_ptr().add(at) as *mut u8, r);
+            vst1q_u8(out.as_mut_ptr().add(at), r);
         })
     };
     #[cfg(not(target_arch = "aarch64"))]
     let done = 0;
-    for (o, &i) in out[done..n].iter_mut().zip(&idx[done..n]) {
-        *o = table[i as usize];
+    for (o, &i) in out[done..].iter_mut().zip(&idx[done..n]) {
+        *o = bytes[i as usize];
     }
 }
 

@@ -657,10 +657,10 @@ for_each_variant! {
 }
 
 for_each_variant! {
-    /// Every index, over lengths around the 16-byte step.
+    /// Every index, over lengths around the 16- and 64-byte steps.
     fn gather_i8_looks_up_every_byte() {
         let table: [i8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(167) as i8);
-        for n in [0, 1, 15, 16, 17, 256, 300] {
+        for n in [0, 1, 15, 16, 17, 63, 64, 65, 128, 256, 300] {
             let idx: Vec<u8> = (0..n).map(|i| (i * 89 + 7) as u8).collect();
             let mut out = vec![0i8; n];
             gather_i8(&table, &idx, &mut out);
