@@ -1,6 +1,7 @@
 //! The code computing the integer sums and the CPU policy choosing it: tract-linalg's int8
-//! kernels, our own [`product`] (x86 with AVX2 alone, arm64) or, channels last, our [`amx`]
-//! product on Intel AMX and our [`vnni`] one on AVX-512 VNNI.
+//! kernels, our own [`product`] (x86 with AVX2 alone, arm64) or, on x86, our [`vnni`] product
+//! on AVX-512 VNNI and, channels last, our [`amx`] one on Intel AMX (channels first there,
+//! tract's AMX kernel).
 
 use tract_linalg::mmm::{MMMInputValue, MatMatMul, Query};
 use tract_linalg::MmmDispatch;
@@ -50,6 +51,10 @@ pub(super) enum OwnWeights {
     /// Channels last on AVX-512 VNNI ([`vnni`]).
     #[cfg(target_arch = "x86_64")]
     Vnni(vnni::Lanes),
+    /// Channels first on AVX-512 VNNI: the weights, `[Cout, Cin]`, are the product's rows and
+    /// each image's positions its lanes, packed as it comes.
+    #[cfg(target_arch = "x86_64")]
+    VnniRows(Vec<i8>),
 }
 
 impl Engine {
@@ -79,6 +84,8 @@ impl Engine {
                         cout, cin, at,
                     ))));
                 }
+            } else if vnni::available() && !amx::available() {
+                return Ok(Engine::Own(OwnWeights::VnniRows(w.to_vec())));
             }
             if own_product_takes(w) || (over_patches && patches_run(w)) {
                 return Ok(Engine::Own(match layout {
@@ -107,7 +114,9 @@ impl Engine {
             #[cfg(target_arch = "x86_64")]
             Engine::Own(OwnWeights::Amx(_)) => amx::kernel().to_string(),
             #[cfg(target_arch = "x86_64")]
-            Engine::Own(OwnWeights::Vnni(_)) => vnni::kernel().to_string(),
+            Engine::Own(OwnWeights::Vnni(_) | OwnWeights::VnniRows(_)) => {
+                vnni::kernel().to_string()
+            }
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             Engine::Own(_) => product::kernel().to_string(),
         }

@@ -78,18 +78,34 @@ impl QPointwiseConv {
             #[cfg(target_arch = "x86_64")]
             OwnWeights::Vnni(w) => vnni::product_into(w, p, &fill, out, finish),
             OwnWeights::Rows(w) => {
-                let xq = self.quantized(x, quantizer);
-                let rows;
-                let xq = match patches {
-                    Some(g) => {
-                        rows = g.product_matrix(&xq, self.in_channels(), self.layout, p);
-                        &rows[..]
-                    }
-                    None => &xq[..],
-                };
-                let x = product::LanePanels::pack_transposed(xq, self.cin(), p, p)?;
+                let xq = self.channels_first_matrix(x, quantizer, p, patches);
+                let x = product::LanePanels::pack_transposed(&xq, cin, p, p)?;
                 product::product_into(&x, product::RowSource::Packed(w), out, finish)
             }
+            #[cfg(target_arch = "x86_64")]
+            OwnWeights::VnniRows(w) => {
+                let xq = self.channels_first_matrix(x, quantizer, p, patches);
+                let x = vnni::Lanes::pack_transposed(&xq, cin, p, p);
+                let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&w[r * cin..][..cin]);
+                vnni::product_into(&x, self.cout(), &fill, out, finish)
+            }
+        }
+    }
+
+    /// A channels-first product's `cin × p` right operand: `x` quantized, and for a
+    /// convolution over patches, its patches gathered.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn channels_first_matrix<'x>(
+        &self,
+        x: Operand<'x>,
+        quantizer: FastQuantize,
+        p: usize,
+        patches: Option<Patches>,
+    ) -> Cow<'x, [i8]> {
+        let xq = self.quantized(x, quantizer);
+        match patches {
+            Some(g) => Cow::Owned(g.product_matrix(&xq, self.in_channels(), self.layout, p)),
+            None => xq,
         }
     }
 

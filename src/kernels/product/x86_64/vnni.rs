@@ -89,16 +89,56 @@ impl Lanes {
         let steps = k.div_ceil(KSTEP);
         let columns = lanes.div_ceil(COLUMN);
         let mut data = vec![0; columns * steps * KSTEP * COLUMN];
-        let mut start = vec![0; columns * COLUMN];
-        for (l, start) in start.iter_mut().enumerate().take(lanes) {
+        for l in 0..lanes {
             let (column, n) = (l / COLUMN, l % COLUMN);
-            let (first, width) = panel_of(column, columns);
-            let panel = &mut data[first * steps * KSTEP * COLUMN..];
             for kk in 0..k {
                 let (s, b) = (kk / KSTEP, kk % KSTEP);
-                let v = at(l, kk);
-                panel[((s * width + column - first) * COLUMN + n) * KSTEP + b] = v;
-                *start -= 128 * v as i32;
+                data[column_at(column, columns, steps, s) + n * KSTEP + b] = at(l, kk);
+            }
+        }
+        let start = (0..columns * COLUMN)
+            .map(|l| match l < lanes {
+                true => (0..k).map(|kk| -128 * at(l, kk) as i32).sum(),
+                false => 0,
+            })
+            .collect();
+        Lanes {
+            data,
+            start,
+            lanes,
+            k,
+        }
+    }
+
+    /// Packs `lanes` vectors of `k` values stored the other way round: value `(l, k)` at
+    /// `src[k · stride + l]`, as a channels-first activation is, lanes being its positions.
+    /// Done once per product on the activations, so four rows of sixteen lanes are interleaved
+    /// into a column's step at a time.
+    pub fn pack_transposed(src: &[i8], k: usize, lanes: usize, stride: usize) -> Lanes {
+        let steps = k.div_ceil(KSTEP);
+        let columns = lanes.div_ceil(COLUMN);
+        let mut data = vec![0; columns * steps * KSTEP * COLUMN];
+        for column in 0..columns {
+            let l0 = column * COLUMN;
+            let here = COLUMN.min(lanes - l0);
+            for s in 0..steps {
+                let step = &mut data[column_at(column, columns, steps, s)..][..KSTEP * COLUMN];
+                let row = |b: usize| &src[(s * KSTEP + b) * stride + l0..][..here];
+                if here == COLUMN && (s + 1) * KSTEP <= k {
+                    zip4(std::array::from_fn(|b| row(b)), step);
+                    continue;
+                }
+                for b in 0..KSTEP.min(k - s * KSTEP) {
+                    for (n, &v) in row(b).iter().enumerate() {
+                        step[n * KSTEP + b] = v;
+                    }
+                }
+            }
+        }
+        let mut start = vec![0; columns * COLUMN];
+        for kk in 0..k {
+            for (st, &v) in start.iter_mut().zip(&src[kk * stride..][..lanes]) {
+                *st -= 128 * v as i32;
             }
         }
         Lanes {
@@ -106,6 +146,33 @@ impl Lanes {
             start,
             lanes,
             k,
+        }
+    }
+}
+
+/// Where the bytes of step `s` of lane column `column` start in [`Lanes::data`].
+fn column_at(column: usize, columns: usize, steps: usize, s: usize) -> usize {
+    let (first, width) = panel_of(column, columns);
+    (first * steps + s * width + column - first) * KSTEP * COLUMN
+}
+
+/// One step of a column: four rows of sixteen lanes interleaved into `step`, lane by lane.
+fn zip4(rows: [&[i8]; KSTEP], step: &mut [i8]) {
+    assert!(rows.iter().all(|r| r.len() == COLUMN) && step.len() == KSTEP * COLUMN);
+    // SAFETY: SSE2 is in the x86_64 baseline; the loads read each row's 16 bytes, the stores
+    // write the step's 64 (both checked above).
+    unsafe {
+        let [a0, a1, a2, a3] = rows.map(|r| _mm_loadu_si128(r.as_ptr() as *const __m128i));
+        let (low01, high01) = (_mm_unpacklo_epi8(a0, a1), _mm_unpackhi_epi8(a0, a1));
+        let (low23, high23) = (_mm_unpacklo_epi8(a2, a3), _mm_unpackhi_epi8(a2, a3));
+        let lanes = [
+            _mm_unpacklo_epi16(low01, low23),
+            _mm_unpackhi_epi16(low01, low23),
+            _mm_unpacklo_epi16(high01, high23),
+            _mm_unpackhi_epi16(high01, high23),
+        ];
+        for (i, v) in lanes.into_iter().enumerate() {
+            _mm_storeu_si128(step.as_mut_ptr().add(16 * i) as *mut __m128i, v);
         }
     }
 }
@@ -240,6 +307,24 @@ mod tests {
                 let packed = Lanes::pack(lanes, k, |l, kk| w[l * k + kk]);
                 product_into(&packed, rows, fill, out, finish)
             });
+        }
+    }
+
+    /// The transposed packing (whole columns and steps interleaved at once, the rest one
+    /// value at a time) gives the lanes and corrections of the plain one.
+    #[test]
+    fn packs_transposed_lanes_alike() {
+        for (lanes, k, stride) in [
+            (1, 1, 1),
+            (16, 4, 16),
+            (17, 65, 20),
+            (48, 8, 50),
+            (130, 7, 130),
+        ] {
+            let src = crate::kernels::test_values(k * stride, 3);
+            let transposed = Lanes::pack_transposed(&src, k, lanes, stride);
+            let plain = Lanes::pack(lanes, k, |l, kk| src[kk * stride + l]);
+            assert_eq!(transposed, plain, "{lanes} lanes, k {k}, stride {stride}");
         }
     }
 }
