@@ -125,7 +125,7 @@ impl Lanes {
                 let step = &mut data[column_at(column, columns, steps, s)..][..KSTEP * COLUMN];
                 let row = |b: usize| &src[(s * KSTEP + b) * stride + l0..][..here];
                 if here == COLUMN && (s + 1) * KSTEP <= k {
-                    zip4(std::array::from_fn(|b| row(b)), step);
+                    zip4(std::array::from_fn(row), step);
                     continue;
                 }
                 for b in 0..KSTEP.min(k - s * KSTEP) {
