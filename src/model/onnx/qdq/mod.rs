@@ -111,39 +111,50 @@ pub fn fuse_depthwise(graph: &mut GraphProto, pays: impl Fn(usize, usize) -> boo
 /// another fused product's input write i8 for it
 /// ([`QPointwiseConv::emitting_i8`]): ConvNeXt's `fc1 → GELU → fc2`, where the f32 tensor
 /// between them is the widest of the block. Safe because the reader would quantize that f32
-/// tensor with exactly the parameters handed over, and nothing else reads it.
+/// tensor with exactly the parameters handed over, and nothing else reads it. `Reshape`s in
+/// between, each the only reader of the last (the `Gemm` reshapes of onnxruntime's
+/// QOperator files), pass the i8 values through as they passed the f32 ones.
 fn link_integer_chains(graph: &mut GraphProto) {
     let ix = Index::new(graph);
     let is_fused = |n: &NodeProto| n.op_type == FUSED_OP && n.domain == DOMAIN;
-    let links: Vec<(usize, [String; 2])> = graph
+    let is_output = |name: &str| graph.output.iter().any(|o| o.name == name);
+    let only_reader = |name: &str| match ix.consumers.get(name).map(|c| &c[..]) {
+        Some(&[r]) if !is_output(name) => Some(&graph.node[r]),
+        _ => None,
+    };
+    let links: Vec<(usize, [String; 2], Vec<String>)> = graph
         .node
         .iter()
         .enumerate()
         .filter(|(_, n)| is_fused(n) && matches!(n.input.len(), 8 | 10) && emit_of(n).is_none())
         .filter_map(|(i, n)| {
-            let out = n.output.first()?;
-            if graph.output.iter().any(|o| &o.name == out) {
-                return None;
+            let mut passed = vec![n.output.first()?.clone()];
+            let mut reader = only_reader(&passed[0])?;
+            while reader.op_type == "Reshape" && reader.domain.is_empty() {
+                if arg(reader, 0) != passed[passed.len() - 1] {
+                    return None;
+                }
+                passed.push(reader.output.first()?.clone());
+                reader = only_reader(&passed[passed.len() - 1])?;
             }
-            let [r] = ix.consumers.get(out.as_str())?[..] else {
-                return None;
-            };
-            let reader = &graph.node[r];
+            let out = &passed[passed.len() - 1];
             let static_input = int_attr_of(reader, DYNAMIC_ATTR).is_none_or(|d| d == 0);
             (is_fused(reader)
                 && static_input
                 && arg(reader, 0) == out
                 && !reader.input[1..].contains(out))
-            .then(|| (i, [arg(reader, 1).to_owned(), arg(reader, 2).to_owned()]))
+            .then(|| {
+                let quant = [arg(reader, 1).to_owned(), arg(reader, 2).to_owned()];
+                (i, quant, passed)
+            })
         })
         .collect();
-    for (i, quant) in links {
+    for (i, quant, passed) in links {
         let node = &mut graph.node[i];
         node.input.extend(quant);
         node.attribute.push(int_attr(EMIT_ATTR, 1));
-        // The exporter's shape inference recorded the tensor as f32.
-        let out = node.output[0].clone();
-        graph.value_info.retain(|v| v.name != out);
+        // The exporter's shape inference recorded these tensors as f32.
+        graph.value_info.retain(|v| !passed.contains(&v.name));
     }
 }
 
@@ -715,5 +726,47 @@ mod tests {
         assert_eq!(fused.input.len(), 6);
         assert_eq!(fused.output, ["c"]);
         assert!(g.node.iter().any(|n| n.output == ["cq"]));
+    }
+
+    /// fc1 → Reshape → Reshape → fc2: fc1 writes i8 for fc2 through the reshapes, whose f32
+    /// types are forgotten; with a second reader of a reshape, it does not.
+    #[test]
+    fn links_products_through_reshapes() {
+        let fused = |inputs: [&str; 8], output: &str| NodeProto {
+            domain: DOMAIN.into(),
+            ..node(FUSED_OP, &inputs, output)
+        };
+        let info = |name: &str| tract_onnx::pb::ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        for shared in [false, true] {
+            let mut g = GraphProto {
+                node: vec![
+                    fused(["x", "xs", "xz", "w1", "ws1", "b1", "ys", "yz"], "a"),
+                    node("Reshape", &["a", "shape"], "r"),
+                    node("Reshape", &["r", "shape"], "r2"),
+                    fused(["r2", "hs", "hz", "w2", "ws2", "b2", "ys2", "yz2"], "y"),
+                ],
+                output: vec![info("y")],
+                value_info: vec![info("a"), info("r"), info("r2")],
+                ..Default::default()
+            };
+            if shared {
+                g.node.push(node("Identity", &["r"], "other"));
+                g.output.push(info("other"));
+            }
+            link_integer_chains(&mut g);
+            let fc1 = &g.node[0];
+            if shared {
+                assert!(emit_of(fc1).is_none());
+                assert_eq!(g.value_info.len(), 3);
+            } else {
+                assert_eq!(emit_of(fc1), Some(1));
+                assert_eq!(fc1.input[8..], ["hs", "hz"]);
+                assert!(g.value_info.is_empty());
+            }
+            assert!(emit_of(&g.node[3]).is_none());
+        }
     }
 }
