@@ -8,8 +8,9 @@
 //! - **Fused fake quantization**: such a quantize whose only consumer is a DequantizeLinear
 //!   (the activation QDQ pairs of QDQ models, once tract has run the rest in float) becomes one
 //!   in-place f32 op, [`FakeQuantize`]: the same arithmetic without the 8-bit intermediate
-//!   tensor and its second pass. Skipped when the quantized tensor is a model output or has other
-//!   consumers.
+//!   tensor and its second pass. Reshapes between the two (the `Gemm` reshapes of onnxruntime's
+//!   QOperator files) move after the fused op. Skipped when the quantized tensor is a model
+//!   output or has other consumers.
 //!
 //! - **Quantize → lookup table → dequantize**: tract turns `DQ → element-wise → Q` stretches
 //!   of QDQ graphs into a byte lookup table between the quantize and the next dequantize; the

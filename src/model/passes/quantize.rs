@@ -2,6 +2,7 @@
 //! lookup → dequantize, and redundant fake quantizations dropped (see the parent module's docs).
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::element_wise::{ElementWiseMiniOp, ElementWiseOp};
 use tract_onnx::tract_core::ops::quant::{
     DequantizeLinearF32, LookupTable, QuantizeLinearI8, QuantizeLinearU8,
@@ -29,22 +30,34 @@ fn inner_mini_ops<T: ElementWiseMiniOp>(model: &TypedModel) -> TractResult<Vec<(
         .collect())
 }
 
-/// A FastQuantize node whose only consumer is a DequantizeLinearF32, and the fused op.
-fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<(usize, usize, FakeQuantize)>> {
+/// A FastQuantize node whose only consumer is a DequantizeLinearF32, directly or through
+/// reshapes (`IntoShape`, `AxisOp`) each the only reader of the last: the quantize, the fused
+/// op and the reshapes between.
+fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<FakeQuantizeChain>> {
+    let outputs = model.output_outlets()?;
     for (id, q) in inner_mini_ops::<FastQuantize>(model)? {
-        let Some(succ) = model.single_succ(id)? else {
+        let mut reshapes = vec![];
+        let mut succ = model.single_succ(id)?;
+        while let Some(node) = succ.filter(|n| n.op_is::<IntoShape>() || n.op_is::<AxisOp>()) {
+            if outputs.contains(&OutletId::new(node.id, 0)) {
+                break;
+            }
+            reshapes.push(node.id);
+            succ = model.single_succ(node.id)?;
+        }
+        let Some(succ) = succ else {
             continue;
         };
         if let Some(dq) = succ.op_as::<DequantizeLinearF32>() {
-            return Ok(Some((
-                id,
-                succ.id,
-                FakeQuantize::new(*q, dq.scale, dq.zero_point),
-            )));
+            let op = FakeQuantize::new(*q, dq.scale, dq.zero_point);
+            return Ok(Some((id, succ.id, op, reshapes)));
         }
     }
     Ok(None)
 }
+
+/// First node, last node, the fused op, the reshapes between.
+type FakeQuantizeChain = (usize, usize, FakeQuantize, Vec<usize>);
 
 /// A FastQuantize → LookupTable → DequantizeLinearF32 chain (each the only reader of the
 /// previous) and its fused op.
@@ -177,8 +190,24 @@ pub(super) fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractRe
     fuse_chains(model, next_quantize_lookup)
 }
 
+/// Replaces, one at a time, each quantize → (reshapes) → dequantize by the fake quantization,
+/// the reshapes moved after it.
 pub(super) fn fuse_quantize_dequantize(model: &mut TypedModel) -> TractResult<usize> {
-    fuse_chains(model, next_fake_quantize)
+    let mut fused = 0;
+    while let Some((first, last, op, reshapes)) = next_fake_quantize(model)? {
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, model.nodes()[first].inputs[0])?;
+        let name = model.nodes()[last].name.clone();
+        let mut wire = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[input])?;
+        for id in reshapes {
+            let node = &model.nodes()[id];
+            wire = patch.wire_node(&node.name, node.op.clone(), &wire)?;
+        }
+        patch.shunt_outside(model, OutletId::new(last, 0), wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
 }
 
 /// Replaces, one at a time, each chain `next` finds (from its first node's input to its last
@@ -329,5 +358,26 @@ mod tests {
             assert_eq!(fake_quantizations(&after), dropped);
             assert_eq!(output(&after), output(&before));
         }
+    }
+
+    /// A quantize and a dequantize with a reshape between fuse, the reshape moved after the
+    /// fake quantization; the output does not change.
+    #[test]
+    fn fuses_quantize_and_dequantize_across_a_reshape() {
+        let mut before = chain(vec![Box::new(FastQuantize::new(20.0, 131, false))]);
+        let quantized = before.output_outlets().unwrap()[0];
+        let reshaped = before
+            .wire_node("reshape", AxisOp::Add(0), &[quantized])
+            .unwrap();
+        let dq = DequantizeLinearF32 {
+            scale: 0.05,
+            zero_point: 131,
+        };
+        let out = before.wire_node("dq", dq, &reshaped).unwrap();
+        before.select_output_outlets(&out).unwrap();
+        let mut after = before.clone();
+        assert_eq!(fuse_quantize_dequantize(&mut after).unwrap(), 1);
+        assert_eq!(fake_quantizations(&after), 1);
+        assert_eq!(output(&after), output(&before));
     }
 }
