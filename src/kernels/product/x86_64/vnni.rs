@@ -1,6 +1,8 @@
 //! Exact i8 × i8 → i32 products on AVX-512 VNNI (Ice Lake and later Xeons, AMD Zen 4 and 5),
-//! for channels-last integer convolutions: `out[r][l] = Σ_k rows[r][k] · lanes[l][k]`, rows
-//! being positions and lanes output channels.
+//! for integer convolutions: `out[r][l] = Σ_k rows[r][k] · lanes[l][k]`. Channels last, rows
+//! are positions and lanes output channels; channels first, rows are output channels (the
+//! weights) and lanes an image's positions, packed once per product
+//! ([`Lanes::pack_transposed`]), so that either way the sums come out in the output's layout.
 //!
 //! tract-linalg 0.23.9's kernel for these CPUs (`avx512vnni_mmm_i32_16x16`) runs convnext_tiny's
 //! products at about a third of what `VPDPBUSD` allows, and needs the activations packed in a
