@@ -142,23 +142,23 @@ fn next_redundant_fake_quantize(model: &TypedModel) -> TractResult<Option<usize>
 
 /// Removes, one at a time, the fake quantizations that cannot change the result.
 pub(super) fn drop_redundant_fake_quantize(model: &mut TypedModel) -> TractResult<usize> {
-    let mut dropped = 0;
-    while let Some(id) = next_redundant_fake_quantize(model)? {
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.nodes()[id].inputs[0])?;
-        patch.shunt_outside(model, OutletId::new(id, 0), input)?;
-        patch.apply(model)?;
-        dropped += 1;
-    }
-    Ok(dropped)
+    bypass_each(model, next_redundant_fake_quantize)
 }
 
 /// Removes, one at a time, each lookup table that maps every byte to itself (tract leaves one
 /// where a dequantize and a quantize of the same steps meet), so that the quantize and
 /// dequantize around it fuse into a [`FakeQuantize`] rather than a [`QuantizeLookup`].
 pub(super) fn drop_identity_lookups(model: &mut TypedModel) -> TractResult<usize> {
+    bypass_each(model, next_identity_lookup)
+}
+
+/// Removes, one at a time, each node `next` finds, its readers reading its input instead.
+fn bypass_each(
+    model: &mut TypedModel,
+    next: impl Fn(&TypedModel) -> TractResult<Option<usize>>,
+) -> TractResult<usize> {
     let mut dropped = 0;
-    while let Some(id) = next_identity_lookup(model)? {
+    while let Some(id) = next(model)? {
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, model.nodes()[id].inputs[0])?;
         patch.shunt_outside(model, OutletId::new(id, 0), input)?;
