@@ -51,10 +51,10 @@ pub(super) enum OwnWeights {
     /// Channels last on AVX-512 VNNI ([`vnni`]).
     #[cfg(target_arch = "x86_64")]
     Vnni(vnni::Lanes),
-    /// Channels first on AVX-512 VNNI: the weights, `[Cout, Cin]`, are the product's rows and
-    /// each image's positions its lanes, packed as it comes.
+    /// Channels first on AVX-512 VNNI: the weights, `[Cout, Cin]` (the op's own, shared), are
+    /// the product's rows and each image's positions its lanes, packed as it comes.
     #[cfg(target_arch = "x86_64")]
-    VnniRows(Vec<i8>),
+    VnniRows(Arc<Tensor>),
 }
 
 impl Engine {
@@ -62,7 +62,7 @@ impl Engine {
     /// gather the patches of a convolution `over_patches`, else the tract-linalg kernel for
     /// the product's shape.
     pub(super) fn new(
-        weights: &Tensor,
+        weights: &Arc<Tensor>,
         layout: Layout,
         n: Option<usize>,
         over_patches: bool,
@@ -85,7 +85,7 @@ impl Engine {
                     ))));
                 }
             } else if vnni::available() && !amx::available() {
-                return Ok(Engine::Own(OwnWeights::VnniRows(w.to_vec())));
+                return Ok(Engine::Own(OwnWeights::VnniRows(weights.clone())));
             }
             if own_product_takes(w) || (over_patches && patches_run(w)) {
                 return Ok(Engine::Own(match layout {

@@ -187,6 +187,7 @@ impl QPointwiseConv {
                 "integer 1x1 conv: scale {s} is not positive and finite"
             );
         }
+        let weights = Arc::new(weights);
         let engine = Engine::new(&weights, layout, n, false)?;
         let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
         let w_sums = w
@@ -194,7 +195,7 @@ impl QPointwiseConv {
             .map(|row| row.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
         Ok(QPointwiseConv {
-            weights: Arc::new(weights),
+            weights,
             layout,
             x,
             w_scales,
@@ -259,7 +260,7 @@ impl QPointwiseConv {
                 }
             }
         }
-        let weights = Tensor::from_shape(&[cout, k], &reordered)?;
+        let weights = Arc::new(Tensor::from_shape(&[cout, k], &reordered)?);
         let engine = Engine::new(
             &weights,
             Layout::ChannelsLast,
@@ -267,7 +268,7 @@ impl QPointwiseConv {
             self.patch > 1,
         )?;
         Ok(QPointwiseConv {
-            weights: Arc::new(weights),
+            weights,
             layout: Layout::ChannelsLast,
             kernel: Arc::new(Kernel {
                 engine,

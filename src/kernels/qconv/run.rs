@@ -86,6 +86,8 @@ impl QPointwiseConv {
             OwnWeights::VnniRows(w) => {
                 let xq = self.channels_first_matrix(x, quantizer, p, patches);
                 let x = vnni::Lanes::pack_transposed(&xq, cin, p, p);
+                let w = w.try_as_plain_ram()?;
+                let w = w.as_slice::<i8>()?;
                 let fill = |r: usize, row: &mut [i8]| row.copy_from_slice(&w[r * cin..][..cin]);
                 vnni::product_into(&x, self.cout(), &fill, out, finish)
             }
