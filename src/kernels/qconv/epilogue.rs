@@ -193,9 +193,19 @@ pub(super) fn channel_codes(
     let idx = &mut idx[done..][..rest];
     index.quantize_bytes(&values[..rest], idx);
     if let Some(table) = table {
-        for b in idx.iter_mut() {
-            *b = table[*b as usize];
-        }
+        lookup_bytes(table, idx);
+    }
+}
+
+/// `bytes[i] = table[bytes[i]]`; 64 a step on x86_64 with AVX-512 VBMI.
+pub(super) fn lookup_bytes(table: &[u8; 256], bytes: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::cpu::has_avx512_vbmi() {
+        // SAFETY: the CPU has AVX-512 VBMI.
+        return unsafe { crate::kernels::vbmi::lookup(table, bytes) };
+    }
+    for b in bytes.iter_mut() {
+        *b = table[*b as usize];
     }
 }
 

@@ -1,4 +1,4 @@
-use super::epilogue::gather_i8;
+use super::epilogue::{gather_i8, lookup_bytes};
 use super::pack::zip4;
 use super::*;
 use crate::kernels::for_each_variant;
@@ -657,8 +657,8 @@ for_each_variant! {
 }
 
 for_each_variant! {
-    /// Every index, over lengths around the 16- and 64-byte steps.
-    fn gather_i8_looks_up_every_byte() {
+    /// Every index, over lengths around the 16- and 64-byte steps, out of place and in place.
+    fn byte_tables_look_up_every_byte() {
         let table: [i8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(167) as i8);
         for n in [0, 1, 15, 16, 17, 63, 64, 65, 128, 256, 300] {
             let idx: Vec<u8> = (0..n).map(|i| (i * 89 + 7) as u8).collect();
@@ -666,6 +666,11 @@ for_each_variant! {
             gather_i8(&table, &idx, &mut out);
             let expected: Vec<i8> = idx.iter().map(|&i| table[i as usize]).collect();
             assert_eq!(out, expected, "n = {n}");
+            let mut in_place = idx.clone();
+            let bytes = table.map(|v| v as u8);
+            lookup_bytes(&bytes, &mut in_place);
+            let expected: Vec<u8> = expected.iter().map(|&v| v as u8).collect();
+            assert_eq!(in_place, expected, "in place, n = {n}");
         }
     }
 }
