@@ -33,7 +33,7 @@ fn inner_mini_ops<T: ElementWiseMiniOp>(model: &TypedModel) -> TractResult<Vec<(
 /// A FastQuantize node whose only consumer is a DequantizeLinearF32, directly or through
 /// reshapes (`IntoShape`, `AxisOp`) each the only reader of the last: the quantize, the fused
 /// op and the reshapes between.
-fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<FakeQuantizeChain>> {
+fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<Chain<FakeQuantize>>> {
     let outputs = model.output_outlets()?;
     for (id, q) in inner_mini_ops::<FastQuantize>(model)? {
         let mut reshapes = vec![];
@@ -56,12 +56,13 @@ fn next_fake_quantize(model: &TypedModel) -> TractResult<Option<FakeQuantizeChai
     Ok(None)
 }
 
-/// First node, last node, the fused op, the reshapes between.
-type FakeQuantizeChain = (usize, usize, FakeQuantize, Vec<usize>);
+/// A chain to fuse: its first node, its last node, the op replacing them, and the reshapes
+/// between them that move after it.
+type Chain<O> = (usize, usize, O, Vec<usize>);
 
 /// A FastQuantize → LookupTable → DequantizeLinearF32 chain (each the only reader of the
 /// previous) and its fused op.
-fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize, QuantizeLookup)>> {
+fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<Chain<QuantizeLookup>>> {
     let outputs = model.output_outlets()?;
     for (id, q) in inner_mini_ops::<FastQuantize>(model)? {
         let Some(lut_node) = model.single_succ(id)? else {
@@ -83,7 +84,7 @@ fn next_quantize_lookup(model: &TypedModel) -> TractResult<Option<(usize, usize,
             model.outlet_fact(OutletId::new(lut_node.id, 0))?.datum_type == i8::datum_type();
         let table = lut.table.table();
         if let Some(op) = QuantizeLookup::new(*q, table, signed, dq_op.scale, dq_op.zero_point) {
-            return Ok(Some((id, dq.id, op)));
+            return Ok(Some((id, dq.id, op, vec![])));
         }
     }
     Ok(None)
@@ -190,11 +191,18 @@ pub(super) fn fuse_quantize_lookup_dequantize(model: &mut TypedModel) -> TractRe
     fuse_chains(model, next_quantize_lookup)
 }
 
-/// Replaces, one at a time, each quantize → (reshapes) → dequantize by the fake quantization,
-/// the reshapes moved after it.
 pub(super) fn fuse_quantize_dequantize(model: &mut TypedModel) -> TractResult<usize> {
+    fuse_chains(model, next_fake_quantize)
+}
+
+/// Replaces, one at a time, each chain `next` finds (from its first node's input to its last
+/// node's output) by the element-wise op it gives, followed by the chain's reshapes.
+fn fuse_chains<O: ElementWiseMiniOp>(
+    model: &mut TypedModel,
+    next: impl Fn(&TypedModel) -> TractResult<Option<Chain<O>>>,
+) -> TractResult<usize> {
     let mut fused = 0;
-    while let Some((first, last, op, reshapes)) = next_fake_quantize(model)? {
+    while let Some((first, last, op, reshapes)) = next(model)? {
         let mut patch = TypedModelPatch::default();
         let input = patch.tap_model(model, model.nodes()[first].inputs[0])?;
         let name = model.nodes()[last].name.clone();
@@ -204,25 +212,6 @@ pub(super) fn fuse_quantize_dequantize(model: &mut TypedModel) -> TractResult<us
             wire = patch.wire_node(&node.name, node.op.clone(), &wire)?;
         }
         patch.shunt_outside(model, OutletId::new(last, 0), wire[0])?;
-        patch.apply(model)?;
-        fused += 1;
-    }
-    Ok(fused)
-}
-
-/// Replaces, one at a time, each chain `next` finds (from its first node's input to its last
-/// node's output) by the element-wise op it gives.
-fn fuse_chains<O: ElementWiseMiniOp>(
-    model: &mut TypedModel,
-    next: impl Fn(&TypedModel) -> TractResult<Option<(usize, usize, O)>>,
-) -> TractResult<usize> {
-    let mut fused = 0;
-    while let Some((first, last, op)) = next(model)? {
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.nodes()[first].inputs[0])?;
-        let name = model.nodes()[last].name.clone();
-        let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[input])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
         patch.apply(model)?;
         fused += 1;
     }
@@ -323,23 +312,26 @@ mod tests {
         }
     }
 
-    /// `x` quantized, looked up in `table` and dequantized.
-    fn through_table(table: &[u8]) -> TypedModel {
+    /// `x` quantized, through `between`, and dequantized.
+    fn dequantized_after(between: Box<dyn TypedOp>) -> TypedModel {
         let mut model = chain(vec![Box::new(FastQuantize::new(20.0, 131, false))]);
         let quantized = model.output_outlets().unwrap()[0];
-        let lut = LookupTable {
-            table: tract_linalg::routines::lut_u8(table).unwrap(),
-        };
-        let looked_up = model
-            .wire_node("lut", ElementWiseOp(Box::new(lut), None), &[quantized])
-            .unwrap();
+        let wire = model.wire_node("between", between, &[quantized]).unwrap();
         let dq = DequantizeLinearF32 {
             scale: 0.05,
             zero_point: 131,
         };
-        let out = model.wire_node("dq", dq, &looked_up).unwrap();
+        let out = model.wire_node("dq", dq, &wire).unwrap();
         model.select_output_outlets(&out).unwrap();
         model
+    }
+
+    /// `x` quantized, looked up in `table` and dequantized.
+    fn through_table(table: &[u8]) -> TypedModel {
+        let lut = LookupTable {
+            table: tract_linalg::routines::lut_u8(table).unwrap(),
+        };
+        dequantized_after(Box::new(ElementWiseOp(Box::new(lut), None)))
     }
 
     /// An identity table goes and the chain becomes a fake quantization; any other table
@@ -364,17 +356,7 @@ mod tests {
     /// fake quantization; the output does not change.
     #[test]
     fn fuses_quantize_and_dequantize_across_a_reshape() {
-        let mut before = chain(vec![Box::new(FastQuantize::new(20.0, 131, false))]);
-        let quantized = before.output_outlets().unwrap()[0];
-        let reshaped = before
-            .wire_node("reshape", AxisOp::Add(0), &[quantized])
-            .unwrap();
-        let dq = DequantizeLinearF32 {
-            scale: 0.05,
-            zero_point: 131,
-        };
-        let out = before.wire_node("dq", dq, &reshaped).unwrap();
-        before.select_output_outlets(&out).unwrap();
+        let before = dequantized_after(Box::new(AxisOp::Add(0)));
         let mut after = before.clone();
         assert_eq!(fuse_quantize_dequantize(&mut after).unwrap(), 1);
         assert_eq!(fake_quantizations(&after), 1);

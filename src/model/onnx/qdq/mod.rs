@@ -131,13 +131,13 @@ fn link_integer_chains(graph: &mut GraphProto) {
             let mut passed = vec![n.output.first()?.clone()];
             let mut reader = only_reader(&passed[0])?;
             while reader.op_type == "Reshape" && reader.domain.is_empty() {
-                if arg(reader, 0) != passed[passed.len() - 1] {
+                if arg(reader, 0) != passed.last()? {
                     return None;
                 }
                 passed.push(reader.output.first()?.clone());
-                reader = only_reader(&passed[passed.len() - 1])?;
+                reader = only_reader(passed.last()?)?;
             }
-            let out = &passed[passed.len() - 1];
+            let out = passed.last()?;
             let static_input = int_attr_of(reader, DYNAMIC_ATTR).is_none_or(|d| d == 0);
             (is_fused(reader)
                 && static_input
