@@ -100,11 +100,12 @@ def peer(lib_dir):
 
 def load_base(page_log):
     """qemu-user maps the program before its loader; -d page logs that first executable
-    mapping, whose start is where the (position-independent) binary's address 0 lands."""
+    mapping, whose start is where the (position-independent) binary's address 0 lands.
+    qemu-arm logs the page of the kernel's user helpers (at 0xffff0000) before it."""
     with open(page_log) as f:
         for line in f:
             m = re.match(r"([0-9a-f]+)-[0-9a-f]+ [0-9a-f]+ r-x", line)
-            if m:
+            if m and int(m.group(1), 16) != 0xFFFF0000:
                 return int(m.group(1), 16)
     raise RuntimeError(f"{page_log}: no executable mapping logged")
 

@@ -29,15 +29,18 @@ pub(crate) enum Feature {
     DotProd,
     /// arm64 fp16 arithmetic (`asimdhp`).
     Fp16,
+    /// NEON on 32-bit ARM, for the armv7 build (arm64 code assumes it).
+    Neon,
 }
 
-const ALL: [Feature; 6] = [
+const ALL: [Feature; 7] = [
     Feature::Avx2,
     Feature::Avx512,
     Feature::Vnni,
     Feature::Amx,
     Feature::DotProd,
     Feature::Fp16,
+    Feature::Neon,
 ];
 
 impl Feature {
@@ -50,6 +53,7 @@ impl Feature {
             Feature::Amx => "amx",
             Feature::DotProd => "dotprod",
             Feature::Fp16 => "fp16",
+            Feature::Neon => "neon",
         }
     }
 
@@ -69,7 +73,7 @@ impl Feature {
                 }
                 Feature::Vnni => x86!("avx512vnni") || x86!("avxvnni"),
                 Feature::Amx => tract_linalg::x86_64::amx::has_amx_int8(),
-                Feature::DotProd | Feature::Fp16 => false,
+                Feature::DotProd | Feature::Fp16 | Feature::Neon => false,
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -81,7 +85,15 @@ impl Feature {
                 _ => false,
             }
         }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        #[cfg(target_arch = "arm")]
+        {
+            // The kernel's hardware capabilities, as `/proc/cpuinfo` would list them but
+            // right under qemu-user too, which shows the guest the host's cpuinfo.
+            const HWCAP_NEON: libc::c_ulong = 1 << 12;
+            // SAFETY: getauxval only reads the process's auxiliary vector.
+            self == Feature::Neon && unsafe { libc::getauxval(libc::AT_HWCAP) } & HWCAP_NEON != 0
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
         {
             false
         }
@@ -152,12 +164,18 @@ mod variant {
 
 /// The feature sets a test runs its body under: everything this CPU has, then each step down
 /// a level (x86: without AMX, without AVX-512, without VNNI, without AVX2; arm64: without
-/// fp16, without the dot product), down to the portable code. Sets that would be the same on this
+/// fp16, without the dot product; armv7: without NEON), down to the portable code. Sets that would be the same on this
 /// CPU are listed once.
 #[cfg(test)]
 pub(crate) fn variants() -> Vec<(String, u8)> {
     use Feature::*;
-    let steps: [&[Feature]; 5] = [&[], &[Amx], &[Avx512, Fp16], &[Vnni, DotProd], &[Avx2]];
+    let steps: [&[Feature]; 5] = [
+        &[],
+        &[Amx],
+        &[Avx512, Fp16],
+        &[Vnni, DotProd],
+        &[Avx2, Neon],
+    ];
     let mut bits = enabled();
     let mut out: Vec<(String, u8)> = vec![];
     for step in steps {
@@ -200,6 +218,7 @@ mod tests {
         let all = variants();
         assert_eq!(all.last().unwrap().1 & enabled() & Feature::Avx2.bit(), 0);
         assert_eq!(all.last().unwrap().1 & Feature::DotProd.bit(), 0);
+        assert_eq!(all.last().unwrap().1 & Feature::Neon.bit(), 0);
         for (name, bits) in all {
             with_variant(bits, || {
                 for f in ALL {

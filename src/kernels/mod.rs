@@ -2,7 +2,7 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub(crate) mod blocking;
 pub mod channelwise;
 pub(crate) mod cpu;
@@ -14,7 +14,7 @@ pub mod layer_norm;
 pub mod linear;
 #[cfg(target_arch = "aarch64")]
 mod neon;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub mod product;
 pub mod qconv;
 pub mod quantize;

@@ -43,7 +43,7 @@ impl Graph {
             let stored = precision::of_graph(proto.graph.as_ref().expect("decode checks it"));
             let typed = precision::convert(typed, stored, Precision::Auto)
                 .map_err(stage_error_str(path, "precision conversion"))?;
-            plan_for(path, &typed, None, &Default::default())
+            plan_for(path, typed, None, &Default::default())
         })?;
         Ok(Graph {
             path: path.to_owned(),

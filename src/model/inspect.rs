@@ -391,7 +391,9 @@ pub fn kernels(model: &TypedModel) -> Vec<String> {
                 .op_as::<OptMatMul>()
                 .into_iter()
                 .flat_map(|op| op.mmm.iter().map(|k| k.name().to_string()));
-            let ours = n.op_as::<QPointwiseConv>().map(|op| op.kernel_name());
+            let ours = n
+                .op_as::<QPointwiseConv>()
+                .map(|op| op.kernel_name().unwrap_or_else(|e| format!("{e}")));
             tract.chain(ours)
         })
         .collect();

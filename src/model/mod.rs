@@ -159,7 +159,7 @@ impl DynamicBatch {
         }
         let plan = plan_for(
             path,
-            &self.typed,
+            self.typed.clone(),
             Some((&self.symbol, batch)),
             &self.run_options,
         )?;
@@ -168,10 +168,12 @@ impl DynamicBatch {
     }
 }
 
-/// Optimises `typed` (with the batch symbol bound, if given) into a runnable plan.
+/// Optimises `typed` (with the batch symbol bound, if given) into a runnable plan. It takes
+/// the model, so that each integer product's unpacked weights go as the plan packs them
+/// (unless a clone of the model still holds them).
 fn plan_for(
     path: &Path,
-    typed: &TypedModel,
+    typed: TypedModel,
     batch: Option<(&Symbol, usize)>,
     run_options: &RunOptions,
 ) -> Result<Arc<TypedRunnableModel>> {
@@ -182,7 +184,7 @@ fn plan_for(
                 .set_symbols(&subs)
                 .map_err(stage_error(path, "binding the batch size"))?
         }
-        None => typed.clone(),
+        None => typed,
     };
     let mut optimized = bound
         .into_decluttered()
@@ -235,8 +237,10 @@ impl Model {
     }
 
     fn from_proto(path: &Path, proto: pb::ModelProto, options: &LoadOptions) -> Result<Model> {
-        crate::error::catch_panic(|| Self::from_proto_unguarded(path, proto, options))
-            .map_err(stage_error_str(path, "loading"))?
+        let model = crate::error::catch_panic(|| Self::from_proto_unguarded(path, proto, options))
+            .map_err(stage_error_str(path, "loading"))?;
+        release_freed_memory();
+        model
     }
 
     fn from_proto_unguarded(
@@ -262,16 +266,22 @@ impl Model {
             .batch
             .is_none()
             .then(|| typed.symbols.sym(&io.batch_symbol));
-        let plan = plan_for(path, &typed, symbol.as_ref().map(|s| (s, 1)), &run_options)?;
-        let dynamic = symbol.map(|symbol| {
-            let plans = Mutex::new(HashMap::from([(1, plan.clone())]));
-            Arc::new(DynamicBatch {
-                typed,
-                symbol,
-                run_options,
-                plans,
-            })
-        });
+        let (plan, dynamic) = match symbol {
+            // A fixed batch: the plan is the only model left.
+            None => (plan_for(path, typed, None, &run_options)?, None),
+            // A dynamic one: the typed model stays, to plan other batch sizes.
+            Some(symbol) => {
+                let plan = plan_for(path, typed.clone(), Some((&symbol, 1)), &run_options)?;
+                let plans = Mutex::new(HashMap::from([(1, plan.clone())]));
+                let dynamic = Arc::new(DynamicBatch {
+                    typed,
+                    symbol,
+                    run_options,
+                    plans,
+                });
+                (plan, Some(dynamic))
+            }
+        };
         Ok(Model {
             path: path.to_owned(),
             plan,
@@ -568,6 +578,7 @@ pub(crate) fn typed_model(
         .map_err(stage_error(path, "ONNX parsing"))?;
     // tract holds its own copy of every weight now.
     drop(proto);
+    release_freed_memory();
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Model {
             path: path.to_owned(),
@@ -592,9 +603,15 @@ pub(crate) fn typed_model(
     model
         .set_input_fact(0, fact)
         .map_err(stage_error(path, "setting the input shape"))?;
-    let typed = model
+    let mut typed = model
         .into_typed()
         .map_err(stage_error(path, "type and shape analysis"))?;
+    // The weight constants the integer products copied are read by nothing now: dropped
+    // here, or they would stay as long as the model (the model's life, for a dynamic batch).
+    typed
+        .compact()
+        .map_err(stage_error(path, "type and shape analysis"))?;
+    release_freed_memory();
     let typed = precision::convert(typed, stored, options.precision)
         .map_err(stage_error_str(path, "precision conversion"))?;
     let input_type = match typed.input_fact(0).map(|f| f.datum_type) {
@@ -615,6 +632,18 @@ pub(crate) fn typed_model(
         coverage,
     };
     Ok((typed, io))
+}
+
+/// Hands the memory loading freed back to the system. glibc keeps freed memory for reuse, and
+/// raises the size from which it maps blocks of their own as large ones are freed, so the
+/// copies loading made and dropped (the file, its protobuf, the unpacked weights) would stay
+/// resident beside the activations the plan allocates.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Worker threads when none are asked for: every core the process may use.
@@ -779,5 +808,31 @@ fn output_classes(path: &Path, typed: &TypedModel) -> Result<usize> {
             path: path.to_owned(),
             reason: format!("output has shape {:?}, need [batch, classes]", fact.shape),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::qconv::QPointwiseConv;
+
+    /// A quantized model's weights are held once: the plan's integer products keep only
+    /// their packed copy, and the typed model kept for other batch sizes holds no constants
+    /// left unread when the products copied theirs.
+    #[test]
+    fn weights_are_held_once() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/fixtures/timm_v1_qdq_pc_u8.onnx"
+        ));
+        let model = Model::load(path, &LoadOptions::threads(1)).unwrap();
+        let products: Vec<&QPointwiseConv> = (model.plan.model().nodes())
+            .iter()
+            .filter_map(|n| n.op_as::<QPointwiseConv>())
+            .collect();
+        assert!(!products.is_empty());
+        assert!(products.iter().all(|op| !op.holds_weights()));
+        let typed = &model.dynamic.as_ref().expect("a dynamic batch").typed;
+        assert_eq!(typed.eval_order().unwrap().len(), typed.nodes().len());
     }
 }

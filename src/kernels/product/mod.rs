@@ -20,6 +20,10 @@
 //!   4 bytes, 16 products into 4 outputs per instruction, in i32. It replaces tract's SDOT
 //!   kernel for its packing and blocking, with two k-steps a turn and a 4-lane tile for narrow
 //!   last panels.
+//! - **armv7 with NEON** (32-bit Pi OS on the Pi 2/3/4 and Zero 2): tract-linalg's kernel
+//!   (`armv7neon_mmm_i32_8x4`) widens both operands and multiplies 4 lanes per `VMLAL.S16`,
+//!   as its f32 kernel does per `VMLA.F32`. Here the `SMULL` scheme on 64-bit halves:
+//!   `VMULL.S8` + `VMLAL.S8` + `VPADAL.S16`, a tile of 2 rows × 4 lanes in 8 accumulators.
 //!
 //! The product is `out[r][l] = Σ_k rows[r][k] · lanes[l][k]`. Both operands are stored in
 //! panels: the *lane* operand in panels of a tile's lanes, the *row* operand in panels of a
@@ -64,6 +68,9 @@ mod arch;
 pub use arch::{amx, vnni};
 #[cfg(target_arch = "aarch64")]
 #[path = "aarch64.rs"]
+mod arch;
+#[cfg(target_arch = "arm")]
+#[path = "arm.rs"]
 mod arch;
 #[cfg(test)]
 pub(crate) mod reference;

@@ -1,33 +1,58 @@
 //! The code computing the integer sums and the CPU policy choosing it: tract-linalg's int8
-//! kernels, our own [`product`] (x86 with AVX2 alone, arm64) or, on x86, our [`vnni`] product
+//! kernels, our own [`product`] (x86 with AVX2 alone, ARM) or, on x86, our [`vnni`] product
 //! on AVX-512 VNNI and, channels last, our [`amx`] one on Intel AMX (channels first there,
 //! tract's AMX kernel).
+
+use std::sync::OnceLock;
 
 use tract_linalg::mmm::{MMMInputValue, MatMatMul, Query};
 use tract_linalg::MmmDispatch;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 use crate::kernels::product;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::product::{amx, vnni};
 use crate::kernels::Layout;
 
-/// Everything derived from the weights, computed once when the op is built.
+/// Everything derived from the weights: the sums when the op is built, the packed weights
+/// when first needed (see [`QPointwiseConv::engine`](super::QPointwiseConv)), so that the
+/// ops tract makes and drops while it rewrites the graph never pack theirs.
 #[derive(Debug)]
 pub(super) struct Kernel {
-    pub(super) engine: Engine,
-    /// The product width (positions per image) the engine was chosen for, if known.
+    pub(super) engine: OnceLock<Engine>,
+    /// The product width (positions per image) the engine is chosen for, if known.
     pub(super) n: Option<usize>,
-    /// `Σ_k w[co, k]`, for the input zero point's share of each output channel's sum.
+    /// `Σ_k w[co, k]`, for the input zero point's share of each output channel's sum: one
+    /// per output channel.
     pub(super) w_sums: Vec<i32>,
+    /// Values per output channel.
+    pub(super) cin: usize,
+}
+
+impl Kernel {
+    /// The sums of `[Cout, Cin]` i8 weights, for a product `n` wide.
+    pub(super) fn of(weights: &Tensor, n: Option<usize>) -> TractResult<Kernel> {
+        let cin = weights.shape()[1];
+        let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
+        let w_sums = w
+            .chunks(cin)
+            .map(|row| row.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        Ok(Kernel {
+            engine: OnceLock::new(),
+            n,
+            w_sums,
+            cin,
+        })
+    }
 }
 
 /// The code computing the integer sums, with the weights packed for it.
 #[derive(Debug)]
 pub(super) enum Engine {
-    /// A tract-linalg kernel (VNNI on x86, SMLAL / SDOT on arm64).
+    /// A tract-linalg kernel (VNNI on x86; on ARM, for weights our product cannot take).
     Tract {
         mmm: Box<dyn MatMatMul>,
         packing: usize,
@@ -36,11 +61,11 @@ pub(super) enum Engine {
     /// Our own product ([`product`]) where tract's int8 kernels are slow: weights as lanes of
     /// a channels-last product (channels are the output's contiguous axis), as rows of a
     /// channels-first one.
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
     Own(OwnWeights),
 }
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 #[derive(Debug)]
 pub(super) enum OwnWeights {
     Lanes(product::LanePanels),
@@ -68,7 +93,7 @@ impl Engine {
         over_patches: bool,
     ) -> TractResult<Engine> {
         let (cout, cin) = (weights.shape()[0], weights.shape()[1]);
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
         {
             let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
             #[cfg(target_arch = "x86_64")]
@@ -117,7 +142,7 @@ impl Engine {
             Engine::Own(OwnWeights::Vnni(_) | OwnWeights::VnniRows(_)) => {
                 vnni::kernel().to_string()
             }
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
             Engine::Own(_) => product::kernel().to_string(),
         }
     }
@@ -126,15 +151,20 @@ impl Engine {
 /// Whether this CPU has int8 product kernels that beat tract's f32 ones, so that quantized
 /// models gain from the integer path: on x86, tract-linalg's VNNI kernels (AVX-512 VNNI,
 /// AVX-VNNI) or, with AVX2 alone, our [`product`] — tract's own AVX2 int8 kernel widens
-/// one byte at a time, far slower than its f32 kernels; on arm64, our product. Elsewhere quantized models keep the float path.
+/// one byte at a time, far slower than its f32 kernels; on ARM, our product (on armv7, where
+/// the CPU has NEON). Elsewhere quantized models keep the float path.
 pub fn integer_kernels_pay() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         has_vnni() || product::available()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
     {
-        cfg!(target_arch = "aarch64")
+        product::available()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
+    {
+        false
     }
 }
 
@@ -153,25 +183,25 @@ pub fn tract_int8_kernels_slow() -> bool {
 
 /// Whether our own [`product`] can run a convolution over patches with weights `w`, gathering
 /// the patches as it packs; elsewhere tract's kernel multiplies them gathered beforehand.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub(super) fn patches_run(w: &[i8]) -> bool {
     product::available() && product::exact_for(w)
 }
 
 /// Whether weights `w` (`[Cout, Cin]` i8) run on our own [`product`] here: where it beats
 /// tract-linalg's int8 kernels, and computes these weights exactly ([`product::exact_for`]).
-/// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on arm64, where
-/// tract's SMLAL kernel spends more instructions on int8 products than its f32 kernel does, and
-/// with SDOT tract's kernel and its packing cost more than ours.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// It beats them on x86 without VNNI (see [`integer_kernels_pay`]) and on ARM, where
+/// tract's SMLAL / VMLAL kernels spend as many instructions on int8 products as its f32 kernels
+/// do, and with SDOT tract's kernel and its packing cost more than ours.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub(super) fn own_product_takes(w: &[i8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         !has_vnni() && product::available() && product::exact_for(w)
     }
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
     {
-        product::exact_for(w)
+        product::available() && product::exact_for(w)
     }
 }
 /// AVX-512 VNNI or AVX-VNNI: tract-linalg has fast int8 kernels for them.

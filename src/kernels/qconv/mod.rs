@@ -93,7 +93,9 @@ impl ActQuant {
 /// before the bias: a QDQ `MatMul → Q → DQ → Add(bias) → Q → DQ` chain, fused whole.
 #[derive(Debug, Clone)]
 pub struct QPointwiseConv {
-    weights: Arc<Tensor>,
+    /// `[Cout, Cin]`; `None` once the plan is built and the engine holds the weights packed
+    /// ([`Self::packed`]): a model's weights in memory once, not twice.
+    weights: Option<Arc<Tensor>>,
     layout: Layout,
     x: ActQuant,
     w_scales: Vec<f32>,
@@ -140,7 +142,11 @@ impl Eq for QPointwiseConv {}
 
 impl PartialEq for QPointwiseConv {
     fn eq(&self, other: &Self) -> bool {
-        self.weights == other.weights
+        let weights = match (&self.weights, &other.weights) {
+            (Some(a), Some(b)) => a == b,
+            _ => Arc::ptr_eq(&self.kernel, &other.kernel),
+        };
+        weights
             && self.layout == other.layout
             && self.x == other.x
             && self.mid == other.mid
@@ -187,15 +193,9 @@ impl QPointwiseConv {
                 "integer 1x1 conv: scale {s} is not positive and finite"
             );
         }
-        let weights = Arc::new(weights);
-        let engine = Engine::new(&weights, layout, n, false)?;
-        let w = weights.try_as_plain_ram()?.as_slice::<i8>()?;
-        let w_sums = w
-            .chunks(cin)
-            .map(|row| row.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
+        let kernel = Arc::new(Kernel::of(&weights, n)?);
         Ok(QPointwiseConv {
-            weights,
+            weights: Some(Arc::new(weights)),
             layout,
             x,
             w_scales,
@@ -207,7 +207,7 @@ impl QPointwiseConv {
             dynamic: false,
             patch: 1,
             w_zero: None,
-            kernel: Arc::new(Kernel { engine, n, w_sums }),
+            kernel,
         })
     }
 
@@ -227,14 +227,6 @@ impl QPointwiseConv {
             self.cin()
         );
         self.patch = side;
-        if side > 1 && !self.runs_on_own_product() {
-            let engine = Engine::new(&self.weights, self.layout, self.kernel.n, true)?;
-            self.kernel = Arc::new(Kernel {
-                engine,
-                n: self.kernel.n,
-                w_sums: self.kernel.w_sums.clone(),
-            });
-        }
         Ok(self)
     }
 
@@ -247,7 +239,7 @@ impl QPointwiseConv {
             return Ok(self.clone());
         }
         let (cout, k, s, c) = (self.cout(), self.cin(), self.patch, self.in_channels());
-        let w = self.weights.try_as_plain_ram()?;
+        let w = self.weights()?.try_as_plain_ram()?;
         let mut reordered = vec![0i8; cout * k];
         for (src, dst) in w
             .as_slice::<i8>()?
@@ -260,34 +252,47 @@ impl QPointwiseConv {
                 }
             }
         }
-        let weights = Arc::new(Tensor::from_shape(&[cout, k], &reordered)?);
-        let engine = Engine::new(
-            &weights,
-            Layout::ChannelsLast,
-            self.kernel.n,
-            self.patch > 1,
-        )?;
+        let weights = Tensor::from_shape(&[cout, k], &reordered)?;
         Ok(QPointwiseConv {
-            weights,
+            kernel: Arc::new(Kernel::of(&weights, self.kernel.n)?),
+            weights: Some(Arc::new(weights)),
             layout: Layout::ChannelsLast,
-            kernel: Arc::new(Kernel {
-                engine,
-                n: self.kernel.n,
-                w_sums: self.kernel.w_sums.clone(),
-            }),
             ..self.clone()
         })
     }
 
-    fn runs_on_own_product(&self) -> bool {
-        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-        {
-            matches!(self.kernel.engine, Engine::Own(_))
+    /// The weights, `[Cout, Cin]`, while the op has them (see [`Self::packed`]).
+    fn weights(&self) -> TractResult<&Arc<Tensor>> {
+        self.weights
+            .as_ref()
+            .context("integer 1x1 conv: the weights were released when the plan was built")
+    }
+
+    /// The weights packed for this CPU's kernel, packed on the first call (by the op or by
+    /// any clone of it).
+    fn engine(&self) -> TractResult<&Engine> {
+        if let Some(engine) = self.kernel.engine.get() {
+            return Ok(engine);
         }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            false
-        }
+        let engine = Engine::new(self.weights()?, self.layout, self.kernel.n, self.patch > 1)?;
+        Ok(self.kernel.engine.get_or_init(|| engine))
+    }
+
+    /// Whether the op still holds its unpacked weights.
+    #[cfg(test)]
+    pub(crate) fn holds_weights(&self) -> bool {
+        self.weights.is_some()
+    }
+
+    /// The op with its weights packed and its own copy of them released: what the plan
+    /// keeps (see [`crate::model::passes::after_optimisation`]). It can no longer change
+    /// layout.
+    pub fn packed(&self) -> TractResult<QPointwiseConv> {
+        self.engine()?;
+        Ok(QPointwiseConv {
+            weights: None,
+            ..self.clone()
+        })
     }
 
     /// The axes of a rank-`rank` input a convolution over patches divides by their side.
@@ -304,8 +309,8 @@ impl QPointwiseConv {
     }
 
     /// The name of the integer matmul kernel this op runs on.
-    pub fn kernel_name(&self) -> String {
-        self.kernel.engine.name()
+    pub fn kernel_name(&self) -> TractResult<String> {
+        Ok(self.engine()?.name())
     }
 
     /// The channel axis of a rank-`rank` input.
@@ -322,11 +327,11 @@ impl QPointwiseConv {
     }
 
     fn cin(&self) -> usize {
-        self.weights.shape()[1]
+        self.kernel.cin
     }
 
     fn cout(&self) -> usize {
-        self.weights.shape()[0]
+        self.kernel.w_sums.len()
     }
 
     /// The same op with a QDQ GELU applied to its (quantized) output.

@@ -21,7 +21,7 @@ impl Op for QPointwiseConv {
             self.cout(),
             self.cin(),
             self.layout,
-            self.kernel.engine.name(),
+            self.kernel_name()?,
             if self.gelu.is_some() { ", GELU" } else { "" },
             if self.emit.is_some() { ", i8 out" } else { "" },
             if self.dynamic { ", dynamic input" } else { "" },

@@ -9,7 +9,7 @@ use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 use crate::kernels::product;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::product::{amx, vnni};
@@ -17,7 +17,7 @@ use crate::kernels::quantize::FastQuantize;
 use crate::kernels::{Layout, Patches, Sums};
 
 use super::engine::Engine;
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 use super::engine::OwnWeights;
 use super::epilogue::{channel_codes, channel_row, position_row, Emit, InputQuant, Row};
 use super::{Operand, QPointwiseConv};
@@ -37,7 +37,7 @@ impl QPointwiseConv {
 
     /// [`Self::run_matrix`] on our own product: the epilogue runs on each block of sums as
     /// soon as it is computed.
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn own_product<T: Emit>(
         &self,
@@ -96,7 +96,7 @@ impl QPointwiseConv {
 
     /// A channels-first product's `cin × p` right operand: `x` quantized, and for a
     /// convolution over patches, its patches gathered.
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
     fn channels_first_matrix<'x>(
         &self,
         x: Operand<'x>,
@@ -201,7 +201,7 @@ impl QPointwiseConv {
                 self.finish_rows(q, bias, first, sums, row_len, out)
             }
         };
-        match &self.kernel.engine {
+        match self.engine()? {
             Engine::Tract {
                 mmm,
                 packing,
@@ -227,7 +227,7 @@ impl QPointwiseConv {
                     )
                 })
             }
-            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
             Engine::Own(w) => self.own_product(w, x, q.quantizer, p, patches, out, finish),
         }
     }

@@ -51,6 +51,11 @@
 //!   last) that tract left on its generic broadcasting loop becomes our [`ChannelwiseF32`] (see
 //!   `kernels::channelwise`): the same products, on every thread.
 //!
+//! - **Packed integer weights**: each [`QPointwiseConv`] packs its weights for this CPU's
+//!   kernel and drops its unpacked copy, which it kept until here so that the layout changes of
+//!   tract's optimisation could reorder them. With the plan built from a model the loader hands
+//!   over whole (a fixed batch), the weights are then in memory once.
+//!
 //! tract internals used: `ElementWiseOp`, `TypedBinOp`, `QuantizeLinearU8/I8` field layout, `Conv` /
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
 //! `GeluExact` (tract-core 0.23.9).
@@ -65,6 +70,8 @@ mod linear;
 mod quantize;
 
 use tract_onnx::prelude::*;
+
+use crate::kernels::qconv::QPointwiseConv;
 
 /// Applies every pass; returns how many nodes they changed.
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
@@ -82,7 +89,21 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
 /// The passes on the optimised model, before it is planned: where tract's optimisation left an
 /// op on a slow path it could not see.
 pub fn after_optimisation(model: &mut TypedModel) -> TractResult<usize> {
-    channelwise::channelwise(model)
+    let swapped = channelwise::channelwise(model)?;
+    pack_integer_weights(model)?;
+    Ok(swapped)
+}
+
+/// Packs each integer product's weights for this CPU and drops the op's own copy of them: the
+/// plan then holds the model's weights once. Before this, the ops keep them unpacked, so that
+/// the layout changes of tract's optimisation can reorder them.
+fn pack_integer_weights(model: &mut TypedModel) -> TractResult<()> {
+    for node in &mut model.nodes {
+        if let Some(op) = node.op_as::<QPointwiseConv>() {
+            node.op = Box::new(op.packed()?);
+        }
+    }
+    Ok(())
 }
 
 /// Whether f32 `Linear` layers run on our op on this CPU.
