@@ -100,13 +100,14 @@ def peer(lib_dir):
 
 def load_base(page_log):
     """qemu-user maps the program before its loader; -d page logs that first executable
-    mapping, whose start is where the (position-independent) binary's address 0 lands.
+    mapping, whose start is where the (position-independent) binary's address 0 lands, and
+    its end where the binary's code ends.
     qemu-arm logs the page of the kernel's user helpers (at 0xffff0000) before it."""
     with open(page_log) as f:
         for line in f:
-            m = re.match(r"([0-9a-f]+)-[0-9a-f]+ [0-9a-f]+ r-x", line)
+            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) [0-9a-f]+ r-x", line)
             if m and int(m.group(1), 16) != 0xFFFF0000:
-                return int(m.group(1), 16)
+                return int(m.group(1), 16), int(m.group(2), 16)
     raise RuntimeError(f"{page_log}: no executable mapping logged")
 
 
@@ -132,7 +133,7 @@ def symbol_table(binary):
 
 def by_symbol(blocks, table, size):
     """Instructions per function; blocks outside the binary's `size` bytes are one entry."""
-    base, counted = blocks
+    (base, _), counted = blocks
     starts, names = table
     totals = collections.Counter()
     for addr, n, *_ in counted:
@@ -145,30 +146,41 @@ def by_symbol(blocks, table, size):
 
 # The llvm-mca scheduling model for each board core (see shared notes: LLVM has no A76 or A78
 # model, and -mcpu=cortex-a76 falls back to the A57's; Neoverse N1 is the A76's derivative and
-# stands in for both; the A72 is modelled as the A57 it derives from). Cores not listed (the
-# armv7 board) get no estimate.
+# stands in for both; the A72 is modelled as the A57 it derives from). 32-bit code (the armv7
+# board, run as qemu-arm's cortex-a15) is estimated on LLVM's 32-bit cortex-a57 model, which
+# stands in for a Pi 4's A72 running 32-bit Pi OS: LLVM has no 32-bit model of the A7 or A53.
 MCA_MODEL = {"cortex-a53": "cortex-a53", "cortex-a57": "cortex-a57", "cortex-a72": "cortex-a72",
              "cortex-a76": "neoverse-n1", "neoverse-n1": "neoverse-n1"}
+MCA_MODEL_32 = {"cortex-a15": "cortex-a57"}
 MCA_ITERATIONS = 100
+# llvm-mc / llvm-mca target options for 64- and 32-bit code.
+TRIPLE = {True: ("aarch64", "+neon,+fullfp16,+dotprod,+crc,+crypto"), False: ("armv7", "+neon,+vfp4")}
 
 
-def block_cycles(codes, mcpu, llvm="19"):
+def block_cycles(codes, mcpu, arm64=True, llvm="19"):
     """Steady-state cycles of one execution of each block (hex bytes) on `mcpu`, by llvm-mca:
-    each block disassembled by llvm-mc, all of them analysed in one llvm-mca run as regions."""
+    each block disassembled by llvm-mc, all of them analysed in one llvm-mca run as regions.
+    A block given as None (32-bit code outside our binary, or Thumb: the plugin's bytes do not
+    say which mode they are in) counts one cycle per 4 bytes."""
+    triple, attrs = TRIPLE[arm64]
+
     def disassemble(code):
+        if code is None:
+            return []
         text = " ".join(f"0x{code[i:i + 2]}" for i in range(0, len(code), 2))
-        p = subprocess.run([f"llvm-mc-{llvm}", "--disassemble", "-triple=aarch64",
-                            "-mattr=+neon,+fullfp16,+dotprod,+crc,+crypto"],
-                           input=text, capture_output=True, text=True)
+        p = subprocess.run([f"llvm-mc-{llvm}", "--disassemble", f"-triple={triple}",
+                            f"-mattr={attrs}"], input=text, capture_output=True, text=True)
         return [line.strip() for line in p.stdout.splitlines()
                 if line.strip() and not line.strip().startswith(".")]
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         asm = list(pool.map(disassemble, codes))
     src = []
     for i, lines in enumerate(asm):
-        src += [f"# LLVM-MCA-BEGIN b{i}", *lines, f"# LLVM-MCA-END b{i}"]
-    p = subprocess.run([f"llvm-mca-{llvm}", "-mtriple=aarch64", f"-mcpu={mcpu}",
-                        f"-iterations={MCA_ITERATIONS}", "-all-views=false", "-summary-view"],
+        if lines:
+            src += [f"# LLVM-MCA-BEGIN b{i}", *lines, f"# LLVM-MCA-END b{i}"]
+    p = subprocess.run([f"llvm-mca-{llvm}", f"-mtriple={triple}", f"-mcpu={mcpu}",
+                        f"-mattr={attrs}", f"-iterations={MCA_ITERATIONS}", "-all-views=false",
+                        "-summary-view"],
                        input="\n".join(src) + "\n", capture_output=True, text=True)
     cycles = {}
     region = None
@@ -179,21 +191,34 @@ def block_cycles(codes, mcpu, llvm="19"):
         m = re.match(r"Total Cycles:\s+(\d+)", line)
         if m and region is not None:
             cycles[region] = int(m.group(1)) / MCA_ITERATIONS
-    if len(cycles) != len(codes):
-        raise RuntimeError(f"llvm-mca analysed {len(cycles)} of {len(codes)} blocks: "
+    analysed = sum(1 for lines in asm if lines)
+    if len(cycles) != analysed:
+        raise RuntimeError(f"llvm-mca analysed {len(cycles)} of {analysed} blocks: "
                            f"{p.stderr[-2000:]}")
-    return [cycles[i] for i in range(len(codes))]
+    return [cycles[i] if asm[i] else len(code or "") / 8 for i, code in enumerate(codes)]
 
 
-def estimated_cycles(b0, b1, mcpu):
+def arm_mode(addr, code):
+    """Whether a 32-bit block is ARM code, not Thumb (gcc's armhf default, which tract's
+    assembly kernels are built with): word-aligned, and nearly every word's condition field
+    `always` (0xE) or NEON's unconditional space (0xF)."""
+    words = [code[i:i + 8] for i in range(0, len(code), 8)]
+    arm = sum(1 for w in words if len(w) == 8 and w[6] in "eEfF")
+    return addr % 4 == 0 and arm >= 0.75 * len(words)
+
+
+def estimated_cycles(b0, b1, mcpu, arm64):
     """Cycles of one inference: per block, the executions the N+1 run has over the N run,
-    times its llvm-mca cycles."""
+    times its llvm-mca cycles. In 32-bit code, only blocks in the binary's own code are
+    analysed (see `block_cycles`)."""
     executions = collections.Counter()
-    for sign, (_, blocks) in ((-1, b0), (1, b1)):
-        for _, _, e, code in blocks:
+    analysed = {}
+    for sign, ((start, end), blocks) in ((-1, b0), (1, b1)):
+        for addr, _, e, code in blocks:
             executions[code] += sign * e
+            analysed[code] = arm64 or (start <= addr < end and arm_mode(addr, code))
     hot = [(code, e) for code, e in executions.items() if e > 0 and code]
-    cycles = block_cycles([code for code, _ in hot], mcpu)
+    cycles = block_cycles([code if analysed[code] else None for code, _ in hot], mcpu, arm64)
     return sum(e * c for (_, e), c in zip(hot, cycles))
 
 
@@ -201,8 +226,9 @@ def row(name, board, model, precision, n0, n1, b0, b1, cycles, kernels):
     """One table row: instructions per inference and, with `cycles`, the estimate and IPC."""
     est = ""
     if cycles:
-        mcpu = MCA_MODEL.get(board["cpu"])
-        c = estimated_cycles(b0, b1, mcpu) if mcpu else None
+        arm64 = board["qemu"] == "qemu-aarch64"
+        mcpu = (MCA_MODEL if arm64 else MCA_MODEL_32).get(board["cpu"])
+        c = estimated_cycles(b0, b1, mcpu, arm64) if mcpu else None
         est = f"| {mcpu} | {c / 1e6:.1f} | {(n1 - n0) / c:.2f} " if c else "| - | - | - "
     return (f"| {name} | {board['cpu']} | {os.path.basename(model)} | {precision} | "
             f"{(n1 - n0) / 1e6:.1f} {est}| {kernels} |")

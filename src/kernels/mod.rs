@@ -14,6 +14,8 @@ pub mod layer_norm;
 pub mod linear;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "arm")]
+mod neon32;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub mod product;
 pub mod qconv;

@@ -134,6 +134,21 @@ impl Rounder {
     pub(crate) fn quantize(self, x: f32) -> i32 {
         round_clamped(x * self.inv_scale, self.lo, self.hi) + self.zero_point
     }
+
+    /// The constants of the armv7 NEON loops for the code less `minus` (a dequantization's
+    /// zero point, or 0).
+    #[cfg(target_arch = "arm")]
+    fn neon32(self, minus: i32) -> super::neon32::RoundConsts {
+        super::neon32::RoundConsts {
+            inv_scale: [self.inv_scale; 4],
+            lo: [self.lo; 4],
+            hi: [self.hi; 4],
+            rounder: [ROUNDER; 4],
+            shift: [ROUNDER_BITS
+                .wrapping_sub(self.zero_point)
+                .wrapping_add(minus); 4],
+        }
+    }
 }
 
 /// A fake quantization unpacked for fused loops (see [`FakeQuantize`]).
@@ -148,6 +163,11 @@ impl Fq {
     #[inline(always)]
     pub(crate) fn apply(self, x: f32) -> f32 {
         (self.rounder.quantize(x) - self.dq_zero_point) as f32 * self.dq_scale
+    }
+
+    /// [`Self::apply`] to each of `xs`, in place.
+    pub(crate) fn apply_all(self, xs: &mut [f32]) {
+        fake_quantize(self, xs)
     }
 }
 
@@ -172,8 +192,8 @@ multiversion! {
 }
 
 /// Quantizes the leading values of `xs` into `ys` (as bytes, two's complement for i8) sixteen
-/// at a time on aarch64 ([`Quantize16`]) and returns how many; elsewhere none, the portable loop
-/// vectorises.
+/// at a time on aarch64 ([`Quantize16`]), eight on armv7 with NEON, and returns how many;
+/// elsewhere none, the portable loop vectorises.
 #[inline(always)]
 fn quantize_prefix(r: Rounder, xs: &[f32], ys: &mut [u8]) -> usize {
     #[cfg(target_arch = "aarch64")]
@@ -185,6 +205,11 @@ fn quantize_prefix(r: Rounder, xs: &[f32], ys: &mut [u8]) -> usize {
             let bytes = q.bytes(xs.as_ptr().add(at));
             std::arch::aarch64::vst1q_u8(ys.as_mut_ptr().add(at), bytes);
         })
+    }
+    #[cfg(target_arch = "arm")]
+    if super::neon32::available() {
+        // SAFETY: the CPU has NEON.
+        return unsafe { super::neon32::quantize_bytes(&r.neon32(0), xs, ys) };
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
@@ -314,7 +339,7 @@ multiversion! {
 }
 
 /// [`fake_quantize`] of the leading values of `xs`, sixteen at a time on aarch64 ([`Fq4`]),
-/// and how many; elsewhere none, the portable loop vectorises.
+/// eight on armv7 with NEON, and how many; elsewhere none, the portable loop vectorises.
 #[inline(always)]
 fn fake_quantize_prefix(fq: Fq, xs: &mut [f32]) -> usize {
     #[cfg(target_arch = "aarch64")]
@@ -329,6 +354,12 @@ fn fake_quantize_prefix(fq: Fq, xs: &mut [f32]) -> usize {
             let y = float32x4x4_t(f.apply(v.0), f.apply(v.1), f.apply(v.2), f.apply(v.3));
             vst1q_f32_x4(p.add(at), y);
         })
+    }
+    #[cfg(target_arch = "arm")]
+    if super::neon32::available() {
+        let k = fq.rounder.neon32(fq.dq_zero_point);
+        // SAFETY: the CPU has NEON.
+        return unsafe { super::neon32::fake_quantize(&k, fq.dq_scale, xs) };
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
@@ -372,7 +403,7 @@ impl FakeQuantize {
     /// Quantizes and dequantizes `xs` in place.
     #[inline(always)]
     pub(crate) fn apply(&self, xs: &mut [f32]) {
-        fake_quantize(self.parts(), xs)
+        self.parts().apply_all(xs)
     }
 
     /// The quantization this op starts with.
@@ -569,23 +600,25 @@ mod tests {
     use crate::kernels::for_each_variant;
     use tract_onnx::tract_core::ops::quant::{quantize_linear_f32_i8, quantize_linear_f32_u8};
 
+    /// Special values first, so that the SIMD steps see them, not only the scalar tails.
     fn samples() -> Vec<f32> {
-        let mut v: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.0625).collect();
-        // exact ties at every half step, both signs, and values beyond the clamp range
-        v.extend((-600..600).map(|i| i as f32 + 0.5));
-        v.extend([
+        let mut v = vec![
             0.0,
             -0.0,
             1e-30,
             -1e-30,
             1e9,
             -1e9,
+            f32::NAN,
             2e8,
             -2e8,
             3.4999998,
             2.5000002,
             f32::NAN,
-        ]);
+        ];
+        v.extend((-3000..3000).map(|i| i as f32 * 0.0625));
+        // exact ties at every half step, both signs, and values beyond the clamp range
+        v.extend((-600..600).map(|i| i as f32 + 0.5));
         v
     }
 

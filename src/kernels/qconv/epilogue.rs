@@ -252,8 +252,8 @@ impl Affine4 {
     }
 }
 
-/// [`channel_row`] of the leading values, sixteen at a time on aarch64 where the epilogue has
-/// no `mid` quantization; returns how many.
+/// [`channel_row`] of the leading values, sixteen at a time on aarch64 (eight on armv7 with
+/// NEON) where the epilogue has no `mid` quantization; returns how many.
 #[inline(always)]
 pub(super) fn channel_row_prefix(acc: &[i32], out: &mut [f32], row: Row, e: Epilogue) -> usize {
     #[cfg(target_arch = "aarch64")]
@@ -280,6 +280,16 @@ pub(super) fn channel_row_prefix(acc: &[i32], out: &mut [f32], row: Row, e: Epil
             Some(y) => run(&|v| y.apply(v)),
             None => run(&|v| v),
         }
+    }
+    #[cfg(target_arch = "arm")]
+    if e.mid.is_none() && crate::kernels::neon32::available() {
+        // SAFETY: the CPU has NEON.
+        let done =
+            unsafe { crate::kernels::neon32::affine(acc, out, row.offset, row.scale, row.bias) };
+        if let Some(y) = e.y {
+            y.apply_all(&mut out[..done]);
+        }
+        return done;
     }
     #[cfg(not(target_arch = "aarch64"))]
     {
