@@ -573,7 +573,11 @@ pub(crate) fn typed_model(
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
     let dir = path.parent().and_then(|d| d.to_str());
-    let parsed = onnx::parser()
+    let mut parser = onnx::parser();
+    if let Some(handover) = onnx::initializers::Handover::take(&mut proto, path) {
+        parser.provider = handover;
+    }
+    let parsed = parser
         .parse(&proto, dir)
         .map_err(stage_error(path, "ONNX parsing"))?;
     // tract holds its own copy of every weight now.
@@ -658,8 +662,7 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto> {
         path: path.to_owned(),
         reason,
     };
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
+    let proto = <pb::ModelProto as prost::Message>::decode(bytes)
         .map_err(|e| invalid(format!("{e:#} (truncated or not an ONNX file?)")))?;
     match &proto.graph {
         Some(g) if !g.node.is_empty() => Ok(proto),

@@ -18,6 +18,7 @@
 //!
 //! Relies on tract only for `tract_onnx::pb` and the parser registry (`Onnx::op_register`).
 
+pub(crate) mod initializers;
 pub(crate) mod layer_norm;
 pub(crate) mod long_matmul;
 pub(crate) mod proto;
