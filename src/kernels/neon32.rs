@@ -1,5 +1,6 @@
-//! NEON loops of the armv7 build for the element-wise steps around the integer product: the
-//! epilogue's `(acc + offset) · scale + bias`, quantization to bytes, and fake quantization.
+//! NEON loops of the armv7 build: the element-wise steps around the integer product (the
+//! epilogue's `(acc + offset) · scale + bias`, quantization to bytes, fake quantization) and
+//! the depthwise convolution's 16 outputs of a row.
 //! The build targets armv7 without NEON, where the compiler keeps these loops scalar (VFP), so
 //! they are assembly behind [`available`] (see `product/arm.rs` for why not intrinsics).
 //!
@@ -194,4 +195,69 @@ pub(crate) unsafe fn affine(
         );
     }
     steps * STEP
+}
+
+/// 16 outputs of a depthwise row: `bias` plus each of the `kh × kw` taps (row-major in `taps`)
+/// times its input window, in that order, each product rounded and then added as the portable
+/// loop does (`VMLA` is not fused). `rows` starts at the first output's first input, a row every
+/// `stride` values.
+///
+/// # Safety
+/// A CPU with NEON ([`available`]); `kh, kw ≥ 1`, `taps` holds `kh · kw` values and `rows`
+/// `(kh − 1) · stride + kw − 1 + 16`.
+pub(crate) unsafe fn depthwise16(
+    rows: &[f32],
+    stride: usize,
+    (kh, kw): (usize, usize),
+    taps: &[f32],
+    bias: f32,
+) -> [f32; 16] {
+    debug_assert!(kh >= 1 && kw >= 1 && taps.len() >= kh * kw);
+    debug_assert!(rows.len() >= (kh - 1) * stride + kw - 1 + 16);
+    let mut out = [0f32; 16];
+    // SAFETY: reads `kh · kw` taps and, per tap, 16 values of `rows` at its row and column
+    // (within the length the caller promises); writes the 16 of `out`. Only `d0`-`d15`,
+    // declared.
+    unsafe {
+        std::arch::asm!(
+            ".fpu neon",
+            "vdup.32 q4, {bias}",
+            "vmov q5, q4",
+            "vmov q6, q4",
+            "vmov q7, q4",
+            "1:",
+            "mov {col}, {row}",
+            "mov {j}, {kw}",
+            "2:",
+            "vld1.32 {{d0[0]}}, [{taps}]!",
+            "vld1.32 {{d2-d5}}, [{col}]!",
+            "vmla.f32 q4, q1, d0[0]",
+            "vmla.f32 q5, q2, d0[0]",
+            "vld1.32 {{d2-d5}}, [{col}]",
+            "vmla.f32 q6, q1, d0[0]",
+            "vmla.f32 q7, q2, d0[0]",
+            "sub {col}, {col}, #28",
+            "subs {j}, {j}, #1",
+            "bne 2b",
+            "add {row}, {row}, {stride}",
+            "subs {kh}, {kh}, #1",
+            "bne 1b",
+            "vst1.32 {{d8-d11}}, [{out}]!",
+            "vst1.32 {{d12-d15}}, [{out}]",
+            row = inout(reg) rows.as_ptr() => _,
+            taps = inout(reg) taps.as_ptr() => _,
+            kh = inout(reg) kh => _,
+            out = inout(reg) out.as_mut_ptr() => _,
+            kw = in(reg) kw,
+            stride = in(reg) stride * 4,
+            bias = in(reg) bias.to_bits(),
+            col = out(reg) _,
+            j = out(reg) _,
+            out("d0") _, out("d1") _, out("d2") _, out("d3") _, out("d4") _, out("d5") _,
+            out("d8") _, out("d9") _, out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+            out("d14") _, out("d15") _,
+            options(nostack),
+        );
+    }
+    out
 }

@@ -260,6 +260,21 @@ fn chunk(
     taps: &[f32],
     bias: f32,
 ) -> [f32; LANES] {
+    #[cfg(target_arch = "arm")]
+    if crate::kernels::neon32::available() {
+        let rows = &rows[..(kh - 1) * stride + x0 + kw - 1 + LANES];
+        // SAFETY: the CPU has NEON; the reads are inside `rows` (sliced to them above) and
+        // `taps` (kh · kw values, as the geometry gives them).
+        return unsafe {
+            crate::kernels::neon32::depthwise16(
+                &rows[x0..],
+                stride,
+                (kh, kw),
+                &taps[..kh * kw],
+                bias,
+            )
+        };
+    }
     #[cfg(not(target_arch = "aarch64"))]
     let acc = {
         let mut acc = [bias; LANES];
