@@ -67,7 +67,7 @@ pub struct Profile {
 pub fn profile(model: &Model, input: Tensor, runs: usize) -> Result<Profile> {
     let runs = runs.max(1);
     let (plan, input) = model.prepare(input)?;
-    let times = model.on_pool(|| time_nodes(model, &plan, input, runs))?;
+    let times = model.on_workers(|| time_nodes(model, &plan, input, runs))?;
     let graph = plan.model();
     let mut nodes: Vec<NodeTime> = times
         .into_iter()

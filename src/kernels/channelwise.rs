@@ -11,7 +11,7 @@
 //!
 //! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`.
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 

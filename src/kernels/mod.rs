@@ -21,6 +21,7 @@ pub mod product;
 pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;
+pub mod threads;
 #[cfg(target_arch = "x86_64")]
 mod vbmi;
 
@@ -28,7 +29,6 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use half::f16;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 
 /// Deterministic i8 values spread over the whole range, for the integer kernels' tests on every
@@ -89,14 +89,7 @@ impl<'a> Sums<'a> {
     }
 }
 
-/// The threads of the executor tract runs the plan on.
-pub(crate) fn threads() -> usize {
-    match current_tract_executor() {
-        Executor::SingleThread => 1,
-        Executor::MultiThread(pool) => pool.current_num_threads(),
-        Executor::RayonGlobal => rayon::current_num_threads(),
-    }
-}
+pub(crate) use threads::threads;
 
 /// The geometry of a convolution over non-overlapping patches (kernel = stride = `side`, no
 /// padding: ConvNeXt's stem and downsampling): their side and the input plane. The integer
@@ -156,7 +149,7 @@ pub(crate) fn par_elements<T: Send>(
     f: impl Fn(&mut [T]) + Sync + Send,
 ) -> TractResult<()> {
     let len = xs.len();
-    tract_linalg::multithread::par_chunks_mut(xs, 1, len, |_, chunk| {
+    threads::par_chunks_mut(xs, 1, len, |_, chunk| {
         f(chunk);
         Ok(())
     })

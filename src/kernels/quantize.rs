@@ -788,7 +788,7 @@ mod tests {
     /// values of the one-thread loop.
     #[test]
     fn threads_split_rows_to_the_same_values() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
+        use crate::kernels::threads::on_threads;
         let (rows, row) = (700, 97);
         let xs: Vec<f32> = (0..rows * row)
             .map(|i| (i % 1013) as f32 * 0.37 - 150.0)
@@ -802,10 +802,7 @@ mod tests {
             let mut one = Tensor::from_shape(&[rows, row], &xs).unwrap();
             op.eval_in_place(&mut one, None).unwrap();
             let mut two = Tensor::from_shape(&[rows, row], &xs).unwrap();
-            multithread_tract_scope(Executor::multithread(2), || {
-                op.eval_in_place(&mut two, None)
-            })
-            .unwrap();
+            on_threads(2, || op.eval_in_place(&mut two, None)).unwrap();
             assert_eq!(one, two, "{}", op.name());
         }
     }

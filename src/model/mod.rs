@@ -5,10 +5,11 @@
 //! quantizer quirks into standard ONNX → tract parse (external `*.onnx.data` weights resolve
 //! relative to the model's folder) → fix the input fact (symbolic batch kept, spatial size
 //! from the file or `input_size`) → type analysis → optimisation → runnable plan with its own
-//! thread pool.
+//! worker threads (`kernels::threads`).
 //!
 //! tract internals used: `tract_onnx::pb` (protobuf types), `Onnx::parse`, and the
-//! `RunOptions::executor` plan option; hence the exact `=0.23.9` pin.
+//! `RunOptions::executor` plan option (single-threaded: our kernels split their work on our
+//! own workers); hence the exact `=0.23.9` pin.
 
 pub mod graph;
 pub mod inspect;
@@ -28,6 +29,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use crate::error::{Error, Result};
+use crate::kernels::threads::Workers;
 use crate::precision::{self, Precision};
 
 /// How to load a model.
@@ -139,8 +141,8 @@ pub struct Model {
     /// a plan over a symbolic batch runs several times slower.
     dynamic: Option<Arc<DynamicBatch>>,
     io: Io,
-    /// The plan's worker threads, when it has more than one: inference runs on one of them.
-    pool: Option<Arc<rayon::ThreadPool>>,
+    /// The kernels' worker threads, when the plan has more than one.
+    workers: Option<Arc<Workers>>,
 }
 
 #[derive(Debug)]
@@ -253,13 +255,11 @@ impl Model {
         if threads == 0 {
             return Err(Error::Config("thread count must be at least 1".into()));
         }
-        let executor = executor(threads, options.cpus.as_deref()).map_err(Error::Config)?;
-        let pool = match &executor {
-            Executor::MultiThread(pool) => Some(pool.clone()),
-            _ => None,
-        };
+        let workers = workers(threads, options.cpus.as_deref()).map_err(Error::Config)?;
+        // tract's own ops (element-wise, layout) stay on the calling thread: a second pool
+        // would compete for the cores with our spinning workers.
         let run_options = RunOptions {
-            executor: Some(executor),
+            executor: Some(Executor::SingleThread),
             ..Default::default()
         };
         let symbol = io
@@ -287,7 +287,7 @@ impl Model {
             plan,
             dynamic,
             io,
-            pool,
+            workers,
         })
     }
 
@@ -295,19 +295,16 @@ impl Model {
     pub fn run(&self, input: Tensor) -> Result<Tensor> {
         let (plan, input) = self.prepare(input)?;
         let out = self
-            .on_pool(|| crate::error::catch_panic(|| plan.run(tvec!(input))))
+            .on_workers(|| crate::error::catch_panic(|| plan.run(tvec!(input))))
             .map_err(stage_error_str(&self.path, "inference"))?
             .map_err(|e| self.run_error(e))?;
         self.logits(&out[0])
     }
 
-    /// Runs `f` on one of the plan's worker threads (inline for a single-thread plan): the
-    /// parallel parts of its ops then share the work with the thread that runs the plan
-    /// instead of handing it over to the pool and waiting, and the pool's threads are the
-    /// only ones competing for the CPUs.
-    pub(crate) fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(pool) => pool.install(f),
+    /// Runs `f` (the plan) with the model's workers taking a share of its kernels' loops.
+    pub(crate) fn on_workers<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.workers {
+            Some(workers) => workers.scope(f),
             None => f(),
         }
     }
@@ -419,35 +416,25 @@ impl Model {
     }
 }
 
-/// The thread pool for one model: rayon threads pinned one CPU each when `cpus` is given.
-fn executor(threads: usize, cpus: Option<&[usize]>) -> std::result::Result<Executor, String> {
-    let Some(cpus) = cpus else {
-        return Ok(if threads == 1 {
-            Executor::SingleThread
-        } else {
-            Executor::multithread(threads)
-        });
-    };
-    if cpus.is_empty() {
-        return Err("empty CPU list".into());
+/// The worker threads of one model, pinned one CPU each when `cpus` is given (the calling
+/// thread to all of them).
+fn workers(
+    threads: usize,
+    cpus: Option<&[usize]>,
+) -> std::result::Result<Option<Arc<Workers>>, String> {
+    if let Some(cpus) = cpus {
+        if cpus.is_empty() {
+            return Err("empty CPU list".into());
+        }
+        crate::machine::pin_current_thread(cpus)
+            .map_err(|e| format!("cannot pin to CPUs {cpus:?}: {e}"))?;
     }
-    crate::machine::pin_current_thread(cpus)
-        .map_err(|e| format!("cannot pin to CPUs {cpus:?}: {e}"))?;
     if threads == 1 {
-        return Ok(Executor::SingleThread);
+        return Ok(None);
     }
-    let cpus = cpus.to_vec();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("convnext-edge-{i}"))
-        .start_handler(move |i| {
-            // The calling thread is already restricted to the set; a worker that cannot be
-            // narrowed to one CPU still runs inside it.
-            let _ = crate::machine::pin_current_thread(&[cpus[i % cpus.len()]]);
-        })
-        .build()
-        .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
-    Ok(Executor::MultiThread(Arc::new(pool)))
+    Workers::new(threads, cpus)
+        .map(|w| Some(Arc::new(w)))
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))
 }
 
 fn stage_error<'p>(path: &'p Path, stage: &'static str) -> impl Fn(anyhow::Error) -> Error + 'p {

@@ -42,7 +42,7 @@
 
 use std::sync::Arc;
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -171,7 +171,10 @@ impl DepthwiseConv {
         let mut padded = unsafe { Tensor::uninitialized::<f32>(&[n * h * pw * stride])? };
         let mut padded_view = padded.try_as_plain_ram_mut()?;
         let padded = padded_view.as_slice_mut::<f32>()?;
-        pad_c_last(xs, (w, c), [l, r], stride, padded);
+        par_chunks_mut(padded, pw * stride, xs.len(), |first, rows| {
+            pad_c_last(&xs[first * w * c..], (w, c), [l, r], stride, rows);
+            Ok(())
+        })?;
         let row = g.ow * c;
         par_chunks_mut(ys, row, xs.len() * g.kh * g.kw, |first, chunk| {
             // The chunk's rows, one image at a time.
@@ -448,8 +451,8 @@ const C_BLOCK: usize = 16;
 /// registers.
 const X_BLOCK: usize = 4;
 
-/// `image` (`[h, w, c]`) into `padded` (`[h, l + w + r, c]`): each row between `l` and `r`
-/// pixels of zeros. Rows are not padded: [`rows_c_last`] skips the taps above and below the
+/// `image` (`[h, w, c]`) into `padded` (`[h, l + w + r, c]`), as many rows as `padded` holds:
+/// each row between `l` and `r` pixels of zeros. Rows are not padded: [`rows_c_last`] skips the taps above and below the
 /// image instead.
 fn pad_c_last(
     image: &[f32],

@@ -29,7 +29,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::axes::Axis;
 use tract_onnx::tract_core::internal::*;
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 
 use std::ops::Range;
 
@@ -314,7 +314,7 @@ mod tests {
     use super::reference::reference;
     use super::*;
     use crate::kernels::for_each_variant;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    use crate::kernels::threads::on_threads;
 
     fn check(shape: &[usize], axis: usize) {
         let len: usize = shape.iter().product();
@@ -336,7 +336,7 @@ mod tests {
         };
         let expected = reference(&x, shape, axis, &g, &b);
         for threads in [1, 3] {
-            let out = multithread_tract_scope(Executor::multithread(threads), eval);
+            let out = on_threads(threads, eval);
             let got = out[0].try_as_plain_ram().unwrap();
             let got = got.as_slice::<f32>().unwrap();
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {

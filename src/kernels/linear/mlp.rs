@@ -31,7 +31,7 @@
 //! }
 //! ```
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -161,8 +161,8 @@ mod tests {
     use super::super::{Geometry, OutAxis};
     use super::*;
     use crate::kernels::for_each_variant;
+    use crate::kernels::threads::on_threads;
     use crate::kernels::Layout;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
     fn weights(k: usize, n: usize, seed: u64) -> Tensor {
         Tensor::from_shape(&[k, n], &values(k * n, seed)).unwrap()
@@ -189,7 +189,7 @@ mod tests {
         let run = || op.eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue()));
         let y = match threads {
             1 => run(),
-            n => multithread_tract_scope(Executor::multithread(n), run),
+            n => on_threads(n, run),
         };
         y.unwrap().remove(0).into_tensor()
     }

@@ -51,7 +51,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -711,7 +711,7 @@ impl TypedOp for LinearF32 {
 mod tests {
     use super::*;
     use crate::kernels::for_each_variant;
-    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    use crate::kernels::threads::on_threads;
 
     pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
@@ -814,7 +814,7 @@ mod tests {
             let eval = || op.eval(&EvalContext::out_of_plan(), tvec!(xt.clone().into_tvalue()));
             let y = match self.threads {
                 1 => eval(),
-                n => multithread_tract_scope(Executor::multithread(n), eval),
+                n => on_threads(n, eval),
             };
             let y = y.unwrap().remove(0);
             assert_eq!(fact.shape.as_concrete().unwrap(), y.shape());
@@ -915,7 +915,7 @@ mod tests {
                     .unwrap()
                     .remove(0);
                 let eval = || op.eval(&EvalContext::out_of_plan(), tvec!(xt.clone().into_tvalue()));
-                let y = multithread_tract_scope(Executor::multithread(threads), eval)
+                let y = on_threads(threads, eval)
                     .unwrap()
                     .remove(0);
                 assert_eq!(y.shape(), [1, n, oh, ow]);

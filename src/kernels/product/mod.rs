@@ -52,7 +52,7 @@
 //! tract internals used (tract-linalg 0.23.9): `multithread::par_chunks_mut`, to run on the
 //! plan's thread pool.
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::kernels::threads::par_chunks_mut;
 use tract_linalg::mmm::{EagerPackedInput, PackedExoticFact};
-use tract_linalg::multithread::par_chunks_mut;
 use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 

@@ -3,8 +3,8 @@
 
 use std::borrow::Cow;
 
+use crate::kernels::threads::par_chunks_mut;
 use tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul};
-use tract_linalg::multithread::par_chunks_mut;
 use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

@@ -27,7 +27,7 @@
 //! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
 //! `multithread::par_chunks_mut`.
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 

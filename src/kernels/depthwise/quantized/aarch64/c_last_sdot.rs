@@ -3,7 +3,7 @@
 
 use std::arch::aarch64::*;
 
-use tract_linalg::multithread::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::TractResult;
 
 use super::{has_sdot, CLast, Geometry, QDepthwiseConv};
