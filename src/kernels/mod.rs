@@ -2,9 +2,9 @@
 //! the bottleneck on ConvNeXt (see `convnext-edge profile`). Each is tested against the scalar
 //! definition it replaces.
 
+pub mod binary;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm"))]
 pub(crate) mod blocking;
-pub mod channelwise;
 pub(crate) mod cpu;
 pub mod depthwise;
 pub mod gelu;

@@ -84,11 +84,11 @@ struct Share {
     end: AtomicUsize,
 }
 
-/// The calls of `run`, one per task index. The closure lives on the calling thread's
+/// The calls of `run`, one per task index (with the index of the thread that runs it). The closure lives on the calling thread's
 /// stack, which outlives the job: the calling thread returns only when `pending` is 0.
 #[derive(Clone, Copy)]
 struct Job {
-    run: *const (dyn Fn(usize) + Sync),
+    run: *const (dyn Fn(usize, usize) + Sync),
 }
 
 // SAFETY: `run` points to a `Sync` closure.
@@ -110,7 +110,7 @@ impl Workers {
             threads,
             epoch: AtomicUsize::new(0),
             inside: AtomicUsize::new(0),
-            job: UnsafeCell::new(Job { run: &|_| {} }),
+            job: UnsafeCell::new(Job { run: &|_, _| {} }),
             shares: (0..threads)
                 .map(|_| Share {
                     next: AtomicUsize::new(0),
@@ -188,20 +188,21 @@ impl Drop for Workers {
 impl Shared {
     /// `tasks` calls of `run` across the team, the calling thread included; returns once all
     /// have finished, re-raising the first panic of a task.
-    fn run(&self, tasks: usize, run: &(dyn Fn(usize) + Sync)) {
+    fn run(&self, tasks: usize, run: &(dyn Fn(usize, usize) + Sync)) {
         let panic = Mutex::new(None);
-        let guarded = |i: usize| {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| run(i))) {
+        let guarded = |i: usize, thread: usize| {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| run(i, thread))) {
                 panic
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert(p);
             }
         };
-        let guarded: &(dyn Fn(usize) + Sync) = &guarded;
+        let guarded: &(dyn Fn(usize, usize) + Sync) = &guarded;
         // SAFETY: only the lifetime is erased; `run_tasks` and the wait below keep the closure
         // alive until every task has finished.
-        let guarded: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(guarded) };
+        let guarded: &'static (dyn Fn(usize, usize) + Sync) =
+            unsafe { std::mem::transmute(guarded) };
         self.epoch.fetch_add(1, SeqCst);
         while self.inside.load(SeqCst) != 0 {
             std::hint::spin_loop();
@@ -242,7 +243,7 @@ impl Shared {
                 }
                 // SAFETY: task `i` is unfinished, so `pending` > 0 and the calling thread is
                 // still waiting with the closure alive.
-                unsafe { (*job.run)(i) };
+                unsafe { (*job.run)(i, me) };
                 self.pending.fetch_sub(1, Release);
             }
         }
@@ -323,24 +324,38 @@ pub fn par_chunks_mut<T: Send>(
     work: usize,
     f: impl Fn(usize, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
+    par_chunks_mut_with(out, row_len, work, || (), |_, first, rows| f(first, rows))
+}
+
+/// [`par_chunks_mut`] with scratch space: `init()` is made once per thread that takes part,
+/// not once per block, and handed to each of its blocks.
+pub fn par_chunks_mut_with<T: Send, S: Send>(
+    out: &mut [T],
+    row_len: usize,
+    work: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [T]) -> TractResult<()> + Sync,
+) -> TractResult<()> {
     assert!(row_len > 0 && out.len().is_multiple_of(row_len));
     let rows = out.len() / row_len;
     let shared = match current() {
         Some(s) if rows >= 2 && work >= MIN_PARALLEL_WORK => s,
-        _ => return f(0, out),
+        _ => return f(&mut init(), 0, out),
     };
     let tasks = (TASKS_PER_THREAD * shared.threads).min(rows);
     let per_task = rows.div_ceil(tasks);
     let tasks = rows.div_ceil(per_task);
     let base = Rows(out.as_mut_ptr());
     let error = Mutex::new(None);
-    shared.run(tasks, &|i| {
+    let scratch: Vec<Mutex<Option<S>>> = (0..shared.threads).map(|_| Mutex::new(None)).collect();
+    shared.run(tasks, &|i, thread| {
         let first = i * per_task;
         let n = per_task.min(rows - first);
         // SAFETY: tasks cover disjoint row ranges of `out`, which stays exclusively borrowed
         // until `run` returns.
         let rows = unsafe { std::slice::from_raw_parts_mut(base.at(first * row_len), n * row_len) };
-        if let Err(e) = f(first, rows) {
+        let mut scratch = scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = f(scratch.get_or_insert_with(&init), first, rows) {
             error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

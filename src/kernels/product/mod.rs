@@ -52,7 +52,7 @@
 //! tract internals used (tract-linalg 0.23.9): `multithread::par_chunks_mut`, to run on the
 //! plan's thread pool.
 
-use crate::kernels::threads::par_chunks_mut;
+use crate::kernels::threads::{par_chunks_mut, par_chunks_mut_with};
 use tract_onnx::prelude::TractResult;
 use tract_onnx::tract_core::internal::ensure;
 
@@ -385,8 +385,8 @@ pub fn product_into<T: Send>(
 
 /// `body(scratch, first_row, out_rows)` for each block of `block_rows` rows of `out` (rows of
 /// `width` values), blocks split across the plan's threads (`work`: the cost estimate that
-/// decides whether to split), with `scratch()` made once per thread's share.
-pub(crate) fn par_blocks<T: Send, S>(
+/// decides whether to split), with `scratch()` made once per thread.
+pub(crate) fn par_blocks<T: Send, S: Send>(
     out: &mut [T],
     width: usize,
     block_rows: usize,
@@ -395,10 +395,9 @@ pub(crate) fn par_blocks<T: Send, S>(
     body: impl Fn(&mut S, usize, &mut [T]) -> TractResult<()> + Sync,
 ) -> TractResult<()> {
     let mut blocks: Vec<&mut [T]> = out.chunks_mut(block_rows * width).collect();
-    par_chunks_mut(&mut blocks, 1, work, |first, chunk| {
-        let mut s = scratch();
+    par_chunks_mut_with(&mut blocks, 1, work, scratch, |s, first, chunk| {
         for (b, out) in chunk.iter_mut().enumerate() {
-            body(&mut s, (first + b) * block_rows, out)?;
+            body(s, (first + b) * block_rows, out)?;
         }
         Ok(())
     })

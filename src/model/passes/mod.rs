@@ -47,9 +47,10 @@
 //!
 //! After tract's optimisation:
 //!
-//! - **Per-channel constants**: an f32 `Mul` or `Add` by one constant per channel (channels
-//!   last) that tract left on its generic broadcasting loop becomes our [`ChannelwiseF32`] (see
-//!   `kernels::channelwise`): the same products, on every thread.
+//! - **Element-wise products and sums**: an f32 `Mul` or `Add` by one constant per channel
+//!   (channels last), or of two tensors of one shape (the residual adds), becomes our
+//!   [`ChannelwiseF32`] or [`PairwiseF32`] (see `kernels::binary`): the same values, on every
+//!   thread (tract's own ops run on the calling thread alone).
 //!
 //! - **Packed integer weights**: each [`QPointwiseConv`] packs its weights for this CPU's
 //!   kernel and drops its unpacked copy, which it kept until here so that the layout changes of
@@ -60,8 +61,8 @@
 //! `PoolSpec` / `PaddingSpec` / `KernelFormat` fields, `TypedModelPatch::replace_single_op`,
 //! `GeluExact` (tract-core 0.23.9).
 
+mod binary;
 mod casts;
-mod channelwise;
 mod conv;
 mod depthwise;
 mod gelu;
@@ -89,7 +90,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
 /// The passes on the optimised model, before it is planned: where tract's optimisation left an
 /// op on a slow path it could not see.
 pub fn after_optimisation(model: &mut TypedModel) -> TractResult<usize> {
-    let swapped = channelwise::channelwise(model)?;
+    let swapped = binary::binary(model)?;
     pack_integer_weights(model)?;
     Ok(swapped)
 }
