@@ -22,6 +22,7 @@ pub mod qconv;
 pub mod quantize;
 pub(crate) mod simd;
 pub mod threads;
+pub mod transpose;
 #[cfg(target_arch = "x86_64")]
 mod vbmi;
 

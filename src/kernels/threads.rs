@@ -39,7 +39,7 @@ const MIN_PARALLEL_WORK: usize = 32 * 1024;
 
 /// Tasks per thread a job is split into, so that a thread that starts late or is interrupted
 /// leaves its share to the others.
-const TASKS_PER_THREAD: usize = 4;
+const TASKS_PER_THREAD: usize = 8;
 
 /// The calling thread's share in a job plus `threads − 1` spinning workers: a model holds one
 /// for its inferences, and runs its plan inside [`Workers::scope`].
@@ -342,20 +342,19 @@ pub fn par_chunks_mut_with<T: Send, S: Send>(
         Some(s) if rows >= 2 && work >= MIN_PARALLEL_WORK => s,
         _ => return f(&mut init(), 0, out),
     };
+    // Task `i` has rows `first(i)..first(i + 1)`: as even as whole rows allow.
     let tasks = (TASKS_PER_THREAD * shared.threads).min(rows);
-    let per_task = rows.div_ceil(tasks);
-    let tasks = rows.div_ceil(per_task);
+    let first = |i: usize| i * rows / tasks;
     let base = Rows(out.as_mut_ptr());
     let error = Mutex::new(None);
     let scratch: Vec<Mutex<Option<S>>> = (0..shared.threads).map(|_| Mutex::new(None)).collect();
     shared.run(tasks, &|i, thread| {
-        let first = i * per_task;
-        let n = per_task.min(rows - first);
+        let (start, n) = (first(i), first(i + 1) - first(i));
         // SAFETY: tasks cover disjoint row ranges of `out`, which stays exclusively borrowed
         // until `run` returns.
-        let rows = unsafe { std::slice::from_raw_parts_mut(base.at(first * row_len), n * row_len) };
+        let rows = unsafe { std::slice::from_raw_parts_mut(base.at(start * row_len), n * row_len) };
         let mut scratch = scratch[thread].lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = f(scratch.get_or_insert_with(&init), first, rows) {
+        if let Err(e) = f(scratch.get_or_insert_with(&init), start, rows) {
             error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

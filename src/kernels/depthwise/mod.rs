@@ -7,7 +7,7 @@
 //! output row is a border-free sum of `kh · kw` shifted input rows, and keeps 16 outputs of a
 //! row in registers across all taps: per tap one broadcast weight, one unaligned load, one
 //! multiply and one add per vector, compiled for AVX-512, AVX2 or the baseline at run time
-//! (`multiversion!` in `kernels::simd`). Channels are split across the plan's threads.
+//! (`multiversion!` in `kernels::simd`). Channels are split across the plan's threads (`kernels::threads`).
 //!
 //! Channels last (where a MatMul-form network's channels have been moved last: convnext_tiny int8),
 //! each row is copied once between zero columns, taps above and below the image are skipped,
@@ -37,8 +37,7 @@
 //! f16 convolutions on CPUs without an f16 kernel. Weights and bias are held in f32.
 //!
 //! tract internals used (tract-core 0.23.9): `Conv` / `PoolSpec` / `PaddingSpec` fields (read
-//! by the pass in `model::passes`), `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
-//! `multithread::par_chunks_mut`.
+//! by the pass in `model::passes`), `Op`/`EvalOp`/`TypedOp`.
 
 use std::sync::Arc;
 

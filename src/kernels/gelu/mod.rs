@@ -15,8 +15,7 @@
 //! reciprocal estimate with a Newton step (`gelu_avx512`), within the same tolerance.
 //!
 //! tract internals used (tract-core 0.23.9): `ElementWiseMiniOp` (the pass in `model::passes`
-//! swaps it in for `GeluExact`); tract-linalg's `multithread::par_chunks_mut` (through
-//! `kernels::par_elements`).
+//! swaps it in for `GeluExact`).
 
 use half::f16;
 use tract_onnx::prelude::*;
@@ -51,8 +50,8 @@ impl ElementWiseMiniOp for GeluF32 {
     fn eval_in_place(&self, t: &mut Tensor, _out_dt: Option<DatumType>) -> TractResult<()> {
         let dt = t.datum_type();
         let mut view = t.try_as_plain_ram_mut()?;
-        // Split across the plan's threads as tract splits its element-wise ops: on one thread
-        // at 2, they took longer than tract's split across both.
+        // Split across the plan's threads: on one thread at 2, they took longer than tract's
+        // split across both.
         if dt == f32::datum_type() {
             let xs = view.as_slice_mut::<f32>()?;
             super::par_elements(xs, gelu)

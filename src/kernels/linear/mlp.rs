@@ -31,7 +31,7 @@
 //! }
 //! ```
 
-use crate::kernels::threads::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut_with;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -87,23 +87,26 @@ impl MlpF32 {
         let out = SharedOut::new(ys);
         let mut starts: Vec<usize> = (0..positions).step_by(block_rows).collect();
         let cost = positions * (fc1.k() * ld1 + fc2.k() * ld2);
-        par_chunks_mut(&mut starts, 1, cost, |_, chunk| {
-            let mut hidden = vec![0f32; block_rows * ld1];
-            let mut sums = vec![0f32; block_rows * ld2];
-            let mut tail = vec![0f32; ROWS * fc1.k()];
-            let mut column = vec![0f32; block_rows];
+        let scratch = || {
+            let hidden = vec![0f32; block_rows * ld1];
+            let sums = vec![0f32; block_rows * ld2];
+            let tail = vec![0f32; ROWS * fc1.k()];
+            (hidden, sums, tail, vec![0f32; block_rows])
+        };
+        par_chunks_mut_with(&mut starts, 1, cost, scratch, |s, _, chunk| {
+            let (hidden, sums, tail, column) = s;
             for &p0 in chunk.iter() {
                 let block = (p0, block_rows.min(positions - p0), positions);
-                let sources = fc1.sources(xs, block, None, &mut [], &mut tail);
-                fc1.products(&sources, 0..ld1 / LANES, &mut hidden);
-                fc1.epilogue(&mut hidden, block.1, 0..fc1.weights.n);
+                let sources = fc1.sources(xs, block, None, &mut [], tail);
+                fc1.products(&sources, 0..ld1 / LANES, hidden);
+                fc1.epilogue(hidden, block.1, 0..fc1.weights.n);
                 let sources: Vec<Source> = hidden
                     .chunks(ROWS * ld1)
                     .take(block.1.div_ceil(ROWS))
                     .map(|tile| Source::rows(tile, ld1))
                     .collect();
-                fc2.products(&sources, 0..ld2 / LANES, &mut sums);
-                fc2.finish(&mut sums, block, 0..fc2.weights.n, &mut column, &out);
+                fc2.products(&sources, 0..ld2 / LANES, sums);
+                fc2.finish(sums, block, 0..fc2.weights.n, column, &out);
             }
             Ok(())
         })

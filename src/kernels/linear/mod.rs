@@ -44,14 +44,13 @@
 //! }
 //! ```
 //!
-//! tract internals used (tract 0.23.9): `Op`/`EvalOp`/`TypedOp`, and
-//! `multithread::{par_chunks_mut, current_tract_executor}` to run on the plan's thread pool.
+//! tract internals used (tract 0.23.9): `Op`/`EvalOp`/`TypedOp`.
 
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::kernels::threads::par_chunks_mut;
+use crate::kernels::threads::par_chunks_mut_with;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -435,23 +434,39 @@ impl LinearF32 {
             .step_by(block_rows)
             .flat_map(|p0| (0..panels).step_by(per_group).map(move |p| (p0, p)))
             .collect();
-        par_chunks_mut(&mut work, 1, positions * k * ld, |_, chunk| {
-            let mut sums = vec![0f32; block_rows * ld];
-            let mut tail = vec![0f32; ROWS * k];
-            let mut column = vec![0f32; block_rows];
+        let scratch = || Scratch {
+            sums: vec![0f32; block_rows * ld],
+            tail: vec![0f32; ROWS * k],
+            column: vec![0f32; block_rows],
             // Over patches, every tile's are gathered channels last here, once per block.
-            let mut gathered = vec![0f32; if patches.is_some() { block_rows * k } else { 0 }];
+            gathered: vec![0f32; if patches.is_some() { block_rows * k } else { 0 }],
+        };
+        par_chunks_mut_with(&mut work, 1, positions * k * ld, scratch, |s, _, chunk| {
+            let Scratch {
+                sums,
+                tail,
+                column,
+                gathered,
+            } = s;
             for &(p0, first_panel) in chunk.iter() {
                 let group = first_panel..panels.min(first_panel + per_group);
                 let block = (p0, block_rows.min(positions - p0), positions);
-                let sources = self.sources(xs, block, patches, &mut gathered, &mut tail);
-                self.products(&sources, group.clone(), &mut sums);
+                let sources = self.sources(xs, block, patches, gathered, tail);
+                self.products(&sources, group.clone(), sums);
                 let cs = group.start * LANES..self.weights.n.min(group.end * LANES);
-                self.finish(&mut sums, block, cs, &mut column, &out);
+                self.finish(sums, block, cs, column, &out);
             }
             Ok(())
         })
     }
+}
+
+/// A thread's buffers for its blocks of a product.
+struct Scratch {
+    sums: Vec<f32>,
+    tail: Vec<f32>,
+    column: Vec<f32>,
+    gathered: Vec<f32>,
 }
 
 /// Where a tile's ROWS positions are read: from a pointer, `stride` between positions and

@@ -49,8 +49,7 @@
 //! }
 //! ```
 //!
-//! tract internals used (tract-linalg 0.23.9): `multithread::par_chunks_mut`, to run on the
-//! plan's thread pool.
+//! Blocks and panels are split across the plan's threads (`kernels::threads`).
 
 use crate::kernels::threads::{par_chunks_mut, par_chunks_mut_with};
 use tract_onnx::prelude::TractResult;

@@ -52,6 +52,9 @@
 //!   [`ChannelwiseF32`] or [`PairwiseF32`] (see `kernels::binary`): the same values, on every
 //!   thread (tract's own ops run on the calling thread alone).
 //!
+//! - **Channels moved last**: tract's `MoveAxis` of an f32 `[N, C, H, W]` tensor to
+//!   `[N, H, W, C]` becomes our [`ChannelsLastF32`] (see `kernels::transpose`), on every thread.
+//!
 //! - **Packed integer weights**: each [`QPointwiseConv`] packs its weights for this CPU's
 //!   kernel and drops its unpacked copy, which it kept until here so that the layout changes of
 //!   tract's optimisation could reorder them. With the plan built from a model the loader hands
@@ -69,6 +72,7 @@ mod gelu;
 #[cfg(target_arch = "x86_64")]
 mod linear;
 mod quantize;
+mod transpose;
 
 use tract_onnx::prelude::*;
 
@@ -90,7 +94,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
 /// The passes on the optimised model, before it is planned: where tract's optimisation left an
 /// op on a slow path it could not see.
 pub fn after_optimisation(model: &mut TypedModel) -> TractResult<usize> {
-    let swapped = binary::binary(model)?;
+    let swapped = binary::binary(model)? + transpose::channels_last(model)?;
     pack_integer_weights(model)?;
     Ok(swapped)
 }

@@ -24,8 +24,7 @@
 //! Elsewhere the sums are a plain loop: the reference the SDOT loops are tested against, and
 //! the op's path on CPUs it is not fused for.
 //!
-//! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`, and tract-linalg's
-//! `multithread::par_chunks_mut`.
+//! tract internals used (tract-core 0.23.9): `Op`/`EvalOp`/`TypedOp`.
 
 use crate::kernels::threads::par_chunks_mut;
 use tract_onnx::prelude::*;

@@ -39,8 +39,7 @@
 //! ```
 //!
 //! tract internals used (tract-linalg 0.23.9): `x86_64::amx::has_amx_int8` (the CPUID check and
-//! Linux's permission request for the tile state), and the thread pool through
-//! [`super::product`].
+//! Linux's permission request for the tile state).
 
 use std::arch::asm;
 
