@@ -204,8 +204,9 @@ impl Shared {
         let guarded: &'static (dyn Fn(usize, usize) + Sync) =
             unsafe { std::mem::transmute(guarded) };
         self.epoch.fetch_add(1, SeqCst);
+        let mut polls = 0;
         while self.inside.load(SeqCst) != 0 {
-            std::hint::spin_loop();
+            relax(&mut polls);
         }
         // SAFETY: the epoch is odd and no worker is inside (see `Shared`); only the thread
         // holding `dispatch` gets here.
@@ -222,8 +223,9 @@ impl Shared {
         }
         // SAFETY: published above, at an even epoch, by this thread.
         self.run_tasks(unsafe { *self.job.get() }, 0);
+        let mut polls = 0;
         while self.pending.load(Acquire) != 0 {
-            std::hint::spin_loop();
+            relax(&mut polls);
         }
         if let Some(p) = panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
             resume_unwind(p);
@@ -264,11 +266,10 @@ impl Shared {
             if ready(e) {
                 return Some(e);
             }
-            polls = polls.wrapping_add(1);
             if polls.is_multiple_of(256) && start.elapsed() > SPIN {
                 break;
             }
-            std::hint::spin_loop();
+            relax(&mut polls);
         }
         let mut guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
         self.sleepers.fetch_add(1, SeqCst);
@@ -284,6 +285,18 @@ impl Shared {
         };
         self.sleepers.fetch_sub(1, SeqCst);
         found
+    }
+}
+
+/// One wait between two polls of a shared counter: a pause at first, then a yield of the CPU,
+/// for when there are more threads than cores (tests, a busy board) and the one being waited
+/// for needs this one's core to get on.
+fn relax(polls: &mut u32) {
+    *polls = polls.wrapping_add(1);
+    if *polls < 1024 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
