@@ -7,6 +7,7 @@ pub mod binary;
 pub(crate) mod blocking;
 pub(crate) mod cpu;
 pub mod depthwise;
+pub mod dynamic_quantize;
 pub mod gelu;
 mod half_float;
 pub mod layer_norm;

@@ -33,7 +33,7 @@ pub(super) fn dynamic_quant(x: &[f32]) -> (ActQuant, f32) {
 
 multiversion! {
     /// `[min(0, x…), max(0, x…)]` into `out`, ignoring NaN as tract's and onnxruntime's loops do.
-    pub(super) fn min_max(xs: &[f32], out: &mut [f32; 2]) {
+    pub(crate) fn min_max(xs: &[f32], out: &mut [f32; 2]) {
         let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
         let chunks = xs.chunks_exact(16);
         let tail = chunks.remainder();

@@ -47,6 +47,7 @@ use tract_onnx::tract_core::internal::*;
 use super::quantize::{FakeQuantize, FastQuantize};
 pub use super::Layout;
 use dynamic::dynamic_quant;
+pub(crate) use dynamic::min_max;
 pub(crate) use engine::{integer_kernels_pay, tract_int8_kernels_slow};
 use engine::{Engine, Kernel};
 use epilogue::{Epilogue, InputQuant, Lookup, Table};

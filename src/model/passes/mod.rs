@@ -5,6 +5,10 @@
 //!   branch-free (see `kernels::quantize`). Safe because the two are bit-identical on every
 //!   finite input; the graph's shape and types do not change.
 //!
+//! - **Dynamic quantization**: tract's `DynamicQuantizeLinearU8` becomes our
+//!   [`DynamicQuantizeU8`] (see `kernels::dynamic_quantize`): the same outputs bit for bit,
+//!   vectorised and on every thread.
+//!
 //! - **Fused fake quantization**: such a quantize whose only consumer is a DequantizeLinear
 //!   (the activation QDQ pairs of QDQ models, once tract has run the rest in float) becomes one
 //!   in-place f32 op, [`FakeQuantize`]: the same arithmetic without the 8-bit intermediate
@@ -82,6 +86,7 @@ use crate::kernels::qconv::QPointwiseConv;
 pub fn apply(model: &mut TypedModel) -> TractResult<usize> {
     Ok(casts::fold_constant_casts(model)?
         + quantize::fast_quantize(model)?
+        + quantize::fast_dynamic_quantize(model)?
         + quantize::drop_identity_lookups(model)?
         + quantize::fuse_quantize_lookup_dequantize(model)?
         + quantize::fuse_quantize_dequantize(model)?

@@ -9,6 +9,7 @@ use tract_onnx::tract_core::ops::quant::{
 };
 
 use crate::kernels::depthwise::quantized::QDepthwiseConv;
+use crate::kernels::dynamic_quantize::DynamicQuantizeU8;
 use crate::kernels::qconv::QPointwiseConv;
 use crate::kernels::quantize::{FakeQuantize, FastQuantize, QuantizeLookup};
 
@@ -237,6 +238,27 @@ pub(super) fn fast_quantize(model: &mut TypedModel) -> TractResult<usize> {
         }
         let op = ElementWiseOp(Box::new(fast), ew.1);
         let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    Ok(swapped)
+}
+
+/// tract's `DynamicQuantizeLinearU8` (found by name: tract-onnx keeps the type private) of an
+/// f32 tensor becomes our [`DynamicQuantizeU8`]: the same three outputs, bit for bit.
+pub(super) fn fast_dynamic_quantize(model: &mut TypedModel) -> TractResult<usize> {
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        if node.op().name() != "DynamicQuantizeLinearU8"
+            || node.inputs.len() != 1
+            || node.outputs.len() != 3
+            || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+        {
+            continue;
+        }
+        let patch =
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, DynamicQuantizeU8)?;
         patch.apply(model)?;
         swapped += 1;
     }
