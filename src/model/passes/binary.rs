@@ -59,22 +59,22 @@ pub(super) fn binary(model: &mut TypedModel) -> TractResult<usize> {
         let Some(swap) = swap else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let y = match swap {
+        let patch = match swap {
             Swap::Pairs => {
-                let a = patch.tap_model(model, inputs[0])?;
-                let b = patch.tap_model(model, inputs[1])?;
-                patch.wire_node(&name, PairwiseF32 { op }, &[a, b])?[0]
+                let node = &model.nodes()[id];
+                TypedModelPatch::replace_single_op(model, node, &inputs, PairwiseF32 { op })?
             }
             Swap::Channels(x, values) => {
+                let mut patch = TypedModelPatch::default();
                 let channels = values.len();
                 let x = patch.tap_model(model, x)?;
                 let values =
                     patch.add_const(format!("{name}.values"), values.into_shape(&[channels])?)?;
-                patch.wire_node(&name, ChannelwiseF32 { op }, &[x, values])?[0]
+                let y = patch.wire_node(&name, ChannelwiseF32 { op }, &[x, values])?[0];
+                patch.shunt_outside(model, id.into(), y)?;
+                patch
             }
         };
-        patch.shunt_outside(model, id.into(), y)?;
         patch.apply(model)?;
         swapped += 1;
     }

@@ -17,11 +17,7 @@ pub(super) fn channels_last(model: &mut TypedModel) -> TractResult<usize> {
         if !(input.rank() == 4 && input.datum_type == f32::datum_type()) {
             continue;
         }
-        let (name, inputs) = (node.name.clone(), node.inputs.clone());
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, inputs[0])?;
-        let y = patch.wire_node(&name, ChannelsLastF32, &[x])?[0];
-        patch.shunt_outside(model, id.into(), y)?;
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, ChannelsLastF32)?;
         patch.apply(model)?;
         swapped += 1;
     }
